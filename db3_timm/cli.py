@@ -1,0 +1,241 @@
+"""The ``db3`` command. Argument parsing lives here; the work lives in the library."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, List, Optional
+
+from .version import __version__
+
+__all__ = ["main", "build_parser"]
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    import timm
+
+    from . import list_generators, list_labelers
+    from . import models as _models  # noqa: F401  (registers the paper architectures)
+
+    if args.kind == "models":
+        for name in timm.list_models(module=["lenet", "alexnet_cifar"]):
+            model = timm.create_model(name)
+            params = sum(p.numel() for p in model.parameters())
+            print(f"{name:24s} {params:>10,d} params  input {model.pretrained_cfg['input_size']}")
+    else:
+        for name in (list_labelers if args.kind == "labelers" else list_generators)(args.filter):
+            print(name)
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    run_demo(out_dir=args.out, seed=args.seed, device=args.device)
+    return 0
+
+
+def _int_at_least(minimum: int) -> Callable[[str], int]:
+    """Returns an argparse ``type`` that accepts integers ``>= minimum`` and names a bad value."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {text!r}")
+        return value
+
+    return parse
+
+
+def _labeler_name(text: str) -> str:
+    from . import is_labeler, list_labelers
+
+    if not is_labeler(text):
+        raise argparse.ArgumentTypeError(f"unknown labeler {text!r}; known labelers: {', '.join(list_labelers()) or '(none)'}")
+    return text
+
+
+def _teacher_spec(text: str) -> str:
+    if text.startswith("local-dir:"):
+        folder = text.split(":", 1)[1]
+        if not Path(folder).expanduser().is_dir():
+            raise argparse.ArgumentTypeError(f"teacher folder not found: {folder!r} (from {text!r})")
+        return "local-dir:" + str(Path(folder).expanduser())
+    if ":" not in text:
+        import timm
+
+        from . import models as _models  # noqa: F401  (registers the paper architectures)
+
+        if not timm.is_model(text):
+            raise argparse.ArgumentTypeError(
+                f"unknown timm model {text!r}; pass a registered name, local-dir:PATH or hf-hub:ORG/NAME"
+            )
+    return text
+
+
+def _existing_file(text: str) -> str:
+    if not Path(text).expanduser().is_file():
+        raise argparse.ArgumentTypeError(f"file not found: {text!r}")
+    return str(Path(text).expanduser())
+
+
+def _references_per_class(labels: Any, num_classes: int, k: int) -> Any:
+    """Indices of the first ``k`` samples of every class, in dataset order."""
+    import torch
+
+    picked = [torch.nonzero(labels == c).flatten()[:k] for c in range(num_classes)]
+    return torch.cat(picked).sort().values if picked else torch.zeros(0, dtype=torch.long)
+
+
+def _cmd_label(args: argparse.Namespace) -> int:
+    import torch
+
+    from . import create_labeler
+    from .data import load_image_dataset
+    from .labeling import label_dataset, read_manifest
+    from .oracle import LabelOracle, QueryBudgetExceeded
+
+    error = args.parser_error
+    t0 = time.monotonic()
+    state = None
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+        from accelerate.state import PartialState
+        from accelerate.utils import parse_flag_from_env
+
+        # One process per device under `accelerate launch`; label_dataset splits the shards.
+        state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+    device = args.device or (state.device if state is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+    is_main = state is None or state.is_main_process
+
+    try:
+        oracle = LabelOracle.from_timm(
+            args.teacher, args.checkpoint, num_classes=args.num_classes, device=device, budget=args.budget
+        )
+    except (OSError, ValueError, RuntimeError) as err:
+        error(f"argument --teacher: cannot load {args.teacher!r}: {err}")
+    size = args.image_size
+    if size is None and oracle.input_size is not None and oracle.input_size[1] == oracle.input_size[2]:
+        size = oracle.input_size[1]  # store what the teacher sees, so students train on the same pixels
+    try:
+        data = load_image_dataset(args.data, args.split, image_size=size, limit=args.limit)
+    except (OSError, ValueError, ImportError) as err:
+        error(f"argument --data: cannot load {args.data!r} (split {args.split!r}): {err}")
+    if oracle.input_size is not None and data.images.shape[1] != oracle.input_size[0]:
+        error(
+            f"argument --data: {args.data!r} has {data.images.shape[1]} channel(s) but teacher {args.teacher!r} "
+            f"expects {oracle.input_size[0]}"
+        )
+    cfg = {"seed": args.seed}
+    if args.queries_per_target is not None:
+        cfg["queries_per_target"] = args.queries_per_target  # only when asked: the labeler rejects unknown options
+    try:
+        labeler = create_labeler(args.labeler, oracle, **cfg)
+    except (TypeError, ValueError) as err:
+        error(f"argument --labeler: cannot build {args.labeler!r} with {cfg}: {err}")
+
+    references = dataset_labels = None
+    if args.references_per_class > 0:
+        idx = _references_per_class(data.labels, data.num_classes, args.references_per_class)
+        references, dataset_labels = data.images[idx], data.labels[idx]
+    try:
+        dataset = label_dataset(
+            labeler,
+            data.images,
+            args.out,
+            references=references,
+            dataset_labels=dataset_labels,
+            shard_size=args.shard_size,
+            seed=args.seed,
+            accelerator=state,
+            progress=not args.no_progress,
+        )
+    except QueryBudgetExceeded as err:
+        print(
+            f"db3 label: {err}. Finished shards are kept in {args.out!r}; rerun the same command with a larger "
+            f"--budget to resume.",
+            file=sys.stderr,
+        )
+        return 3
+    if is_main:
+        manifest = read_manifest(args.out)
+        q = manifest["queries"]
+        n = len(dataset)
+        sample_queries = sum(s["sample_queries"] for s in manifest["shards"])
+        print(f"labelled {n} samples ({manifest['num_shards']} shards) with {args.labeler!r} -> {args.out}")
+        print(
+            f"queries: {q['total']} total = {q['reference_check']} reference check + {q['shards']} samples"
+            + (f" + {q['aborted']} aborted" if q["aborted"] else "")
+            + f"; {sample_queries / n:.2f} per sample ({q['total'] / n:.2f} with the reference check)"
+        )
+        print(f"wall time: {time.monotonic() - t0:.1f} s")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Returns the ``db3`` argument parser."""
+    parser = argparse.ArgumentParser(
+        prog="db3",
+        description="Decision-based black-box knowledge distillation (DB3KD / ZSDB3KD) for timm models.",
+    )
+    parser.add_argument("--version", action="version", version=f"db3-timm {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("list", help="list registered models, labelers or generators")
+    p.add_argument("kind", choices=["models", "labelers", "generators"])
+    p.add_argument("filter", nargs="?", default="", help="fnmatch filter, e.g. '*bd'")
+    p.set_defaults(func=_cmd_list)
+
+    p = sub.add_parser("demo", help="run the end-to-end demo on scikit-learn digits (a few minutes on CPU)")
+    p.add_argument("--out", default=".demo", help="folder for the teacher, figures and results")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser(
+        "label",
+        help="soft-label a dataset with a label-only teacher into resumable Hugging Face dataset shards",
+        description="Soft-label every image of --data with a DB3 labeler; rerun the same command to resume.",
+    )
+    p.add_argument("--teacher", required=True, type=_teacher_spec, metavar="NAME_OR_local-dir:PATH",
+                   help="timm model name, local-dir:PATH (timm save_for_hf folder) or hf-hub:ORG/NAME")
+    p.add_argument("--checkpoint", type=_existing_file, metavar="FILE", help="teacher weights (.safetensors/.pt)")
+    p.add_argument("--num-classes", type=_int_at_least(2), metavar="N",
+                   help="teacher classifier size (default: the model's)")
+    p.add_argument("--data", required=True, metavar="SPEC", help="dataset spec, e.g. digits, fashion-mnist, hf:PATH")
+    p.add_argument("--split", default="train")
+    p.add_argument("--limit", type=_int_at_least(1), metavar="N", help="label only the first N samples")
+    p.add_argument("--image-size", type=_int_at_least(1), metavar="N",
+                   help="resize images to NxN (default: the teacher's input size)")
+    p.add_argument("--labeler", default="mbd", type=_labeler_name, help="registered labeler (see `db3 list labelers`)")
+    p.add_argument("--queries-per-target", type=_int_at_least(1), metavar="Q",
+                   help="query budget per (sample, target class) for labelers that search boundaries")
+    p.add_argument("--references-per-class", type=_int_at_least(0), default=10, metavar="K",
+                   help="the first K images of each class serve as references (teacher-checked once); 0: none")
+    p.add_argument("--shard-size", type=_int_at_least(1), default=512, metavar="N")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--budget", type=_int_at_least(0), metavar="Q",
+                   help="cap on the oracle queries this invocation may spend (per process)")
+    p.add_argument("--device", default=None, help="teacher device (default: cuda if available, else cpu)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder (manifest.json, references, shards/)")
+    p.set_defaults(func=_cmd_label, parser_error=p.error)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Runs the ``db3`` command line; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

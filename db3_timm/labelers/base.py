@@ -1,0 +1,133 @@
+"""What every DB3 soft-labeler shares: the call shape, reference checking, and the result type."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, NamedTuple, Optional, Tuple, Union
+
+import torch
+
+from ..oracle import LabelOracle
+from .soft import distances_to_logits
+
+__all__ = ["SoftLabels", "References", "Labeler"]
+
+
+class References(NamedTuple):
+    """Reference images already checked with the teacher: ``labels`` are the teacher's answers."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    queries: int = 0
+
+
+@dataclass
+class SoftLabels:
+    """A labeler's answer for a batch.
+
+    Attributes:
+        labels: ``(N,)`` int64 teacher labels (always the teacher's answer, never a dataset label).
+        distances: ``(N, C)`` boundary distances: 0 at the teacher's label, ``inf`` where none was found.
+        logits: ``(N, C)`` soft-label logits from the distances.
+        queries: ``(N,)`` int64 oracle queries spent on each sample (its own label query included).
+        reference_queries: queries spent checking reference images in this call.
+        info: free-form facts about the run (e.g. where targeted starts came from).
+    """
+
+    labels: torch.Tensor
+    distances: torch.Tensor
+    logits: torch.Tensor
+    queries: torch.Tensor
+    reference_queries: int = 0
+    info: Dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return self.labels.shape[0]
+
+
+ReferenceArg = Union[None, References, torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]
+
+
+class Labeler:
+    """Base class: label ``x`` with the teacher, then measure distances toward every other class.
+
+    Subclasses implement :meth:`_distances`. ``label`` handles the teacher's own labels,
+    reference checking, accounting and the distance -> logit rule.
+
+    Args:
+        oracle: the label-only teacher.
+        num_classes: number of classes (default: ``oracle.num_classes``).
+        rule: soft-label rule for :func:`~db3_timm.labelers.soft.distances_to_logits`.
+        seed: seeds every random choice, so a run is reproducible.
+    """
+
+    name = "base"
+    uses_queries = True
+
+    def __init__(self, oracle: LabelOracle, *, num_classes: Optional[int] = None, rule: str = "reciprocal", seed: int = 0):
+        num_classes = num_classes or oracle.num_classes
+        if not num_classes:
+            raise ValueError("num_classes is unknown: pass num_classes= or give the oracle num_classes")
+        self.oracle = oracle
+        self.num_classes = int(num_classes)
+        self.rule = rule
+        self.seed = int(seed)
+
+    def config(self) -> Dict[str, Any]:
+        """Returns the settings that determine this labeler's output (for manifests and model cards)."""
+        return {"labeler": self.name, "num_classes": self.num_classes, "rule": self.rule, "seed": self.seed}
+
+    def check_references(self, images: torch.Tensor, labels: Optional[torch.Tensor] = None) -> References:
+        """Asks the teacher for the reference images' labels (counted queries) and drops disagreeing ones.
+
+        Args:
+            images: ``(R, C, H, W)`` candidate references in ``[0, 1]``.
+            labels: optional dataset labels; images the teacher assigns elsewhere are dropped.
+
+        Returns:
+            :class:`References` holding the kept images with the teacher's labels.
+        """
+        teacher = self.oracle(images)
+        keep = teacher == labels.to(teacher.device) if labels is not None else torch.ones_like(teacher, dtype=torch.bool)
+        return References(images[keep], teacher[keep], images.shape[0])
+
+    def _resolve_references(self, refs: ReferenceArg) -> Optional[References]:
+        if refs is None or isinstance(refs, References):
+            return refs
+        if isinstance(refs, torch.Tensor):
+            return self.check_references(refs)
+        images, labels = refs
+        return self.check_references(images, labels)
+
+    def label(self, x: torch.Tensor, references: ReferenceArg = None, *, generator: Optional[torch.Generator] = None) -> SoftLabels:
+        """Soft-labels a batch with label queries only.
+
+        Args:
+            x: ``(N, C, H, W)`` images in ``[0, 1]``.
+            references: images of other classes: a :class:`References` (already checked), a tensor, or
+                ``(images, labels)``; their labels are checked with the teacher and only images it assigns
+                to class ``t`` serve class ``t``.
+            generator: random source (default: seeded from ``seed``).
+
+        Returns:
+            :class:`SoftLabels` for ``x``.
+        """
+        if generator is None:
+            generator = torch.Generator(device=x.device).manual_seed(self.seed)
+        refs = self._resolve_references(references)
+        labels = self.oracle(x)
+        distances, queries, info = self._distances(x, labels, refs, generator)
+        distances = distances.scatter(1, labels.view(-1, 1), 0.0)
+        return SoftLabels(
+            labels=labels,
+            distances=distances,
+            logits=distances_to_logits(distances, labels, self.rule),
+            queries=queries + 1,
+            reference_queries=(refs.queries if refs is not None and not isinstance(references, References) else 0),
+            info=info,
+        )
+
+    def _distances(
+        self, x: torch.Tensor, labels: torch.Tensor, refs: Optional[References], generator: torch.Generator
+    ) -> Tuple[torch.Tensor, torch.Tensor, Dict[str, Any]]:
+        """Returns ``(distances (N, C), queries (N,), info)`` for a batch with teacher ``labels``."""
+        raise NotImplementedError

@@ -1,0 +1,65 @@
+"""MBD: minimal boundary distance, BD refined by label-only boundary-normal steps."""
+from __future__ import annotations
+
+from typing import Any, Dict
+
+import torch
+
+from .._registry import register_labeler
+from ..boundary import minimize_boundary_distance
+from ..oracle import LabelOracle
+from .bd import BoundaryDistanceLabeler
+
+__all__ = ["MinimalBoundaryDistanceLabeler"]
+
+
+class MinimalBoundaryDistanceLabeler(BoundaryDistanceLabeler):
+    """Distance toward class ``t`` = the shortest boundary crossing found by direction optimisation.
+
+    Starts from BD over the nearest ``directions`` references, then spends the rest of each pair's
+    budget on :func:`~db3_timm.boundary.minimize_boundary_distance`.
+
+    Args:
+        oracle: the label-only teacher.
+        queries_per_target: exact query budget per (sample, class) pair, start search included.
+        directions: nearest references tried for the start.
+        probes, max_probes, probe_growth, delta, momentum: normal-estimate settings (see
+            :func:`~db3_timm.boundary.minimize_boundary_distance`).
+        **kwargs: :class:`BoundaryDistanceLabeler` options.
+    """
+
+    name = "mbd"
+
+    def __init__(
+        self,
+        oracle: LabelOracle,
+        *,
+        queries_per_target: int = 1000,
+        directions: int = 2,
+        probes: int = 50,
+        max_probes: int = 400,
+        probe_growth: float = 0.5,
+        delta: float = 0.02,
+        momentum: float = 0.5,
+        max_pairs: int = 512,
+        **kwargs: Any,
+    ):
+        super().__init__(oracle, queries_per_target=queries_per_target, directions=directions, max_pairs=max_pairs, **kwargs)
+        self.opt = dict(probes=int(probes), max_probes=int(max_probes), probe_growth=float(probe_growth),
+                        delta=float(delta), momentum=float(momentum))
+
+    def config(self) -> Dict[str, Any]:
+        cfg = super().config()
+        cfg.update(self.opt)
+        return cfg
+
+    def _search(self, x, pairs, refs, query, generator):
+        points, found, info = super()._search(x, pairs, refs, query, generator)
+        points = minimize_boundary_distance(query, pairs.x0, points, found, generator, tol=self.tol, **self.opt)
+        return points, found, info
+
+
+@register_labeler(name="mbd")
+def mbd(oracle, **cfg: Any) -> MinimalBoundaryDistanceLabeler:
+    """Builds the minimal-boundary-distance labeler."""
+    return MinimalBoundaryDistanceLabeler(oracle, **cfg)

@@ -1,0 +1,428 @@
+"""Label-only black-box teachers.
+
+A :class:`LabelOracle` is the only thing DB3 components may ask about the
+teacher: it takes images in pixel space ``[0, 1]`` and answers class labels,
+nothing else. It owns the query accounting (one query per image), the optional
+budget, and input validation, so every algorithm built on top gets exact
+counts for free.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = [
+    "LabelOracle",
+    "QueryBudgetExceeded",
+    "HubUnavailableError",
+    "load_checkpoint_state_dict",
+]
+
+QueryLog = Callable[[int, int], None]
+"""Observer called once per batch sent to the teacher with ``(batch_size, total_queries)``."""
+
+
+class QueryBudgetExceeded(RuntimeError):
+    """Raised before a call that would spend more queries than the budget has left.
+
+    Attributes:
+        requested: images in the refused call.
+        remaining: queries still available (nothing was spent by the refused call).
+    """
+
+    def __init__(self, requested: int, remaining: int):
+        self.requested = int(requested)
+        self.remaining = int(remaining)
+        super().__init__(
+            f"query budget exceeded: the call needs {self.requested} queries but only "
+            f"{self.remaining} remain; nothing was spent"
+        )
+
+
+class HubUnavailableError(OSError):
+    """Raised when a ``hf-hub:`` teacher can be neither downloaded nor found in the local cache."""
+
+
+class _ModulePredictor(nn.Module):
+    """Pixel-space batch -> argmax labels of a classifier, with the model's own preprocessing."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        mean: Sequence[float],
+        std: Sequence[float],
+        input_size: Tuple[int, int, int],
+    ):
+        super().__init__()
+        self.model = model.eval().requires_grad_(False)
+        ref = next(iter(model.parameters()), None)
+        dtype = ref.dtype if ref is not None and ref.is_floating_point() else torch.float32
+        channels = input_size[0]
+        mean_t = torch.as_tensor(mean, dtype=dtype).reshape(-1, 1, 1).expand(channels, 1, 1)
+        std_t = torch.as_tensor(std, dtype=dtype).reshape(-1, 1, 1).expand(channels, 1, 1)
+        # Folding (x - mean) / std into one multiply-add keeps the hot path to a single fused op.
+        self.register_buffer("scale", (1.0 / std_t).clone(), persistent=False)
+        self.register_buffer("shift", (-mean_t / std_t).clone(), persistent=False)
+        self.input_size = tuple(int(s) for s in input_size)
+        if ref is not None:
+            self.to(ref.device)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(device=self.scale.device, dtype=self.scale.dtype).clamp(0.0, 1.0)
+        if tuple(x.shape[-2:]) != self.input_size[1:]:
+            x = F.interpolate(x, size=self.input_size[1:], mode="bilinear", align_corners=False)
+        x = torch.addcmul(self.shift, x, self.scale)
+        return self.model(x).argmax(dim=1)
+
+
+class LabelOracle:
+    """A teacher that answers only class labels, with exact query accounting.
+
+    Calling the oracle with a float tensor ``(N, C, H, W)`` in pixel space returns the
+    teacher's ``int64`` labels ``(N,)`` on the caller's device. Inputs are clamped to
+    ``[0, 1]``; each image costs one query, counted in :attr:`queries`. A call that would
+    exceed :attr:`budget` raises :class:`QueryBudgetExceeded` before anything is sent.
+
+    Args:
+        predict: function mapping a validated pixel-space batch (on :attr:`device`) to labels.
+        num_classes: number of classes the teacher can answer; labels outside it are an error.
+        input_size: ``(C, H, W)`` the teacher expects; the channel count is checked on input.
+        budget: optional cap on the total number of queries.
+        max_batch_size: largest batch sent to the teacher at once; larger calls are chunked.
+        query_log: optional observer called per batch sent as ``(batch_size, total_queries)``.
+        device: where ``predict`` wants its input (``None``: leave inputs where they are).
+        name: human-readable teacher id, used in reports and model cards.
+    """
+
+    def __init__(
+        self,
+        predict: Callable[[torch.Tensor], Any],
+        *,
+        num_classes: Optional[int] = None,
+        input_size: Optional[Sequence[int]] = None,
+        budget: Optional[int] = None,
+        max_batch_size: Optional[int] = None,
+        query_log: Optional[QueryLog] = None,
+        device: Optional[Union[str, torch.device]] = None,
+        name: str = "teacher",
+    ):
+        if max_batch_size is not None and int(max_batch_size) < 1:
+            raise ValueError(f"max_batch_size must be a positive integer, got {max_batch_size!r}")
+        if num_classes is not None and int(num_classes) < 2:
+            raise ValueError(f"num_classes must be at least 2, got {num_classes!r}")
+        if input_size is not None and len(tuple(input_size)) != 3:
+            raise ValueError(f"input_size must be (C, H, W), got {tuple(input_size)!r}")
+        self._predict = predict
+        self.num_classes = None if num_classes is None else int(num_classes)
+        self.input_size = None if input_size is None else tuple(int(s) for s in input_size)
+        self.budget = budget
+        self.max_batch_size = None if max_batch_size is None else int(max_batch_size)
+        self.query_log = query_log
+        self.device = None if device is None else torch.device(device)
+        self.name = name
+        self.queries = 0
+
+    # ------------------------------------------------------------------ accounting
+    @property
+    def budget(self) -> Optional[int]:
+        """The total query cap, or ``None`` for no cap."""
+        return self._budget
+
+    @budget.setter
+    def budget(self, value: Optional[int]) -> None:
+        if value is not None and (int(value) != value or value < 0):
+            raise ValueError(f"budget must be a non-negative integer or None, got {value!r}")
+        self._budget = None if value is None else int(value)
+
+    @property
+    def remaining(self) -> Optional[int]:
+        """Queries left under the budget (``None`` when there is no budget)."""
+        return None if self._budget is None else max(self._budget - self.queries, 0)
+
+    def state_dict(self) -> Dict[str, Optional[int]]:
+        """Returns the accounting state (queries spent, budget) for checkpointing a long job."""
+        return {"queries": self.queries, "budget": self._budget}
+
+    def load_state_dict(self, state: Dict[str, Optional[int]]) -> None:
+        """Restores accounting saved by :meth:`state_dict` so a resumed job keeps honest totals."""
+        self.queries = int(state["queries"])
+        self.budget = state.get("budget", self._budget)
+
+    # ------------------------------------------------------------------ queries
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """Returns the teacher's labels, ``int64`` ``(N,)`` on ``x``'s device, for pixel-space images ``x``."""
+        self._check_input(x)
+        n = x.shape[0]
+        if self._budget is not None and self.queries + n > self._budget:
+            raise QueryBudgetExceeded(n, self._budget - self.queries)
+        step = self.max_batch_size or n
+        out = []
+        with torch.inference_mode():
+            for start in range(0, n, step):
+                chunk = x[start:start + step]
+                if self.device is not None:
+                    chunk = chunk.to(self.device, non_blocking=True)
+                labels = self._check_labels(self._predict(chunk), chunk.shape[0])
+                # Count as each batch is answered so a failure half-way leaves an honest total.
+                self.queries += chunk.shape[0]
+                if self.query_log is not None:
+                    self.query_log(chunk.shape[0], self.queries)
+                out.append(labels)
+        labels = out[0] if len(out) == 1 else torch.cat(out)
+        return labels.to(x.device)
+
+    def _check_input(self, x: Any) -> None:
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"oracle input must be a torch.Tensor of shape (N, C, H, W), got {type(x).__name__}")
+        if not x.is_floating_point():
+            raise TypeError(f"oracle input must be a floating-point tensor in [0, 1], got dtype {x.dtype}")
+        if x.dim() != 4:
+            raise ValueError(f"oracle input must have shape (N, C, H, W), got {x.dim()} dims {tuple(x.shape)}")
+        if x.shape[0] == 0:
+            raise ValueError("oracle input is an empty batch (N=0); expected at least one image")
+        if self.input_size is not None and x.shape[1] != self.input_size[0]:
+            raise ValueError(
+                f"oracle input has {x.shape[1]} channels, expected {self.input_size[0]} "
+                f"(teacher input size {self.input_size})"
+            )
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError("oracle input contains NaN or inf; expected finite pixel values in [0, 1]")
+
+    def _check_labels(self, labels: Any, n: int) -> torch.Tensor:
+        labels = torch.as_tensor(labels)
+        if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+            raise TypeError(f"teacher returned {labels.dtype} values; a label-only teacher must return integer labels")
+        if labels.shape != (n,):
+            raise ValueError(f"teacher returned labels of shape {tuple(labels.shape)}, expected ({n},)")
+        labels = labels.long()
+        if self.num_classes is not None:
+            bad = (labels < 0) | (labels >= self.num_classes)
+            if bool(bad.any()):
+                raise ValueError(
+                    f"teacher returned label {int(labels[bad][0])}, outside [0, {self.num_classes}) "
+                    f"(num_classes={self.num_classes})"
+                )
+        return labels
+
+    def __repr__(self) -> str:
+        return (
+            f"LabelOracle(name={self.name!r}, num_classes={self.num_classes}, input_size={self.input_size}, "
+            f"queries={self.queries}, budget={self._budget})"
+        )
+
+    # ------------------------------------------------------------------ constructors
+    @classmethod
+    def from_callable(
+        cls,
+        fn: Callable[[torch.Tensor], Any],
+        *,
+        num_classes: Optional[int] = None,
+        input_size: Optional[Sequence[int]] = None,
+        **kwargs: Any,
+    ) -> "LabelOracle":
+        """Wraps any function mapping a pixel-space batch to labels.
+
+        Args:
+            fn: callable taking a float tensor ``(N, C, H, W)`` in ``[0, 1]``, returning ``N`` integer labels
+                (tensor, numpy array or list).
+            num_classes: if given, answers outside ``[0, num_classes)`` raise ``ValueError``.
+            input_size: optional ``(C, H, W)``; the channel count is checked on every call.
+            **kwargs: :class:`LabelOracle` options (``budget``, ``max_batch_size``, ``query_log``, ...).
+
+        Returns:
+            A :class:`LabelOracle` around ``fn``.
+        """
+        kwargs.setdefault("name", getattr(fn, "__name__", "callable"))
+        return cls(fn, num_classes=num_classes, input_size=input_size, **kwargs)
+
+    @classmethod
+    def from_module(
+        cls,
+        module: nn.Module,
+        *,
+        mean: Sequence[float] = (0.0,),
+        std: Sequence[float] = (1.0,),
+        input_size: Sequence[int],
+        num_classes: Optional[int] = None,
+        **kwargs: Any,
+    ) -> "LabelOracle":
+        """Wraps a classifier ``nn.Module`` whose argmax is the answer.
+
+        Inputs are clamped to ``[0, 1]``, resized (bilinear) when their height/width differ from
+        ``input_size``, normalised with ``mean``/``std`` and run under ``torch.inference_mode``.
+
+        Args:
+            module: classifier mapping normalised images to logits ``(N, num_classes)``.
+            mean: per-channel mean of the module's preprocessing (pixel space).
+            std: per-channel std of the module's preprocessing.
+            input_size: ``(C, H, W)`` the module expects.
+            num_classes: number of outputs (read from ``module.num_classes`` when absent).
+            **kwargs: :class:`LabelOracle` options (``budget``, ``max_batch_size``, ``query_log``, ``name``).
+
+        Returns:
+            A :class:`LabelOracle` that never exposes the module's logits.
+        """
+        input_size = tuple(int(s) for s in input_size)
+        predictor = _ModulePredictor(module, mean, std, input_size)
+        if num_classes is None:
+            num_classes = getattr(module, "num_classes", None)
+        kwargs.setdefault("name", type(module).__name__)
+        return cls(
+            predictor,
+            num_classes=num_classes,
+            input_size=input_size,
+            device=predictor.scale.device,
+            **kwargs,
+        )
+
+    @classmethod
+    def from_timm_model(cls, model: nn.Module, **kwargs: Any) -> "LabelOracle":
+        """Wraps an instantiated timm model using its resolved data config (mean, std, input size).
+
+        Returns:
+            A :class:`LabelOracle` with timm's preprocessing for ``model``.
+        """
+        from timm.data import resolve_model_data_config
+
+        cfg = resolve_model_data_config(model)
+        return cls.from_module(
+            model,
+            mean=cfg["mean"],
+            std=cfg["std"],
+            input_size=cfg["input_size"],
+            num_classes=getattr(model, "num_classes", None),
+            **kwargs,
+        )
+
+    @classmethod
+    def from_timm(
+        cls,
+        name: str,
+        checkpoint: Optional[Union[str, os.PathLike]] = None,
+        *,
+        num_classes: Optional[int] = None,
+        in_chans: Optional[int] = None,
+        pretrained: bool = False,
+        device: Optional[Union[str, torch.device]] = None,
+        budget: Optional[int] = None,
+        max_batch_size: Optional[int] = None,
+        query_log: Optional[QueryLog] = None,
+        **model_kwargs: Any,
+    ) -> "LabelOracle":
+        """Builds a timm model (registered name, ``local-dir:PATH`` or ``hf-hub:ID``) as a label-only teacher.
+
+        Args:
+            name: timm model name, ``local-dir:PATH`` (a folder written by ``timm.models.save_for_hf``)
+                or ``hf-hub:org/name``.
+            checkpoint: optional local ``.safetensors`` / ``.pt`` / ``.pth`` weights, loaded with
+                ``weights_only=True`` (no arbitrary unpickling).
+            num_classes: classifier size passed to ``timm.create_model``.
+            in_chans: input channels passed to ``timm.create_model``.
+            pretrained: ask timm for pretrained weights of a registered name (needs the Hub).
+            device: where the teacher runs (default: CPU).
+            budget, max_batch_size, query_log: :class:`LabelOracle` options.
+            **model_kwargs: passed on to ``timm.create_model``.
+
+        Returns:
+            A :class:`LabelOracle` around the model with timm's preprocessing.
+        """
+        import timm
+
+        # Importing registers our paper architectures so their names resolve here.
+        from . import models as _models  # noqa: F401
+
+        if num_classes is not None:
+            model_kwargs["num_classes"] = num_classes
+        if in_chans is not None:
+            model_kwargs["in_chans"] = in_chans
+        source = name.split(":", 1)[0] if ":" in name else ""
+        if source == "hf-hub":
+            model = _create_from_hub(name, **model_kwargs)
+        else:
+            if source == "local-dir" and not Path(name.split(":", 1)[1]).is_dir():
+                raise FileNotFoundError(f"local-dir teacher folder not found: {name.split(':', 1)[1]!r}")
+            model = timm.create_model(name, pretrained=pretrained or source == "local-dir", **model_kwargs)
+        if checkpoint is not None:
+            state = load_checkpoint_state_dict(checkpoint)
+            model.load_state_dict(state, strict=True)
+        if device is not None:
+            model = model.to(device)
+        return cls.from_timm_model(
+            model,
+            budget=budget,
+            max_batch_size=max_batch_size,
+            query_log=query_log,
+            name=name if checkpoint is None else f"{name}@{Path(checkpoint).name}",
+        )
+
+    @classmethod
+    def from_hub(cls, model_id: str, **kwargs: Any) -> "LabelOracle":
+        """Loads a timm model from the Hugging Face Hub (``hf-hub:org/name`` or ``org/name``) as a teacher.
+
+        Honours ``HF_HUB_OFFLINE`` and ``HF_HUB_CACHE``: a model already in the local cache loads
+        without a network. When the Hub is unreachable and the model is not cached,
+        :class:`HubUnavailableError` explains how to pass a local file instead.
+
+        Returns:
+            A :class:`LabelOracle` around the Hub model.
+        """
+        if not model_id.startswith("hf-hub:"):
+            model_id = "hf-hub:" + model_id
+        return cls.from_timm(model_id, **kwargs)
+
+
+def _create_from_hub(name: str, **model_kwargs: Any) -> nn.Module:
+    import timm
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
+
+    try:
+        return timm.create_model(name, pretrained=True, **model_kwargs)
+    except (LocalEntryNotFoundError, OfflineModeIsEnabled, HfHubHTTPError, ConnectionError, TimeoutError) as err:
+        repo = name.split(":", 1)[1]
+        raise HubUnavailableError(
+            f"could not load {name!r}: the Hugging Face Hub is unreachable (or offline mode is on) and "
+            f"{repo!r} is not in the local cache ({type(err).__name__}: {err}). Download it where the Hub "
+            f"is reachable and pass a local copy instead: LabelOracle.from_timm('local-dir:PATH') for a "
+            f"folder with config.json + model.safetensors, or from_timm(ARCH, checkpoint='weights.safetensors')."
+        ) from err
+
+
+def load_checkpoint_state_dict(path: Union[str, os.PathLike]) -> Dict[str, torch.Tensor]:
+    """Reads model weights from a ``.safetensors`` or ``.pt``/``.pth``/``.bin`` file without unpickling objects.
+
+    Training checkpoints that wrap the weights (``state_dict``, ``model``, ``state_dict_ema``, first
+    found wins) are unwrapped, and a DistributedDataParallel ``module.`` prefix is stripped.
+
+    Returns:
+        The state dict (name -> tensor) on the CPU.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {str(path)!r}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state: Any = load_file(str(path), device="cpu")
+    elif path.suffix in (".pt", ".pth", ".bin", ".ckpt"):
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # torch raises UnpicklingError with a long hint; keep ours short
+            raise ValueError(
+                f"{str(path)!r} holds objects other than tensors and cannot be loaded with weights_only=True; "
+                f"save a plain state_dict (or .safetensors) instead"
+            ) from err
+    else:
+        raise ValueError(f"unsupported checkpoint format {path.suffix!r} for {str(path)!r}; expected .safetensors, .pt or .pth")
+    if isinstance(state, dict):
+        for key in ("state_dict", "model", "state_dict_ema"):
+            if key in state and isinstance(state[key], dict):
+                state = state[key]
+                break
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{str(path)!r} does not hold a state dict of tensors")
+    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}

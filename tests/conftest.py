@@ -1,0 +1,32 @@
+import os
+
+import pytest
+import torch
+
+# Tests never reach the network; a Hub call that slips through must fail fast, not hang.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+
+
+class AffineNet(torch.nn.Module):
+    """f(x) = W x + b on flattened pixels: a classifier whose decision boundaries have closed forms."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor):
+        super().__init__()
+        self.fc = torch.nn.Linear(weight.shape[1], weight.shape[0])
+        with torch.no_grad():
+            self.fc.weight.copy_(weight)
+            self.fc.bias.copy_(bias)
+        self.num_classes = weight.shape[0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x.flatten(1))
+
+
+@pytest.fixture
+def affine_net():
+    g = torch.Generator().manual_seed(0)
+    weight = torch.randn(4, 3 * 4 * 4, generator=g)
+    bias = torch.randn(4, generator=g) * 0.1
+    return AffineNet(weight, bias)
