@@ -162,10 +162,14 @@ def fmn_l2_targeted(
             gamma = _cosine(gamma_init, gamma_final, k, steps)
             grad_norm = _l2(grad).clamp_min(1e-12)
             loss = -margin.detach()  # >= 0 while the target does not win
+            # Before the first success the paper sets eps to the first-order boundary estimate
+            # ||d|| + loss / ||grad||. On a (locally) linear model that lands exactly ON the
+            # boundary, where float rounding can keep the target from ever winning; overshooting
+            # the estimate by (1 + gamma) crosses it, and the shrink phase takes the excess back.
             eps = torch.where(
                 is_adv,
                 torch.minimum(eps * (1.0 - gamma), best_norm),
-                torch.where(found, eps * (1.0 + gamma), norm + loss / grad_norm),
+                torch.where(found, eps * (1.0 + gamma), (norm + loss / grad_norm) * (1.0 + gamma)),
             )
             alpha = _cosine(alpha_init, alpha_final, k, steps)
             delta = delta + alpha * grad / _rows(grad_norm, grad)  # ascent on the target margin

@@ -23,35 +23,36 @@ ALL_MODELS = LENETS + ALEXNETS
 #                 fc1 25*16*100+100 = 40,100, fc2 100*10+10 = 1,010           -> 47,645
 #   lenet5_fifth: conv1 1*4*25+4 = 104, conv2 4*10*25+10 = 1,010,
 #                 fc1 10*16*40+40 = 6,440, fc2 40*10+10 = 410                 -> 7,964
-# AlexNet CIFAR (32 -> pool 15 -> pool 7 -> pool 3, so fc1 sees c5*3*3; BN = 2 params/channel):
-#   alexnet_cifar (48, 128, 192, 192, 128 | 512, 256):
-#     conv1 3*48*25+48 = 3,648      conv2 48*128*25+128 = 153,728   conv3 128*192*9+192 = 221,376
-#     conv4 192*192*9+192 = 331,968 conv5 192*128*9+128 = 221,312   -> convs 932,032
-#     bn1..bn5 2*(48+128+192+192+128) = 1,376
-#     fc1 1152*512+512 = 590,336    fc2 512*256+256 = 131,328       fc3 256*10+10 = 2,570
-#     bn6, bn7 2*(512+256) = 1,536
-#     total 932,032 + 1,376 + 724,234 + 1,536 = 1,659,178
-#   alexnet_cifar_half (24, 64, 96, 96, 64 | 256, 128):
-#     conv1 3*24*25+24 = 1,824      conv2 24*64*25+64 = 38,464      conv3 64*96*9+96 = 55,392
-#     conv4 96*96*9+96 = 83,040     conv5 96*64*9+64 = 55,360       -> convs 234,080
-#     bn1..bn5 2*(24+64+96+96+64) = 688
-#     fc1 576*256+256 = 147,712     fc2 256*128+128 = 32,896        fc3 128*10+10 = 1,290
-#     bn6, bn7 2*(256+128) = 768
-#     total 234,080 + 688 + 181,898 + 768 = 417,434
-#   alexnet_cifar_quarter (12, 32, 48, 48, 32 | 128, 64):
-#     conv1 3*12*25+12 = 912        conv2 12*32*25+32 = 9,632       conv3 32*48*9+48 = 13,872
-#     conv4 48*48*9+48 = 20,784     conv5 48*32*9+32 = 13,856       -> convs 59,056
-#     bn1..bn5 2*(12+32+48+48+32) = 344
-#     fc1 288*128+128 = 36,992      fc2 128*64+64 = 8,256           fc3 64*10+10 = 650
-#     bn6, bn7 2*(128+64) = 384
-#     total 59,056 + 344 + 45,898 + 384 = 105,682
+# AlexNet CIFAR, DB3KD models.py (3x3 convs pad 1; conv1 stride 2 then three 2x2/2 pools:
+# 32 -> 16 -> 8 -> 4 -> 2, so fc1 sees c5*2*2; BN = 2 params/channel):
+#   alexnet_cifar (64, 192, 384, 256, 256 | 4096, 4096):
+#     conv1 3*64*9+64 = 1,792        conv2 64*192*9+192 = 110,784     conv3 192*384*9+384 = 663,936
+#     conv4 384*256*9+256 = 884,992  conv5 256*256*9+256 = 590,080    -> convs 2,251,584
+#     conv BNs 2*(64+192+384+256+256) = 2,304
+#     fc1 1024*4096+4096 = 4,198,400 fc2 4096*4096+4096 = 16,781,312  fc3 4096*10+10 = 40,970
+#     fc BNs 2*(4096+4096) = 16,384
+#     total 2,251,584 + 2,304 + 21,020,682 + 16,384 = 23,290,954
+#   alexnet_cifar_half (32, 96, 192, 128, 128 | 2048, 2048):
+#     conv1 3*32*9+32 = 896          conv2 32*96*9+96 = 27,744        conv3 96*192*9+192 = 166,080
+#     conv4 192*128*9+128 = 221,312  conv5 128*128*9+128 = 147,584    -> convs 563,616
+#     conv BNs 2*(32+96+192+128+128) = 1,152
+#     fc1 512*2048+2048 = 1,050,624  fc2 2048*2048+2048 = 4,196,352   fc3 2048*10+10 = 20,490
+#     fc BNs 2*(2048+2048) = 8,192
+#     total 563,616 + 1,152 + 5,267,466 + 8,192 = 5,840,426
+#   alexnet_cifar_quarter (16, 48, 96, 64, 64 | 1024, 1024):
+#     conv1 3*16*9+16 = 448          conv2 16*48*9+48 = 6,960         conv3 48*96*9+96 = 41,568
+#     conv4 96*64*9+64 = 55,360      conv5 64*64*9+64 = 36,928        -> convs 141,264
+#     conv BNs 2*(16+48+96+64+64) = 576
+#     fc1 256*1024+1024 = 263,168    fc2 1024*1024+1024 = 1,049,600   fc3 1024*10+10 = 10,250
+#     fc BNs 2*(1024+1024) = 4,096
+#     total 141,264 + 576 + 1,323,018 + 4,096 = 1,468,954
 PARAM_COUNTS: Dict[str, int] = {
     'lenet5': 187_780,
     'lenet5_half': 47_645,
     'lenet5_fifth': 7_964,
-    'alexnet_cifar': 1_659_178,
-    'alexnet_cifar_half': 417_434,
-    'alexnet_cifar_quarter': 105_682,
+    'alexnet_cifar': 23_290_954,
+    'alexnet_cifar_half': 5_840_426,
+    'alexnet_cifar_quarter': 1_468_954,
 }
 
 MNIST_MEAN, MNIST_STD = (0.1307,), (0.3081,)
@@ -101,14 +102,15 @@ def test_pretrained_cfg(name: str) -> None:
         assert cfg['input_size'] == (1, 28, 28)
         assert cfg['mean'] == MNIST_MEAN and cfg['std'] == MNIST_STD
         assert cfg['classifier'] == 'fc2'
+        assert cfg['first_conv'] == 'conv1'
         assert model.in_chans == 1
     else:
         assert cfg['input_size'] == (3, 32, 32)
         assert cfg['mean'] == CIFAR10_MEAN and cfg['std'] == CIFAR10_STD
         assert cfg['classifier'] == 'fc3'
+        assert cfg['first_conv'] == 'features.0'
         assert model.in_chans == 3
     assert cfg['num_classes'] == 10
-    assert cfg['first_conv'] == 'conv1'
     assert cfg['fixed_input_size'] is True
     assert cfg['architecture'] == name
     assert not cfg.get('hf_hub_id') and not cfg.get('url')
@@ -194,16 +196,16 @@ def test_lenet_input_size_override() -> None:
         timm.create_model('lenet5', img_size=12)
 
 
-def test_alexnet_input_size_override_and_lrn() -> None:
-    """AlexNet accepts other sizes; the optional LRN adds no parameters."""
+def test_alexnet_input_size_override() -> None:
+    """AlexNet accepts other sizes by resizing the fc1 input."""
     model = timm.create_model('alexnet_cifar_quarter', img_size=64).eval()
-    # 64 -> pool 31 -> pool 15 -> pool 7, so fc1 sees 32*7*7 inputs.
-    assert model.fc1.in_features == 32 * 7 * 7
+    # 64 -> conv/2 32 -> pool 16 -> pool 8 -> pool 4, so fc1 sees 64*4*4 inputs.
+    assert model.fc1[0].in_features == 64 * 4 * 4
     assert model(torch.randn(2, 3, 64, 64)).shape == (2, 10)
-    lrn = timm.create_model('alexnet_cifar', use_lrn=True).eval()
-    assert isinstance(lrn.lrn1, torch.nn.LocalResponseNorm)
-    assert _num_params(lrn) == PARAM_COUNTS['alexnet_cifar']
-    assert lrn(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    model = timm.create_model('alexnet_cifar_half', img_size=15).eval()
+    assert model(torch.randn(2, 3, 15, 15)).shape == (2, 10)
+    with pytest.raises(ValueError):
+        timm.create_model('alexnet_cifar', img_size=14)
 
 
 @pytest.mark.parametrize('name', ['lenet5_fifth', 'alexnet_cifar_half'])
@@ -213,6 +215,7 @@ def test_features_only(name: str) -> None:
     x = torch.randn(2, *model.pretrained_cfg['input_size'])
     feats = model(x)
     assert [f.shape[1] for f in feats] == model.feature_info.channels()
+    assert [x.shape[-1] // f.shape[-1] for f in feats] == model.feature_info.reduction()
 
 
 def test_train_script_create_model_call() -> None:
@@ -224,10 +227,43 @@ def test_train_script_create_model_call() -> None:
     )
     assert model.num_classes == 10
     model = timm.create_model('alexnet_cifar_half', in_chans=3, num_classes=None, drop_rate=0.5)
-    assert model.drop6.p == 0.5
+    assert model.fc1[2].p == 0.5 and model.fc2[2].p == 0.5
 
 
 def test_reference_state_dict_keys() -> None:
     """LeNet parameter names match the DB3KD reference (conv1, conv2, fc1, fc2)."""
     keys = set(timm.create_model('lenet5').state_dict())
     assert keys == {f'{m}.{p}' for m in ('conv1', 'conv2', 'fc1', 'fc2') for p in ('weight', 'bias')}
+
+
+def _reference_alexnet_keys() -> set:
+    """state_dict keys of the DB3KD reference AlexNet classes (features Sequential + fc1..fc3)."""
+    bn = ('weight', 'bias', 'running_mean', 'running_var', 'num_batches_tracked')
+    keys = set()
+    for conv_idx in (0, 4, 8, 11, 14):
+        keys |= {f'features.{conv_idx}.{p}' for p in ('weight', 'bias')}
+        keys |= {f'features.{conv_idx + 1}.{p}' for p in bn}
+    for fc in ('fc1', 'fc2'):
+        keys |= {f'{fc}.0.{p}' for p in ('weight', 'bias')}
+        keys |= {f'{fc}.3.{p}' for p in bn}
+    keys |= {'fc3.weight', 'fc3.bias'}
+    return keys
+
+
+@pytest.mark.parametrize('name', ALEXNETS)
+def test_alexnet_reference_layers(name: str) -> None:
+    """AlexNet layers and state_dict names match DB3KD's models.py, so its checkpoints load."""
+    model = timm.create_model(name)
+    assert set(model.state_dict()) == _reference_alexnet_keys()
+    convs = [m for m in model.features if isinstance(m, torch.nn.Conv2d)]
+    assert [(c.kernel_size, c.stride, c.padding) for c in convs] == \
+        [((3, 3), (2, 2), (1, 1))] + [((3, 3), (1, 1), (1, 1))] * 4
+    pools = [m for m in model.features if isinstance(m, torch.nn.MaxPool2d)]
+    assert [(p.kernel_size, p.stride) for p in pools] == [(2, 2)] * 3
+    layer_types = [type(m).__name__ for m in model.features]
+    assert layer_types == ['Conv2d', 'BatchNorm2d', 'ReLU', 'MaxPool2d'] * 2 + \
+        ['Conv2d', 'BatchNorm2d', 'ReLU'] * 3 + ['MaxPool2d']
+    for fc in (model.fc1, model.fc2):
+        assert [type(m).__name__ for m in fc] == ['Linear', 'ReLU', 'Dropout', 'BatchNorm1d']
+    # A fresh model with the same names and shapes loads the state_dict strictly.
+    timm.create_model(name).load_state_dict(model.state_dict(), strict=True)

@@ -1,40 +1,40 @@
 """CIFAR-10 AlexNet (with BatchNorm) and its thinner students, registered as timm models.
 
-Architecture and widths follow the Zero-Shot KD reference (Nayak et al., "Zero-Shot
-Knowledge Distillation in Deep Networks", ICML 2019; github.com/vcl-iisc/ZSKD,
-``model_training/include/model_alex_full.py`` and ``model_alex_half.py``), the teacher /
-student pair DB3KD (Wang, ICML 2021) compares against on CIFAR-10:
+Architecture and widths follow the DB3KD authors' code (Wang, "Zero-Shot Knowledge
+Distillation from a Decision-Based Black-Box Model", ICML 2021; github.com/zwang84/zsdb3kd,
+``models.py``, classes ``AlexNet``, ``AlexNetHalf`` and ``AlexNetQuarter``):
 
-* ``conv1`` 5x5 pad 2 -> ReLU -> [LRN] -> maxpool 3/2 -> BN      32 -> 15
-* ``conv2`` 5x5 pad 2 -> ReLU -> [LRN] -> maxpool 3/2 -> BN      15 -> 7
-* ``conv3`` 3x3 pad 1 -> ReLU -> BN
-* ``conv4`` 3x3 pad 1 -> ReLU -> BN
-* ``conv5`` 3x3 pad 1 -> ReLU -> maxpool 3/2 -> BN               7 -> 3
-* flatten -> ``fc1`` -> ReLU -> dropout -> BN -> ``fc2`` -> ReLU -> dropout -> BN -> ``fc3``
+* ``features.0``  conv 3x3 stride 2 pad 1 -> ``features.1`` BN -> ReLU -> maxpool 2/2   32 -> 16 -> 8
+* ``features.4``  conv 3x3 pad 1 -> ``features.5`` BN -> ReLU -> maxpool 2/2            8 -> 4
+* ``features.8``  conv 3x3 pad 1 -> ``features.9`` BN -> ReLU
+* ``features.11`` conv 3x3 pad 1 -> ``features.12`` BN -> ReLU
+* ``features.14`` conv 3x3 pad 1 -> ``features.15`` BN -> ReLU -> maxpool 2/2           4 -> 2
+* flatten -> ``fc1`` = (``fc1.0`` Linear -> ReLU -> Dropout(0.5) -> ``fc1.3`` BN1d)
+  -> ``fc2`` = (``fc2.0`` Linear -> ReLU -> Dropout(0.5) -> ``fc2.3`` BN1d) -> ``fc3`` Linear
 
-=========================  ==========================  ========  ==========
-model                      conv1..conv5                fc1, fc2  parameters
-=========================  ==========================  ========  ==========
-``alexnet_cifar``          48, 128, 192, 192, 128      512, 256  1,659,178
-``alexnet_cifar_half``     24, 64, 96, 96, 64          256, 128  417,434
-``alexnet_cifar_quarter``  12, 32, 48, 48, 32          128, 64   105,682
-=========================  ==========================  ========  ==========
+BatchNorm sits between each conv and its ReLU, but after the ReLU and dropout in the
+hidden fc blocks, as in the reference. Module names and ``nn.Sequential`` indices are the
+reference's, so state_dicts saved from its classes load with ``load_state_dict`` unchanged.
 
-Full and half are the ZSKD reference widths (half: every conv / hidden fc width halved,
-the classifier kept). ZSKD publishes no quarter model; ``alexnet_cifar_quarter`` quarters
-the full widths the same way. Parameter counts are for 3x32x32 inputs and 10 classes.
+=========================  ==========================  ==========  ==========
+model                      conv1..conv5                fc1, fc2    parameters
+=========================  ==========================  ==========  ==========
+``alexnet_cifar``          64, 192, 384, 256, 256      4096, 4096  23,290,954
+``alexnet_cifar_half``     32, 96, 192, 128, 128       2048, 2048  5,840,426
+``alexnet_cifar_quarter``  16, 48, 96, 64, 64          1024, 1024  1,468,954
+=========================  ==========================  ==========  ==========
 
-Local response normalisation is off by default (``use_lrn=False``): it has no parameters,
-is immediately followed by BatchNorm, and with the reference ``alpha=1e-4`` it is close to
-the identity. ``use_lrn=True`` reproduces the reference (TF ``depth_radius=2, alpha=1e-4,
-beta=0.75, bias=1``, i.e. a 5-channel window; torch divides alpha by the window size, so
-``alpha=5e-4`` is passed to ``nn.LocalResponseNorm``).
+Parameter counts are for 3x32x32 inputs and 10 classes. The Zero-Shot KD AlexNet (Nayak et
+al., ICML 2019; github.com/vcl-iisc/ZSKD) that DB3KD's tables compare against is a different,
+much smaller network (5x5 convs in the first two layers, 3x3/2 pools, BN after the pools,
+LRN, widths 48-128-192-192-128 and fc 512-256, about 1.66M parameters); it is not what these
+models build.
 
 Dropout defaults to the reference 0.5. timm's ``train.py`` always passes ``--drop``
 (default 0.0) as ``drop_rate``, so pass ``--drop 0.5`` there to match the reference.
 
-The ``fc1`` input size is computed from ``img_size`` (default 32); the cfgs declare
-``fixed_input_size=True``.
+The ``fc1`` input size is computed from ``img_size`` (default 32, where it is
+``conv5 width * 2 * 2`` as in the reference); the cfgs declare ``fixed_input_size=True``.
 """
 from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
@@ -66,117 +66,122 @@ def _to_2tuple(size: Union[int, Sequence[int]]) -> Tuple[int, int]:
     return size
 
 
-def _pool_dim(size: int) -> int:
-    """Output size of a 3x3 / stride 2 max-pool without padding.
+def _feat_dim(size: int) -> int:
+    """Spatial size after the conv trunk: one 3x3/2 pad-1 conv, then three 2x2/2 max-pools.
 
     Args:
         size: Input height or width.
 
     Returns:
-        The pooled height or width.
+        The height or width of the ``forward_features`` output.
     """
-    return (size - 3) // 2 + 1
+    size = (size - 1) // 2 + 1  # conv1: (size + 2*1 - 3) // 2 + 1
+    for _ in range(3):
+        size //= 2
+    return size
 
 
-def _lrn(enabled: bool) -> nn.Module:
-    """Local response normalisation equivalent to the TF reference, or an identity.
+def _conv_bn_relu(in_chs: int, out_chs: int, stride: int = 1) -> Tuple[nn.Module, nn.Module, nn.Module]:
+    """One reference conv unit: 3x3 conv (pad 1), BatchNorm, ReLU.
 
     Args:
-        enabled: Whether to use LRN.
+        in_chs: Input channels.
+        out_chs: Output channels.
+        stride: Conv stride.
 
     Returns:
-        ``nn.LocalResponseNorm`` or ``nn.Identity``.
+        The three modules, to be placed in ``features`` in this order.
     """
-    if not enabled:
-        return nn.Identity()
-    return nn.LocalResponseNorm(size=5, alpha=1e-4 * 5, beta=0.75, k=1.0)
+    return (
+        nn.Conv2d(in_chs, out_chs, kernel_size=3, stride=stride, padding=1),
+        nn.BatchNorm2d(out_chs),
+        nn.ReLU(inplace=True),
+    )
+
+
+def _fc_block(in_features: int, out_features: int, drop_rate: float) -> nn.Sequential:
+    """One reference hidden fc block: Linear, ReLU, Dropout, BatchNorm1d (indices 0..3).
+
+    Args:
+        in_features: Input width.
+        out_features: Output width.
+        drop_rate: Dropout probability.
+
+    Returns:
+        The block.
+    """
+    return nn.Sequential(
+        nn.Linear(in_features, out_features),
+        nn.ReLU(inplace=True),
+        nn.Dropout(drop_rate),
+        nn.BatchNorm1d(out_features),
+    )
 
 
 class AlexNetCifar(nn.Module):
-    """AlexNet for 32x32 images with BatchNorm after every conv and hidden fc layer.
+    """DB3KD's CIFAR AlexNet: a 3x3-conv AlexNet with BatchNorm in every conv and hidden fc block.
 
-    ``forward_features`` returns the ``(N, conv_widths[4], 3, 3)`` map (for 32x32 input)
-    after ``bn5``; ``forward_head`` flattens it and applies the two hidden fc blocks (the
-    pre-logits, ``head_hidden_size`` wide) and the classifier ``fc3``.
+    ``forward_features`` returns the ``(N, conv_widths[4], 2, 2)`` map (for 32x32 input)
+    after the last max-pool; ``forward_head`` flattens it and applies ``fc1`` and ``fc2``
+    (the pre-logits, ``head_hidden_size`` wide) and the classifier ``fc3``.
     """
 
     def __init__(
             self,
-            conv_widths: Tuple[int, int, int, int, int] = (48, 128, 192, 192, 128),
-            fc_widths: Tuple[int, int] = (512, 256),
+            conv_widths: Tuple[int, int, int, int, int] = (64, 192, 384, 256, 256),
+            fc_width: int = 4096,
             num_classes: int = 10,
             in_chans: int = 3,
             img_size: Union[int, Sequence[int]] = 32,
             drop_rate: float = 0.5,
-            use_lrn: bool = False,
     ) -> None:
         """Build the network.
 
         Args:
-            conv_widths: Output channels of ``conv1`` .. ``conv5``.
-            fc_widths: Widths of the hidden fully connected layers ``fc1`` and ``fc2``.
+            conv_widths: Output channels of the five convs.
+            fc_width: Width of both hidden fully connected layers ``fc1`` and ``fc2``.
             num_classes: Number of classes; 0 gives a model that returns pre-logits.
             in_chans: Number of input image channels.
             img_size: Input (H, W) or square size; sets the ``fc1`` input size.
-            drop_rate: Dropout after each hidden fc layer (0.5 in the reference).
-            use_lrn: Apply local response normalisation after ``conv1`` and ``conv2``.
+            drop_rate: Dropout in each hidden fc block (0.5 in the reference).
         """
         super().__init__()
         c1, c2, c3, c4, c5 = conv_widths
-        f1, f2 = fc_widths
         self.num_classes = num_classes
         self.in_chans = in_chans
         self.img_size = _to_2tuple(img_size)
         self.drop_rate = drop_rate
         self.num_features = c5
-        self.head_hidden_size = f2
+        self.head_hidden_size = fc_width
         self.grad_checkpointing = False
 
-        self.feat_size = tuple(_pool_dim(_pool_dim(_pool_dim(s))) for s in self.img_size)
+        self.feat_size = tuple(_feat_dim(s) for s in self.img_size)
         if min(self.feat_size) < 1:
             raise ValueError(f'img_size {self.img_size} is too small for AlexNetCifar (at least 15x15 is needed).')
 
-        self.conv1 = nn.Conv2d(in_chans, c1, kernel_size=5, padding=2)
-        self.act1 = nn.ReLU(inplace=True)
-        self.lrn1 = _lrn(use_lrn)
-        self.pool1 = nn.MaxPool2d(kernel_size=3, stride=2)
-        self.bn1 = nn.BatchNorm2d(c1)
-
-        self.conv2 = nn.Conv2d(c1, c2, kernel_size=5, padding=2)
-        self.act2 = nn.ReLU(inplace=True)
-        self.lrn2 = _lrn(use_lrn)
-        self.pool2 = nn.MaxPool2d(kernel_size=3, stride=2)
-        self.bn2 = nn.BatchNorm2d(c2)
-
-        self.conv3 = nn.Conv2d(c2, c3, kernel_size=3, padding=1)
-        self.act3 = nn.ReLU(inplace=True)
-        self.bn3 = nn.BatchNorm2d(c3)
-
-        self.conv4 = nn.Conv2d(c3, c4, kernel_size=3, padding=1)
-        self.act4 = nn.ReLU(inplace=True)
-        self.bn4 = nn.BatchNorm2d(c4)
-
-        self.conv5 = nn.Conv2d(c4, c5, kernel_size=3, padding=1)
-        self.act5 = nn.ReLU(inplace=True)
-        self.pool5 = nn.MaxPool2d(kernel_size=3, stride=2)
-        self.bn5 = nn.BatchNorm2d(c5)
+        # Sequential indices match the reference: convs at 0, 4, 8, 11, 14; BNs one after each.
+        self.features = nn.Sequential(
+            *_conv_bn_relu(in_chans, c1, stride=2),             # 0, 1, 2
+            nn.MaxPool2d(kernel_size=2, stride=2),              # 3
+            *_conv_bn_relu(c1, c2),                             # 4, 5, 6
+            nn.MaxPool2d(kernel_size=2, stride=2),              # 7
+            *_conv_bn_relu(c2, c3),                             # 8, 9, 10
+            *_conv_bn_relu(c3, c4),                             # 11, 12, 13
+            *_conv_bn_relu(c4, c5),                             # 14, 15, 16
+            nn.MaxPool2d(kernel_size=2, stride=2),              # 17
+        )
+        # One entry per conv stage, at the end of the stage (after its pool, if any).
         self.feature_info = [
-            dict(num_chs=c1, reduction=2, module='bn1'),
-            dict(num_chs=c2, reduction=4, module='bn2'),
-            dict(num_chs=c3, reduction=4, module='bn3'),
-            dict(num_chs=c4, reduction=4, module='bn4'),
-            dict(num_chs=c5, reduction=8, module='bn5'),
+            dict(num_chs=c1, reduction=4, module='features.3'),
+            dict(num_chs=c2, reduction=8, module='features.7'),
+            dict(num_chs=c3, reduction=8, module='features.10'),
+            dict(num_chs=c4, reduction=8, module='features.13'),
+            dict(num_chs=c5, reduction=16, module='features.17'),
         ]
 
-        self.fc1 = nn.Linear(c5 * self.feat_size[0] * self.feat_size[1], f1)
-        self.act6 = nn.ReLU(inplace=True)
-        self.drop6 = nn.Dropout(drop_rate)
-        self.bn6 = nn.BatchNorm1d(f1)
-        self.fc2 = nn.Linear(f1, f2)
-        self.act7 = nn.ReLU(inplace=True)
-        self.drop7 = nn.Dropout(drop_rate)
-        self.bn7 = nn.BatchNorm1d(f2)
-        self.fc3 = nn.Linear(f2, num_classes) if num_classes > 0 else nn.Identity()
+        self.fc1 = _fc_block(c5 * self.feat_size[0] * self.feat_size[1], fc_width, drop_rate)
+        self.fc2 = _fc_block(fc_width, fc_width, drop_rate)
+        self.fc3 = nn.Linear(fc_width, num_classes) if num_classes > 0 else nn.Identity()
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
@@ -186,9 +191,10 @@ class AlexNetCifar(nn.Module):
             coarse: Unused; the groups are the same either way.
 
         Returns:
-            Regexes for the stem and the conv blocks; the fc head falls in the last group.
+            Regexes for the stem (first conv and BN) and the remaining ``features`` layers
+            (as in timm's VGG, each BN is its own group); the fc head falls in the last group.
         """
-        return dict(stem=r'^(?:conv1|bn1)\.', blocks=r'^(?:conv|bn)([2-5])\.')
+        return dict(stem=r'^features\.[01]\.', blocks=r'^features\.(\d+)')
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
@@ -216,8 +222,8 @@ class AlexNetCifar(nn.Module):
             global_pool: Accepted for timm API compatibility; this model does not pool globally.
         """
         self.num_classes = num_classes
-        dev = self.fc2.weight.device
-        dtype = self.fc2.weight.dtype
+        dev = self.fc2[0].weight.device
+        dtype = self.fc2[0].weight.dtype
         self.fc3 = nn.Linear(self.head_hidden_size, num_classes, device=dev, dtype=dtype) \
             if num_classes > 0 else nn.Identity()
 
@@ -230,26 +236,21 @@ class AlexNetCifar(nn.Module):
         Returns:
             Feature map of shape (N, num_features, H', W').
         """
-        x = self.bn1(self.pool1(self.lrn1(self.act1(self.conv1(x)))))
-        x = self.bn2(self.pool2(self.lrn2(self.act2(self.conv2(x)))))
-        x = self.bn3(self.act3(self.conv3(x)))
-        x = self.bn4(self.act4(self.conv4(x)))
-        x = self.bn5(self.pool5(self.act5(self.conv5(x))))
-        return x
+        return self.features(x)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """Run the fully connected head.
 
         Args:
             x: Feature map from ``forward_features``.
-            pre_logits: Return the ``bn7`` output instead of the logits.
+            pre_logits: Return the ``fc2`` block output instead of the logits.
 
         Returns:
             Logits (N, num_classes), or pre-logits (N, head_hidden_size).
         """
         x = torch.flatten(x, 1)
-        x = self.bn6(self.drop6(self.act6(self.fc1(x))))
-        x = self.bn7(self.drop7(self.act7(self.fc2(x))))
+        x = self.fc1(x)
+        x = self.fc2(x)
         return x if pre_logits else self.fc3(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -282,7 +283,7 @@ def _create_alexnet_cifar(variant: str, pretrained: bool = False, **kwargs: Any)
         AlexNetCifar,
         variant,
         pretrained,
-        feature_cfg=dict(out_indices=out_indices),
+        feature_cfg=dict(flatten_sequential=True, out_indices=out_indices),
         **kwargs,
     )
 
@@ -302,8 +303,8 @@ def _cfg(url: str = '', **kwargs: Any) -> Dict[str, Any]:
         'num_classes': 10, 'input_size': (3, 32, 32), 'pool_size': None,
         'crop_pct': 1.0, 'interpolation': 'bilinear', 'fixed_input_size': True,
         'mean': CIFAR10_MEAN, 'std': CIFAR10_STD,
-        'first_conv': 'conv1', 'classifier': 'fc3',
-        'paper_ids': 'arXiv:1905.08114',
+        'first_conv': 'features.0', 'classifier': 'fc3',
+        'paper_ids': 'arXiv:2106.03310',
         **kwargs,
     }
 
@@ -317,20 +318,20 @@ default_cfgs = generate_default_cfgs({
 
 @register_model
 def alexnet_cifar(pretrained: bool = False, **kwargs: Any) -> AlexNetCifar:
-    """CIFAR-10 AlexNet teacher (ZSKD): convs 48-128-192-192-128, fc 512-256."""
-    model_args = dict(conv_widths=(48, 128, 192, 192, 128), fc_widths=(512, 256))
+    """CIFAR-10 AlexNet teacher (DB3KD ``AlexNet``): convs 64-192-384-256-256, fc 4096-4096."""
+    model_args = dict(conv_widths=(64, 192, 384, 256, 256), fc_width=4096)
     return _create_alexnet_cifar('alexnet_cifar', pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def alexnet_cifar_half(pretrained: bool = False, **kwargs: Any) -> AlexNetCifar:
-    """CIFAR-10 AlexNet-Half student (ZSKD): convs 24-64-96-96-64, fc 256-128."""
-    model_args = dict(conv_widths=(24, 64, 96, 96, 64), fc_widths=(256, 128))
+    """CIFAR-10 AlexNet-Half student (DB3KD ``AlexNetHalf``): convs 32-96-192-128-128, fc 2048-2048."""
+    model_args = dict(conv_widths=(32, 96, 192, 128, 128), fc_width=2048)
     return _create_alexnet_cifar('alexnet_cifar_half', pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def alexnet_cifar_quarter(pretrained: bool = False, **kwargs: Any) -> AlexNetCifar:
-    """CIFAR-10 AlexNet-Quarter student: convs 12-32-48-48-32, fc 128-64."""
-    model_args = dict(conv_widths=(12, 32, 48, 48, 32), fc_widths=(128, 64))
+    """CIFAR-10 AlexNet-Quarter student (DB3KD ``AlexNetQuarter``): convs 16-48-96-64-64, fc 1024-1024."""
+    model_args = dict(conv_widths=(16, 48, 96, 64, 64), fc_width=1024)
     return _create_alexnet_cifar('alexnet_cifar_quarter', pretrained=pretrained, **dict(model_args, **kwargs))
