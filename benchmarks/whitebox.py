@@ -191,7 +191,8 @@ def cw_l2_targeted(
     steps: int = 100,
     binary_steps: int = 5,
     initial_const: float = 1.0,
-    lr: float = 0.05,
+    lr: float = 0.01,
+    lr_final_ratio: float = 0.01,
     max_const: float = 1e6,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Carlini-Wagner L2 targeted attack (kappa = 0) with a per-row binary search over ``c``.
@@ -203,7 +204,9 @@ def cw_l2_targeted(
         steps: Adam steps per binary-search round.
         binary_steps: rounds of the search over the trade-off constant ``c``.
         initial_const: starting ``c`` for every row.
-        lr: Adam learning rate in ``w`` (tanh) space.
+        lr: initial Adam learning rate in ``w`` (tanh) space (the paper's 0.01).
+        lr_final_ratio: the rate is cosine-annealed to ``lr * lr_final_ratio`` within each
+            round (the paper keeps it constant; with few steps the decay matters).
         max_const: ``c`` is never raised above this.
 
     Returns:
@@ -221,6 +224,11 @@ def cw_l2_targeted(
     for _ in range(binary_steps):
         w = w0.clone().requires_grad_(True)
         opt = torch.optim.Adam([w], lr=lr)
+        # Adam's per-coordinate steps do not shrink near the optimum, so a constant rate leaves
+        # the iterate rattling around the boundary; cosine decay to lr * lr_final_ratio settles it.
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda k: _cosine(1.0, lr_final_ratio, k, steps)
+        )
         success = torch.zeros(p, dtype=torch.bool, device=dev)
         for step in range(steps + 1):
             x_adv = 0.5 * (torch.tanh(w) + 1.0)
@@ -241,6 +249,7 @@ def cw_l2_targeted(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            sched.step()
         with torch.no_grad():
             upper = torch.where(success, torch.minimum(upper, const), upper)
             lower = torch.where(success, lower, torch.maximum(lower, const))
@@ -263,7 +272,7 @@ def min_norm_targeted(
     cw_steps: int = 100,
     cw_binary_steps: int = 5,
     cw_initial_const: float = 1.0,
-    cw_lr: float = 0.05,
+    cw_lr: float = 0.01,
     chunk_size: int = 1024,
     return_details: bool = False,
 ):
@@ -373,7 +382,8 @@ def affine_check(n: int = 64, dim: int = 3 * 8 * 8, seed: int = 0, **attack_kwar
     have = x.flatten(1) @ w_diff + bias[0]
     x = x + _rows((want - have) / w_diff.norm() ** 2, x) * w_diff.view(1, *x.shape[1:])
     assert float(x.min()) > 0.1 and float(x.max()) < 0.9, "box would bind; the closed form would not apply"
-    logits = model(x)
+    with torch.no_grad():
+        logits = model(x)
     assert bool((logits.argmax(1) == 0).all())
     closed = (logits[:, 0] - logits[:, 1]) / w_diff.norm()
     targets = torch.ones(n, dtype=torch.long)

@@ -97,7 +97,7 @@ def _cmd_label(args: argparse.Namespace) -> int:
 
     from . import create_labeler
     from .data import load_image_dataset
-    from .labeling import label_dataset, read_manifest
+    from .labeling import ConfigMismatchError, DistributedSetupError, label_dataset, read_manifest
     from .oracle import LabelOracle, QueryBudgetExceeded
 
     error = args.parser_error
@@ -154,6 +154,8 @@ def _cmd_label(args: argparse.Namespace) -> int:
             accelerator=state,
             progress=not args.no_progress,
         )
+    except (ConfigMismatchError, DistributedSetupError) as err:
+        error(f"argument --out: {err}" if isinstance(err, ConfigMismatchError) else str(err))
     except QueryBudgetExceeded as err:
         print(
             f"db3 label: {err}. Finished shards are kept in {args.out!r}; rerun the same command with a larger "
@@ -170,8 +172,10 @@ def _cmd_label(args: argparse.Namespace) -> int:
         print(
             f"queries: {q['total']} total = {q['reference_check']} reference check + {q['shards']} samples"
             + (f" + {q['aborted']} aborted" if q["aborted"] else "")
-            + f"; {sample_queries / n:.2f} per sample ({q['total'] / n:.2f} with the reference check)"
+            + f"; {sample_queries / n:.2f} per sample ({q['total'] / n:.2f} overall)"
         )
+        if oracle.remaining is not None:
+            print(f"budget: {oracle.remaining} of {oracle.budget} queries left (this process)")
         print(f"wall time: {time.monotonic() - t0:.1f} s")
     return 0
 

@@ -54,6 +54,7 @@ __all__ = [
     "shard_generator",
     "ConfigMismatchError",
     "IncompleteLabelingError",
+    "DistributedSetupError",
     "MANIFEST_NAME",
     "REFERENCES_NAME",
 ]
@@ -76,6 +77,10 @@ class ConfigMismatchError(ValueError):
 
 class IncompleteLabelingError(RuntimeError):
     """Raised by :func:`load_labeled_dataset` when some shards are not finished yet."""
+
+
+class DistributedSetupError(RuntimeError):
+    """Raised when the launcher started several processes but accelerate sees only one."""
 
 
 # ---------------------------------------------------------------------- determinism
@@ -183,7 +188,7 @@ def _resolve_state(accelerator: Any) -> Any:
             # PartialState reads no ACCELERATE_USE_CPU itself (only Accelerator does), so forward it.
             state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
     if state is not None and world_size > 1 and int(state.num_processes) == 1:
-        raise RuntimeError(
+        raise DistributedSetupError(
             f"WORLD_SIZE={world_size} but accelerate set up a single process (distributed type "
             f"{getattr(state, 'distributed_type', '?')}), so every process would label every shard. "
             f"On CPU-only machines launch with `ACCELERATE_USE_CPU=true accelerate launch --multi_gpu "
@@ -237,6 +242,15 @@ def _aborted_queries(out_dir: Path, digest: str) -> int:
         if record.get("config_digest") == digest:
             total += int(record.get("queries", 0))
     return total
+
+
+def _record_aborted(out_dir: Path, what: str, queries: int, digest: str, rank: int, err: BaseException) -> None:
+    root = out_dir / _ABORTED_DIR
+    root.mkdir(parents=True, exist_ok=True)
+    _write_json_atomic(
+        root / f"{what}-p{rank}-{time.time_ns()}.json",
+        {"what": what, "queries": int(queries), "config_digest": digest, "error": repr(err)[:500]},
+    )
 
 
 def read_manifest(out_dir: PathLike) -> Dict[str, Any]:
@@ -484,6 +498,11 @@ def label_dataset(
 
     Returns:
         The whole labelled ``datasets.Dataset`` ordered by ``index`` (the same on every process).
+
+    Raises:
+        ConfigMismatchError: ``out_dir`` holds a run with other settings (the message names the keys).
+        DistributedSetupError: ``WORLD_SIZE > 1`` but accelerate set up a single process.
+        QueryBudgetExceeded: the oracle's budget ran out; finished shards are kept, rerun to resume.
     """
     if not isinstance(images, torch.Tensor) or images.dim() != 4 or not images.is_floating_point():
         raise ValueError(f"images must be a float tensor (N, C, H, W), got {getattr(images, 'shape', type(images))}")
@@ -537,7 +556,11 @@ def label_dataset(
                     refs, spent = prechecked, 0
                 else:
                     before = oracle.queries
-                    refs = labeler.check_references(cand_images, cand_labels)
+                    try:
+                        refs = labeler.check_references(cand_images, cand_labels)
+                    except BaseException as err:
+                        _record_aborted(out, "references", oracle.queries - before, digest, rank, err)
+                        raise
                     spent = oracle.queries - before
                 per_class = torch.bincount(refs.labels.long().cpu(), minlength=labeler.num_classes).tolist()
                 ref_meta = {
@@ -612,15 +635,26 @@ def label_dataset(
                     images[start:stop], refs, generator=torch.Generator(device="cpu").manual_seed(g_seed)
                 )
                 index = torch.arange(start, stop, dtype=torch.long)
-                dataset = _shard_dataset(index, images[start:stop], soft)
+                spent = oracle.queries - before
+                record = {
+                    "shard": k,
+                    "start": start,
+                    "stop": stop,
+                    "num_samples": stop - start,
+                    "path": f"{_SHARDS_DIR}/{_shard_name(k)}",
+                    "queries": int(spent),
+                    "sample_queries": int(soft.queries.sum()),
+                    "reference_queries": int(soft.reference_queries),
+                    "generator_seed": g_seed,
+                    "process": rank,
+                    "wall_s": round(time.monotonic() - t_shard, 3),
+                    "config_digest": digest,
+                    "info": _canonical(soft.info),
+                }
+                _write_shard(out, k, _shard_dataset(index, images[start:stop], soft), record, rank)
             except BaseException as err:
                 # Whatever the shard spent before failing is gone but was paid for: record it.
-                lost = oracle.queries - before
-                (out / _ABORTED_DIR).mkdir(parents=True, exist_ok=True)
-                _write_json_atomic(
-                    out / _ABORTED_DIR / f"{_shard_name(k)}-p{rank}-{time.time_ns()}.json",
-                    {"shard": k, "queries": int(lost), "config_digest": digest, "error": repr(err)[:500]},
-                )
+                _record_aborted(out, _shard_name(k), oracle.queries - before, digest, rank, err)
                 if is_main:
                     _write_json_atomic(
                         manifest_path,
@@ -628,23 +662,6 @@ def label_dataset(
                                   _aborted_queries(out, digest), teacher, num_processes),
                     )
                 raise
-            spent = oracle.queries - before
-            record = {
-                "shard": k,
-                "start": start,
-                "stop": stop,
-                "num_samples": stop - start,
-                "path": f"{_SHARDS_DIR}/{_shard_name(k)}",
-                "queries": int(spent),
-                "sample_queries": int(soft.queries.sum()),
-                "reference_queries": int(soft.reference_queries),
-                "generator_seed": g_seed,
-                "process": rank,
-                "wall_s": round(time.monotonic() - t_shard, 3),
-                "config_digest": digest,
-                "info": _canonical(soft.info),
-            }
-            _write_shard(out, k, dataset, record, rank)
             if is_main:
                 done = _scan_shards(out, digest)  # picks up the other processes' shards as well
                 _write_json_atomic(

@@ -1,0 +1,411 @@
+"""Whole-dataset soft-labelling: shard contents, resumption, accounting, processes, and `db3 label`."""
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+import db3_timm
+from db3_timm import LabelOracle, References, create_labeler, is_labeler
+from db3_timm.labeling import (
+    ConfigMismatchError,
+    DistributedSetupError,
+    IncompleteLabelingError,
+    label_dataset,
+    load_labeled_dataset,
+    load_references,
+    read_manifest,
+    shard_generator,
+    shard_seed,
+)
+
+from conftest import AffineNet
+
+N, SHARD = 30, 8  # 4 shards, the last one short
+
+
+def _net() -> AffineNet:
+    g = torch.Generator().manual_seed(0)
+    return AffineNet(torch.randn(4, 3 * 4 * 4, generator=g), torch.randn(4, generator=g) * 0.1)
+
+
+def _oracle(net=None, **kw) -> LabelOracle:
+    return LabelOracle.from_module(net if net is not None else _net(), input_size=(3, 4, 4), **kw)
+
+
+def _labeler(oracle, name="sd"):
+    if name != "sd" and not is_labeler(name):
+        pytest.skip(f"labeler {name!r} is not registered yet")
+    cfg = {} if name == "sd" else {"queries_per_target": 12, "directions": 1}
+    return create_labeler(name, oracle, **cfg)
+
+
+def _data():
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(N, 3, 4, 4, generator=g)
+    refs = torch.rand(24, 3, 4, 4, generator=g)
+    # Dataset labels = the teacher's answers except two, so the reference check really drops some.
+    ref_labels = _oracle()(refs).clone()
+    ref_labels[:2] = (ref_labels[:2] + 1) % 4
+    return x, refs, ref_labels
+
+
+def _columns(ds):
+    return ds.with_format("torch")[:]
+
+
+def _assert_same(a, b):
+    ca, cb = _columns(a), _columns(b)
+    assert set(ca) == set(cb)
+    for key in ca:
+        assert torch.equal(ca[key], cb[key]), key
+
+
+class FailAfter:
+    """A ``query_log`` that stops the run (like a kill) once ``calls`` batches were answered."""
+
+    def __init__(self, calls: int):
+        self.calls, self.seen = calls, 0
+
+    def __call__(self, batch: int, total: int) -> None:
+        self.seen += 1
+        if self.seen >= self.calls:
+            raise KeyboardInterrupt("simulated kill")
+
+
+# ---------------------------------------------------------------------- contents
+@pytest.mark.parametrize("name", ["sd", "mbd"])
+def test_shards_equal_direct_label_calls_with_the_shard_generator(tmp_path, name):
+    x, refs, ref_labels = _data()
+    oracle = _oracle()
+    labeler = _labeler(oracle, name)
+    ds = label_dataset(labeler, x, tmp_path, references=refs, dataset_labels=ref_labels, shard_size=SHARD, seed=5,
+                       progress=False)
+    assert ds.column_names == ["index", "image", "label", "distances", "soft_logits", "queries"]
+    assert str(ds.features["image"].dtype) == "float32" and tuple(ds.features["image"].shape) == (3, 4, 4)
+    cols = _columns(ds)
+    assert torch.equal(cols["index"], torch.arange(N)) and torch.equal(cols["image"], x)
+    assert cols["label"].dtype == torch.int64 and cols["queries"].dtype == torch.int64
+
+    checked = load_references(tmp_path)
+    expected = labeler.check_references(refs, ref_labels)
+    assert torch.equal(checked.images, expected.images) and torch.equal(checked.labels, expected.labels)
+    assert checked.images.shape[0] <= 22  # the two relabelled references were dropped
+    for k in range(4):
+        sl = slice(k * SHARD, min((k + 1) * SHARD, N))
+        soft = labeler.label(x[sl], checked, generator=shard_generator(5, k))
+        assert torch.equal(cols["label"][sl], soft.labels)
+        assert torch.equal(cols["distances"][sl], soft.distances)  # inf included
+        assert torch.equal(cols["soft_logits"][sl], soft.logits)
+        assert torch.equal(cols["queries"][sl], soft.queries)
+
+
+def test_query_accounting_equals_oracle_counter(tmp_path):
+    x, refs, ref_labels = _data()
+    oracle = _oracle()
+    oracle.queries = 1000  # a used oracle: the manifest counts this run's increase, not the absolute counter
+    ds = label_dataset(_labeler(oracle), x, tmp_path, references=refs, dataset_labels=ref_labels, shard_size=SHARD,
+                       progress=False)
+    m = read_manifest(tmp_path)
+    assert m["complete"] and m["num_shards"] == 4 and m["num_finished_shards"] == 4
+    assert m["queries"]["total"] == oracle.queries - 1000
+    assert m["queries"]["reference_check"] == refs.shape[0] == m["references"]["check_queries"]
+    assert m["queries"]["shards"] == sum(s["queries"] for s in m["shards"]) == int(_columns(ds)["queries"].sum())
+    assert m["config"]["seed"] == 0 and m["config"]["shard_size"] == SHARD and m["config"]["num_samples"] == N
+    assert m["config"]["labeler"] == _canonical_cfg(_labeler(oracle))
+
+    # Repeating the finished call spends nothing and returns the same data.
+    before = oracle.queries
+    again = label_dataset(_labeler(oracle), x, tmp_path, references=refs, dataset_labels=ref_labels, shard_size=SHARD,
+                          progress=False)
+    assert oracle.queries == before
+    _assert_same(ds, again)
+
+
+def _canonical_cfg(labeler):
+    return json.loads(json.dumps(labeler.config(), sort_keys=True, default=str))
+
+
+def test_prechecked_references_cost_nothing(tmp_path):
+    x, refs, ref_labels = _data()
+    oracle = _oracle()
+    labeler = _labeler(oracle)
+    checked = labeler.check_references(refs, ref_labels)
+    before = oracle.queries
+    label_dataset(labeler, x, tmp_path, references=checked, shard_size=SHARD, progress=False)
+    m = read_manifest(tmp_path)
+    assert m["references"]["prechecked"] and m["queries"]["reference_check"] == 0
+    assert m["queries"]["total"] == oracle.queries - before == N
+
+
+def test_shard_seed_is_a_fixed_function_of_seed_and_shard():
+    assert shard_seed(0, 0) == 6017775124710473527  # pinned: changing it would change every labelled dataset
+    seeds = {shard_seed(s, k) for s in range(4) for k in range(64)}
+    assert len(seeds) == 256 and all(0 <= v < 2**63 for v in seeds)
+    assert torch.equal(torch.rand(3, generator=shard_generator(7, 2)), torch.rand(3, generator=shard_generator(7, 2)))
+
+
+# ---------------------------------------------------------------------- resumption
+@pytest.mark.parametrize("name", ["sd", "mbd"])
+def test_killed_run_resumes_bit_for_bit_without_requerying(tmp_path, name):
+    x, refs, ref_labels = _data()
+    whole = label_dataset(_labeler(_oracle(), name), x, tmp_path / "whole", references=refs,
+                          dataset_labels=ref_labels, shard_size=SHARD, seed=3, progress=False)
+    whole_manifest = read_manifest(tmp_path / "whole")
+
+    # sd asks the teacher once per shard; mbd many times. Kill inside shard 2 either way.
+    spent_to_shard2 = whole_manifest["queries"]["reference_check"] + sum(s["queries"] for s in whole_manifest["shards"][:2])
+    oracle = _oracle()
+
+    def kill_in_shard_2(batch, total):
+        if total > spent_to_shard2:
+            raise KeyboardInterrupt("simulated kill")
+
+    oracle.query_log = kill_in_shard_2
+    out = tmp_path / "resumed"
+    with pytest.raises(KeyboardInterrupt):
+        label_dataset(_labeler(oracle, name), x, out, references=refs, dataset_labels=ref_labels, shard_size=SHARD,
+                      seed=3, progress=True)
+    run1 = oracle.queries
+    m1 = read_manifest(out)
+    assert [s["shard"] for s in m1["shards"]] == [0, 1] and not m1["complete"]
+    assert m1["queries"]["aborted"] > 0 and m1["queries"]["total"] == run1  # nothing spent goes unrecorded
+    finished_inodes = {p.name: (p / "shard.json").stat().st_ino for p in (out / "shards").glob("shard-*")}
+
+    oracle2 = _oracle()  # a fresh process: new oracle, counter from 0
+    resumed = label_dataset(_labeler(oracle2, name), x, out, references=refs, dataset_labels=ref_labels,
+                            shard_size=SHARD, seed=3, progress=False)
+    _assert_same(whole, resumed)
+    m2 = read_manifest(out)
+    # Only shards 2 and 3 were queried again: no reference check, no finished shard.
+    assert oracle2.queries == sum(s["queries"] for s in m2["shards"][2:])
+    assert m2["queries"]["reference_check"] == whole_manifest["queries"]["reference_check"]
+    assert m2["queries"]["total"] == run1 + oracle2.queries
+    assert m2["queries"]["shards"] == whole_manifest["queries"]["shards"]
+    assert {p: (out / "shards" / p / "shard.json").stat().st_ino for p in finished_inodes} == finished_inodes
+
+
+def test_load_incomplete_dir_raises_with_missing_count(tmp_path):
+    x, refs, ref_labels = _data()
+    oracle = _oracle(query_log=FailAfter(calls=3))  # reference check, shard 0, then dies in shard 1
+    with pytest.raises(KeyboardInterrupt):
+        label_dataset(_labeler(oracle), x, tmp_path, references=refs, dataset_labels=ref_labels, shard_size=SHARD,
+                      progress=False)
+    with pytest.raises(IncompleteLabelingError, match=r"3 of 4 shards missing.*rerun the same command"):
+        load_labeled_dataset(tmp_path)
+    with pytest.raises(FileNotFoundError, match="manifest.json"):
+        load_labeled_dataset(tmp_path / "nothing-here")
+
+
+def test_stale_temp_dirs_are_removed_and_never_loaded(tmp_path):
+    x, refs, ref_labels = _data()
+    label_dataset(_labeler(_oracle()), x, tmp_path, references=refs, dataset_labels=ref_labels, shard_size=SHARD,
+                  progress=False)
+    stale = tmp_path / "shards" / ".tmp-shard-00001-p0-deadbeef"
+    stale.mkdir()
+    assert len(load_labeled_dataset(tmp_path)) == N
+    label_dataset(_labeler(_oracle()), x, tmp_path, references=refs, dataset_labels=ref_labels, shard_size=SHARD,
+                  progress=False)
+    assert not stale.exists()
+
+
+def test_config_mismatch_raises_naming_the_keys(tmp_path):
+    x, refs, ref_labels = _data()
+    oracle = _oracle(query_log=FailAfter(calls=3))
+    with pytest.raises(KeyboardInterrupt):
+        label_dataset(_labeler(oracle), x, tmp_path, references=refs, dataset_labels=ref_labels, shard_size=SHARD,
+                      progress=False)
+    kw = dict(references=refs, dataset_labels=ref_labels, progress=False)
+    with pytest.raises(ConfigMismatchError, match=r"seed, shard_size differ"):
+        label_dataset(_labeler(_oracle()), x, tmp_path, shard_size=SHARD * 2, seed=1, **kw)
+    with pytest.raises(ConfigMismatchError, match=r"labeler\.rule"):
+        label_dataset(create_labeler("sd", _oracle(), rule="neg_distance"), x, tmp_path, shard_size=SHARD, **kw)
+    with pytest.raises(ConfigMismatchError, match=r"data_fingerprint"):
+        label_dataset(_labeler(_oracle()), x.flip(0), tmp_path, shard_size=SHARD, **kw)
+    with pytest.raises(ConfigMismatchError, match=r"references_fingerprint"):
+        label_dataset(_labeler(_oracle()), x, tmp_path, shard_size=SHARD, references=refs[1:],
+                      dataset_labels=ref_labels[1:], progress=False)
+
+
+def test_bad_arguments(tmp_path):
+    x, refs, ref_labels = _data()
+    labeler = _labeler(_oracle())
+    with pytest.raises(ValueError, match="shard_size"):
+        label_dataset(labeler, x, tmp_path, references=refs, shard_size=0)
+    with pytest.raises(ValueError, match="empty"):
+        label_dataset(labeler, x[:0], tmp_path, references=refs)
+    with pytest.raises(ValueError, match="dataset_labels"):
+        label_dataset(labeler, x, tmp_path, dataset_labels=ref_labels)
+
+
+def test_budget_stop_records_the_spent_queries(tmp_path):
+    x, refs, ref_labels = _data()
+    oracle = _oracle(budget=24 + 2 * SHARD + 3)  # reference check + two shards, not a third
+    with pytest.raises(db3_timm.QueryBudgetExceeded):
+        label_dataset(_labeler(oracle), x, tmp_path, references=refs, dataset_labels=ref_labels, shard_size=SHARD,
+                      progress=False)
+    m = read_manifest(tmp_path)
+    assert m["num_finished_shards"] == 2 and m["queries"]["total"] == oracle.queries
+
+
+# ---------------------------------------------------------------------- processes
+class _FakeState:
+    num_processes, process_index, is_main_process, distributed_type = 1, 0, True, "NO"
+
+    def wait_for_everyone(self):
+        pass
+
+
+def test_world_size_without_distributed_state_is_refused(tmp_path, monkeypatch):
+    x, refs, ref_labels = _data()
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(DistributedSetupError, match=r"ACCELERATE_USE_CPU=true accelerate launch --multi_gpu --num_processes 2"):
+        label_dataset(_labeler(_oracle()), x, tmp_path, references=refs, accelerator=_FakeState(), progress=False)
+
+
+_WORKER = """
+import os, sys
+import torch
+sys.path.insert(0, {tests!r})
+import test_labeling as t
+from accelerate.state import PartialState
+from db3_timm.labeling import label_dataset
+
+x, refs, ref_labels = torch.load({inputs!r})
+for name in {names!r}:
+    oracle = t._oracle()
+    # No accelerator passed: WORLD_SIZE=2 with ACCELERATE_USE_CPU=true must be picked up on its own.
+    ds = label_dataset(t._labeler(oracle, name), x, os.path.join({out!r}, name), references=refs,
+                       dataset_labels=ref_labels, shard_size=t.SHARD, seed=3, progress=False)
+    state = PartialState()
+    torch.save({{"queries": oracle.queries, "num_processes": state.num_processes, "rows": t._columns(ds)}},
+               os.path.join({results!r}, f"{{name}}-p{{state.process_index}}.pt"))
+"""
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_processes_equal_one_process(tmp_path):
+    # Fresh interpreters via `accelerate launch`: forking the pytest process (debug_launcher) deadlocks
+    # in libgomp once the parent has run an OpenMP region, as any torch op on 2 cores does.
+    import subprocess
+    import sys
+
+    names = ["sd"] + (["mbd"] if is_labeler("mbd") else [])  # mbd: the generator really matters
+    x, refs, ref_labels = _data()
+    results = tmp_path / "results"
+    results.mkdir()
+    torch.save((x, refs, ref_labels), tmp_path / "inputs.pt")
+    script = tmp_path / "worker.py"
+    script.write_text(_WORKER.format(tests=str(Path(__file__).parent), inputs=str(tmp_path / "inputs.pt"), names=names,
+                                     out=str(tmp_path / "two"), results=str(results)))
+    env = dict(os.environ, ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).parents[1]))
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "--main_process_port", str(_free_port()), str(script)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    for name in names:
+        single = label_dataset(_labeler(_oracle(), name), x, tmp_path / "one" / name, references=refs,
+                               dataset_labels=ref_labels, shard_size=SHARD, seed=3, progress=False)
+        _assert_same(single, load_labeled_dataset(tmp_path / "two" / name))
+        got = [torch.load(results / f"{name}-p{p}.pt") for p in range(2)]
+        assert [g["num_processes"] for g in got] == [2, 2]
+        expected = _columns(single)
+        for g in got:  # every process returns the whole dataset
+            assert all(torch.equal(g["rows"][k], expected[k]) for k in expected)
+        m = read_manifest(tmp_path / "two" / name)
+        assert m["complete"] and m["num_processes"] == 2
+        assert m["queries"]["total"] == sum(g["queries"] for g in got)  # references checked once, on process 0
+        assert m["queries"]["total"] == read_manifest(tmp_path / "one" / name)["queries"]["total"]
+        records = [json.loads((tmp_path / "two" / name / s["path"] / "shard.json").read_text()) for s in m["shards"]]
+        assert all(r["process"] == r["shard"] % 2 for r in records)
+
+
+# ---------------------------------------------------------------------- CLI
+@pytest.fixture
+def local_teacher(tmp_path):
+    import timm
+
+    torch.manual_seed(0)
+    folder = tmp_path / "teacher"
+    timm.models.save_for_hf(timm.create_model("lenet5_fifth"), str(folder))
+    return folder
+
+
+def test_cli_label_end_to_end(tmp_path, local_teacher, capsys):
+    pytest.importorskip("sklearn", reason="the digits data set needs scikit-learn")
+    from db3_timm.cli import main
+
+    out = tmp_path / "labels"
+    argv = ["label", "--teacher", f"local-dir:{local_teacher}", "--data", "digits", "--limit", "40", "--labeler", "sd",
+            "--references-per-class", "2", "--shard-size", "16", "--seed", "1", "--no-progress", "--out", str(out)]
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert "labelled 40 samples (3 shards)" in text and "queries: 60 total = 20 reference check + 40 samples; 1.00 per sample (1.50 overall)" in text
+    assert "per sample" in text and "wall time" in text
+    ds = load_labeled_dataset(out)
+    assert len(ds) == 40 and tuple(ds.features["image"].shape) == (1, 28, 28)  # resized to the teacher's input
+    m = read_manifest(out)
+    assert m["complete"] and m["config"]["labeler"]["labeler"] == "sd" and m["config"]["seed"] == 1
+    assert m["teacher"].startswith("local-dir:")
+
+    assert main(argv) == 0  # a second run finds everything finished and spends nothing
+    assert "queries: 60 total" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--shard-size", "0"], "argument --shard-size: must be at least 1, got '0'"),
+        (["--limit", "ten"], "argument --limit: must be an integer, got 'ten'"),
+        (["--labeler", "nope"], "argument --labeler: unknown labeler 'nope'"),
+        (["--budget", "-1"], "argument --budget: must be at least 0, got '-1'"),
+        (["--data", "no-such-data"], "argument --data: cannot load 'no-such-data'"),
+        (["--queries-per-target", "5"], "argument --labeler: cannot build 'sd'"),
+    ],
+)
+def test_cli_bad_values_are_argparse_errors(tmp_path, local_teacher, capsys, extra, message):
+    from db3_timm.cli import main
+
+    argv = ["label", "--teacher", f"local-dir:{local_teacher}", "--data", "digits", "--labeler", "sd",
+            "--out", str(tmp_path / "o")]
+    with pytest.raises(SystemExit) as exc:
+        main(argv + extra)
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_cli_under_torchrun_without_cpu_flag_names_the_fix(tmp_path, local_teacher):
+    # The real mistake: two processes on a CPU-only box without ACCELERATE_USE_CPU; accelerate then sets up
+    # DistributedType.NO in each, and both would label everything.
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ACCELERATE_")}
+    env.update(CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).parents[1]))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
+           "-m", "db3_timm.cli", "label", "--teacher", f"local-dir:{local_teacher}", "--data", "digits",
+           "--limit", "8", "--labeler", "sd", "--no-progress", "--out", str(tmp_path / "o")]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert "ACCELERATE_USE_CPU=true accelerate launch --multi_gpu --num_processes 2" in proc.stderr, proc.stderr[-2000:]
+    assert not (tmp_path / "o").exists()  # refused before any query or file
+
+
+def test_cli_missing_teacher_folder(tmp_path, capsys):
+    from db3_timm.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["label", "--teacher", f"local-dir:{tmp_path / 'missing'}", "--data", "digits", "--out", str(tmp_path)])
+    assert "teacher folder not found" in capsys.readouterr().err
