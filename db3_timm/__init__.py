@@ -3,7 +3,7 @@
 Importing the package registers the paper's architectures as timm models
 (``timm.create_model('lenet5_half')``) and the built-in DB3 components.
 """
-from . import labelers, models
+from . import generators, labelers, models
 from ._registry import (
     create_generator,
     create_labeler,

@@ -1,0 +1,87 @@
+import math
+import shutil
+import warnings
+
+import pytest
+import torch
+
+from db3_timm import LabelOracle, create_generator, list_generators
+from db3_timm.generators import diversity_report
+
+
+def affine_teacher(num_classes=4, shape=(1, 8, 8), seed=0, dead_class=None):
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(num_classes, math.prod(shape), generator=g)
+    b = -w.sum(1) * 0.5
+    if dead_class is not None:
+        b[dead_class] = -1e6  # the teacher never answers this class
+    return LabelOracle.from_callable(lambda x: (x.flatten(1) @ w.T + b).argmax(1), num_classes=num_classes, input_size=shape)
+
+
+def test_registered():
+    assert "zsdb3" in list_generators("zs*")
+
+
+def test_samples_keep_their_class_stay_in_box_and_grow_robust():
+    oracle = affine_teacher()
+    before = oracle.queries
+    out = create_generator("zsdb3", oracle, seed=0).generate(6, 5, 80, progress=False)
+    assert out.images.shape == (24, 1, 8, 8) and torch.bincount(out.labels).tolist() == [6, 6, 6, 6]
+    assert torch.equal(oracle(out.images), out.labels)
+    assert out.images.min() >= 0 and out.images.max() <= 1
+    mean = out.robustness.mean(1)
+    assert mean[-1] > 1.5 * mean[0] and (mean[1:] >= mean[:-1] * 0.98).all(), mean
+    # exact accounting: start search + at most queries_per_iteration per sample per iteration
+    assert oracle.queries - before - 24 == out.queries["init"] + out.queries["iterations"]
+    assert out.queries["iterations"] <= 24 * 5 * 80
+    assert out.warm_starts > 0
+
+
+def test_killed_generation_resumes_identically(tmp_path):
+    oracle = affine_teacher()
+    full = create_generator("zsdb3", oracle, seed=3).generate(5, 4, 50, progress=False, snapshots=(0, 2))
+
+    class Killed(Exception):
+        pass
+
+    def die(it, stats):
+        if it == 2:
+            raise Killed
+
+    with pytest.raises(Killed):
+        create_generator("zsdb3", oracle, seed=3).generate(5, 4, 50, progress=False, out_dir=tmp_path, on_iteration=die, snapshots=(0, 2))
+    spent_before = oracle.queries
+    resumed = create_generator("zsdb3", oracle, seed=3).generate(5, 4, 50, progress=False, out_dir=tmp_path, snapshots=(0, 2))
+    assert torch.equal(full.images, resumed.images)
+    assert torch.equal(full.robustness, resumed.robustness)
+    assert full.queries == resumed.queries and sorted(resumed.snapshots) == [0, 2]
+    # only the two missing iterations were queried again
+    assert oracle.queries - spent_before < full.queries["iterations"]
+    with pytest.raises(ValueError, match="different settings"):
+        create_generator("zsdb3", oracle, seed=4).generate(5, 4, 50, progress=False, out_dir=tmp_path)
+
+
+def test_a_class_the_teacher_never_answers_warns_and_ends():
+    oracle = affine_teacher(dead_class=2)
+    gen = create_generator("zsdb3", oracle, seed=0, init_batch=256, max_init_queries=2048)
+    with pytest.warns(UserWarning, match=r"never answered classes \[2\] .* 2048 queries|2048 queries.*\[2\]"):
+        out = gen.generate(4, 1, 40, progress=False)
+    assert out.missing_classes == [2] and 2 not in out.labels.tolist()
+    assert out.queries["init"] <= 2048
+
+
+def test_diversity_report_sees_collapse():
+    x = torch.rand(10, 1, 4, 4)
+    collapsed = torch.cat([x[:1].repeat(5, 1, 1, 1), x[5:]])
+    y = torch.tensor([0] * 5 + [1] * 5)
+    rep = diversity_report(collapsed, y, 2)
+    assert rep[0]["near_duplicate_fraction"] == 1.0 and rep[0]["mean_pairwise_l2"] == 0
+    assert rep[1]["near_duplicate_fraction"] == 0.0 and rep[1]["mean_pairwise_l2"] > 0
+
+
+def test_bad_arguments_are_named():
+    oracle = affine_teacher()
+    with pytest.raises(ValueError, match="queries_per_iteration"):
+        create_generator("zsdb3", oracle).generate(2, 1, 5)
+    with pytest.raises(ValueError, match="input_shape"):
+        create_generator("zsdb3", LabelOracle.from_callable(lambda x: [0] * len(x), num_classes=3))
