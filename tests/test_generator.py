@@ -85,3 +85,21 @@ def test_bad_arguments_are_named():
         create_generator("zsdb3", oracle).generate(2, 1, 5)
     with pytest.raises(ValueError, match="input_shape"):
         create_generator("zsdb3", LabelOracle.from_callable(lambda x: [0] * len(x), num_classes=3))
+
+
+def test_transfer_set_soft_labels_pseudo_samples_against_each_other(tmp_path):
+    from db3_timm import create_labeler
+    from db3_timm.generators import build_transfer_set
+    from db3_timm.report import plot_curve, save_class_grids
+
+    oracle = affine_teacher()
+    pseudo = create_generator("zsdb3", oracle, seed=0).generate(4, 2, 40, progress=False)
+    ds = build_transfer_set(pseudo, create_labeler("mbd", oracle, queries_per_target=60), tmp_path / "ts", progress=False)
+    assert ds["label"] == pseudo.labels.tolist()
+    dist = torch.tensor(ds["distances"])
+    others = torch.ones_like(dist, dtype=torch.bool).scatter_(1, pseudo.labels[:, None], False)
+    assert torch.isfinite(dist[others]).all() and (dist[others] > 0).all()
+    paths = save_class_grids(pseudo.images, pseudo.labels, tmp_path / "grids")
+    assert len(paths) == 5 and all(p.stat().st_size > 0 for p in paths)
+    png = plot_curve({"mean": pseudo.robustness.mean(1).tolist()}, tmp_path / "rob.png", ylabel="robustness")
+    assert png.read_bytes()[:4] == b"\x89PNG"

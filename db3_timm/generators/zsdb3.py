@@ -20,7 +20,7 @@ from .._registry import register_generator
 from ..boundary import PairQueries, bisect_segments, minimize_boundary_distance
 from ..oracle import LabelOracle
 
-__all__ = ["ZSDB3Generator", "PseudoSamples", "reference_noise", "diversity_report"]
+__all__ = ["ZSDB3Generator", "PseudoSamples", "reference_noise", "diversity_report", "build_transfer_set"]
 
 
 def reference_noise(n: int, shape: Sequence[int], generator: torch.Generator, device: torch.device) -> torch.Tensor:
@@ -394,3 +394,25 @@ class _RunState:
 def zsdb3(oracle: LabelOracle, **cfg: Any) -> ZSDB3Generator:
     """Builds the ZSDB3 zero-shot generator."""
     return ZSDB3Generator(oracle, **cfg)
+
+
+def build_transfer_set(
+    pseudo: PseudoSamples,
+    labeler: Any,
+    out_dir: Union[str, os.PathLike],
+    **label_kwargs: Any,
+) -> Any:
+    """Soft-labels pseudo samples with any labeler, the other classes' pseudo samples serving as references.
+
+    Args:
+        pseudo: the generator's output.
+        labeler: a labeler from :func:`db3_timm.create_labeler` (same oracle).
+        out_dir: where the sharded, resumable dataset is written (see :func:`db3_timm.labeling.label_dataset`).
+        **label_kwargs: passed on to ``label_dataset`` (``shard_size``, ``seed``, ``accelerator``, ``progress``).
+
+    Returns:
+        The labelled ``datasets.Dataset`` (columns as ``label_dataset``'s).
+    """
+    from ..labeling import label_dataset
+
+    return label_dataset(labeler, pseudo.images, out_dir, references=(pseudo.images, pseudo.labels), **label_kwargs)
