@@ -180,6 +180,41 @@ def _cmd_label(args: argparse.Namespace) -> int:
     return 0
 
 
+def _repo_id(text: str) -> str:
+    from .hub import validate_repo_id
+
+    try:
+        return validate_repo_id(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _existing_dir(text: str) -> str:
+    if not Path(text).expanduser().is_dir():
+        raise argparse.ArgumentTypeError(f"folder not found: {text!r}")
+    return str(Path(text).expanduser())
+
+
+def _cmd_push(args: argparse.Namespace) -> int:
+    from .hub import push_student
+    from .oracle import HubUnavailableError
+
+    token = None
+    if args.token_env is not None:
+        token = os.environ.get(args.token_env) or None
+        if token is None:  # name the variable, never its value
+            args.parser_error(f"argument --token-env: environment variable {args.token_env!r} is not set or empty")
+    try:
+        url = push_student(args.folder, args.repo, token=token, private=args.private, commit_message=args.message)
+    except FileNotFoundError as err:
+        args.parser_error(f"argument FOLDER: {err}")
+    except (HubUnavailableError, PermissionError) as err:
+        print(f"db3 push: {err}", file=sys.stderr)
+        return 1
+    print(f"pushed {args.folder} to {args.repo}: {url}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Returns the ``db3`` argument parser."""
     parser = argparse.ArgumentParser(
@@ -228,6 +263,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (manifest.json, references, shards/)")
     p.set_defaults(func=_cmd_label, parser_error=p.error)
+
+    p = sub.add_parser(
+        "push",
+        help="upload a saved student (db3_timm.hub.save_student folder) to a Hugging Face Hub model repo",
+        description="Create ORG/NAME if needed and upload FOLDER (config.json, model.safetensors, README.md, db3.json).",
+    )
+    p.add_argument("folder", type=_existing_dir, metavar="FOLDER", help="folder written by db3_timm.hub.save_student")
+    p.add_argument("--repo", required=True, type=_repo_id, metavar="ORG/NAME", help="Hub model repo id")
+    p.add_argument("--private", action="store_true", help="create the repo private (if it does not exist yet)")
+    p.add_argument("--token-env", metavar="VAR",
+                   help="read the Hub write token from environment variable VAR (default: HF_TOKEN or the stored login)")
+    p.add_argument("--message", metavar="TEXT", help="commit message (default names the architecture and teacher)")
+    p.set_defaults(func=_cmd_push, parser_error=p.error)
     return parser
 
 

@@ -1,0 +1,569 @@
+"""Publishing distilled students on the Hugging Face Hub.
+
+:func:`save_student` writes a folder in timm's Hub format, so the student loads with
+``timm.create_model('local-dir:PATH', pretrained=True)`` now and ``'hf-hub:ORG/NAME'`` once
+pushed::
+
+    out_dir/
+      config.json         # timm: architecture, num_classes, pretrained_cfg (mean, std, input_size, ...)
+      model.safetensors   # timm: the student's state dict
+      README.md           # model card (YAML metadata + how it was distilled and how to use it)
+      db3.json            # the StudentCard fields and preprocessing, for machines
+
+:func:`push_student` uploads such a folder with the ``huggingface_hub`` API. Without a reachable
+Hub (``HF_HUB_OFFLINE=1``, no network) it raises :class:`~db3_timm.oracle.HubUnavailableError`
+saying where the folder is and how to push it later; it never pretends to have succeeded.
+"""
+from __future__ import annotations
+
+import dataclasses
+import glob
+import json
+import math
+import numbers
+import os
+import re
+import shlex
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Tuple, Union
+
+import torch.nn as nn
+
+from .oracle import HubUnavailableError
+from .version import __version__
+
+if TYPE_CHECKING:  # pragma: no cover
+    from huggingface_hub import HfApi
+
+__all__ = [
+    "StudentCard",
+    "save_student",
+    "push_student",
+    "read_student_card",
+    "validate_repo_id",
+    "HubUnavailableError",
+    "METHODS",
+    "ACCURACY_KINDS",
+    "CARD_NAME",
+    "DB3_CARD_NAME",
+    "REQUIRED_FILES",
+    "PLACEHOLDER_REPO_ID",
+]
+
+METHODS: Tuple[str, ...] = ("db3kd", "zsdb3kd")
+"""``db3kd``: soft labels for real samples; ``zsdb3kd``: zero-shot, on generated samples."""
+
+ACCURACY_KINDS: Tuple[str, ...] = ("final", "best-val")
+"""``final``: the last epoch's weights; ``best-val``: the epoch with the best validation accuracy."""
+
+CARD_NAME = "README.md"
+DB3_CARD_NAME = "db3.json"
+REQUIRED_FILES: Tuple[str, ...] = ("config.json", "model.safetensors", CARD_NAME)
+"""Files :func:`push_student` requires in a folder (``db3.json`` is written too, but optional)."""
+
+PLACEHOLDER_REPO_ID = "ORG/NAME"
+"""Stands in the card's usage snippet until :func:`push_student` learns the real repo id."""
+
+_DB3_FORMAT = "db3-student"
+_DB3_FORMAT_VERSION = 1
+# Hub rules: ORG/NAME, letters, digits, '-', '_', '.'; no leading/trailing '-' or '.', no '--' or '..'.
+_REPO_PART = re.compile(r"^(?![-.])(?!.*(?:--|\.\.))[A-Za-z0-9._-]{1,96}(?<![-.])$")
+_METHOD_TEXT = {
+    "db3kd": "DB3KD (decision-based black-box KD on real samples)",
+    "zsdb3kd": "ZSDB3KD (zero-shot decision-based black-box KD on generated samples)",
+}
+
+
+def validate_repo_id(repo_id: Any) -> str:
+    """Checks that ``repo_id`` is a Hub model id of the form ``ORG/NAME``.
+
+    Args:
+        repo_id: the candidate id, e.g. ``"db3-org/fmnist-lenet5-half"``.
+
+    Returns:
+        ``repo_id`` unchanged.
+
+    Raises:
+        ValueError: naming the bad value and the expected form.
+    """
+    parts = repo_id.split("/") if isinstance(repo_id, str) else []
+    if len(parts) != 2 or not all(_REPO_PART.match(p) for p in parts) or repo_id.endswith(".git"):
+        raise ValueError(
+            f"invalid Hub repo id {repo_id!r}: expected ORG/NAME, e.g. 'db3-org/fmnist-lenet5-half' "
+            f"(letters, digits, '-', '_', '.'; at most 96 characters each; no leading or trailing '-' or '.', "
+            f"no '--' or '..')"
+        )
+    return repo_id
+
+
+def _check_fraction(name: str, value: Optional[float]) -> Optional[float]:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number in [0, 1] or None, got {value!r}")
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name} must be a fraction in [0, 1] (e.g. 0.912 for 91.2 %), got {value!r}")
+    return float(value)
+
+
+def _check_config(name: str, value: Any) -> Dict[str, Any]:
+    if not isinstance(value, Mapping):
+        raise TypeError(f"{name} must be a dict of JSON-serialisable options, got {type(value).__name__}")
+    try:
+        return json.loads(json.dumps(dict(value), allow_nan=False))
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{name} must be JSON-serialisable (it goes into db3.json): {err}") from None
+
+
+@dataclass
+class StudentCard:
+    """How a student was distilled; rendered into ``README.md`` and ``db3.json`` by :func:`save_student`.
+
+    Accuracies are fractions in ``[0, 1]``.
+
+    Args:
+        teacher: teacher id as passed to :meth:`db3_timm.LabelOracle.from_timm` (e.g. ``hf-hub:org/name``).
+        dataset: dataset spec the student was distilled on (e.g. ``fashion-mnist``, ``hf:org/name``).
+        queries: teacher queries spent in total (``manifest["queries"]["total"]`` of ``db3 label``).
+        method: ``"db3kd"`` (real samples; needs ``labeler``) or ``"zsdb3kd"`` (generated samples;
+            needs ``generator``).
+        labeler: registered labeler name (``sd``, ``bd``, ``mbd``, ...).
+        labeler_config: the labeler's options (JSON-serialisable).
+        generator: registered generator name (ZSDB3KD).
+        generator_config: the generator's options (JSON-serialisable).
+        student_accuracy: the student's top-1 accuracy on ``eval_split``.
+        teacher_accuracy: the teacher's top-1 accuracy on ``eval_split``.
+        accuracy_kind: ``"final"`` (these are the last epoch's weights) or ``"best-val"`` (these are the
+            weights of the epoch with the best accuracy on ``eval_split``, and that best is reported).
+        eval_split: split the accuracies were measured on.
+        architecture: timm architecture (default: read from the model by :func:`save_student`).
+        repo_id: Hub id for the usage snippet (default: filled in by :func:`push_student`).
+        dataset_id: Hub dataset id for the card metadata (default: ``NAME`` of ``hf:NAME``, else ``dataset``).
+        license: license of the student weights (Hub license id).
+        model_name: title of the card (default: ``{architecture} distilled from {teacher}``).
+        notes: free text appended to the card.
+    """
+
+    teacher: str
+    dataset: str
+    queries: int
+    method: str = "db3kd"
+    labeler: Optional[str] = None
+    labeler_config: Dict[str, Any] = field(default_factory=dict)
+    generator: Optional[str] = None
+    generator_config: Dict[str, Any] = field(default_factory=dict)
+    student_accuracy: Optional[float] = None
+    teacher_accuracy: Optional[float] = None
+    accuracy_kind: str = "final"
+    eval_split: str = "test"
+    architecture: Optional[str] = None
+    repo_id: Optional[str] = None
+    dataset_id: Optional[str] = None
+    license: str = "apache-2.0"
+    model_name: Optional[str] = None
+    notes: str = ""
+
+    def __post_init__(self) -> None:
+        for name in ("teacher", "dataset"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name).strip():
+                raise ValueError(f"StudentCard.{name} must be a non-empty string, got {getattr(self, name)!r}")
+        if isinstance(self.queries, bool) or not isinstance(self.queries, numbers.Integral) or self.queries < 0:
+            raise ValueError(f"StudentCard.queries must be a non-negative integer, got {self.queries!r}")
+        self.queries = int(self.queries)
+        if self.method not in METHODS:
+            raise ValueError(f"StudentCard.method must be one of {METHODS}, got {self.method!r}")
+        if self.method == "db3kd" and not self.labeler:
+            raise ValueError("StudentCard.labeler is required for method 'db3kd' (e.g. 'mbd')")
+        if self.method == "zsdb3kd" and not self.generator:
+            raise ValueError("StudentCard.generator is required for method 'zsdb3kd'")
+        if self.accuracy_kind not in ACCURACY_KINDS:
+            raise ValueError(f"StudentCard.accuracy_kind must be one of {ACCURACY_KINDS}, got {self.accuracy_kind!r}")
+        self.student_accuracy = _check_fraction("StudentCard.student_accuracy", self.student_accuracy)
+        self.teacher_accuracy = _check_fraction("StudentCard.teacher_accuracy", self.teacher_accuracy)
+        self.labeler_config = _check_config("StudentCard.labeler_config", self.labeler_config)
+        self.generator_config = _check_config("StudentCard.generator_config", self.generator_config)
+        if self.repo_id is not None:
+            validate_repo_id(self.repo_id)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "StudentCard":
+        """Builds a card from a dict, naming any unknown keys.
+
+        Args:
+            data: card fields (extra ``db3.json`` bookkeeping keys are not accepted here).
+
+        Returns:
+            The validated :class:`StudentCard`.
+        """
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise TypeError(f"unknown StudentCard field(s) {unknown}; known fields: {sorted(known)}")
+        return cls(**dict(data))
+
+    def to_dict(self) -> Dict[str, Any]:
+        """Returns the card fields as a JSON-serialisable dict."""
+        return dataclasses.asdict(self)
+
+
+def _as_card(card: Union[StudentCard, Mapping[str, Any]]) -> StudentCard:
+    if isinstance(card, StudentCard):
+        return dataclasses.replace(card)  # a copy: save_student fills in fields
+    if isinstance(card, Mapping):
+        return StudentCard.from_dict(card)
+    raise TypeError(f"card must be a StudentCard or a dict of its fields, got {type(card).__name__}")
+
+
+def _pct(value: Optional[float]) -> str:
+    return "not reported" if value is None else f"{100.0 * value:.2f} %"
+
+
+def _render_card(card: StudentCard, config: Mapping[str, Any], *, db3_import: bool) -> Any:
+    """Builds the ``README.md`` :class:`huggingface_hub.ModelCard` from the card and timm's config.json."""
+    from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+    arch = card.architecture
+    pcfg = config.get("pretrained_cfg", {})
+    repo = card.repo_id or PLACEHOLDER_REPO_ID
+    title = card.model_name or f"{arch} distilled from {card.teacher}"
+    component = card.labeler if card.method == "db3kd" else card.generator
+    dataset_id = card.dataset_id or (card.dataset[3:] if card.dataset.startswith("hf:") else card.dataset)
+    kind_text = (
+        "final: the last epoch's weights (no checkpoint selection)"
+        if card.accuracy_kind == "final"
+        else f"best-val: the weights of the epoch with the best {card.eval_split} accuracy, which is the number "
+        f"reported (selected on this split, so optimistic if it is also the test split)"
+    )
+    eval_results = None
+    if card.student_accuracy is not None:
+        eval_results = [
+            EvalResult(
+                task_type="image-classification",
+                task_name="Image Classification",
+                dataset_type=dataset_id,
+                dataset_name=card.dataset,
+                dataset_split=card.eval_split,
+                metric_type="accuracy",
+                metric_name=f"Top-1 accuracy ({card.accuracy_kind})",
+                metric_value=round(card.student_accuracy, 6),
+            )
+        ]
+    data = ModelCardData(
+        library_name="timm",
+        pipeline_tag="image-classification",
+        license=card.license,
+        tags=["image-classification", "timm", "knowledge-distillation", "db3kd"]
+        + (["zsdb3kd"] if card.method == "zsdb3kd" else [])
+        + ["black-box", "label-only-teacher"],
+        datasets=[dataset_id],
+        metrics=["accuracy"],
+        model_name=title,
+        eval_results=eval_results,
+    )
+    rows = [
+        ("Method", _METHOD_TEXT[card.method]),
+        ("Teacher (label-only)", f"`{card.teacher}`"),
+    ]
+    if card.labeler:
+        rows.append(("Labeler", f"`{card.labeler}` `{json.dumps(card.labeler_config, sort_keys=True)}`"))
+    if card.generator:
+        rows.append(("Generator", f"`{card.generator}` `{json.dumps(card.generator_config, sort_keys=True)}`"))
+    rows += [
+        ("Teacher queries", f"{card.queries:,}"),
+        ("Dataset", f"{card.dataset} (accuracy on the `{card.eval_split}` split)"),
+        ("Student accuracy", _pct(card.student_accuracy)),
+        ("Teacher accuracy", _pct(card.teacher_accuracy)),
+        ("Which accuracy", kind_text),
+        ("Architecture", f"`{arch}` ({config.get('num_classes')} classes)"),
+        (
+            "Input",
+            f"{tuple(pcfg.get('input_size', ()))}, mean {tuple(pcfg.get('mean', ()))}, std {tuple(pcfg.get('std', ()))}",
+        ),
+    ]
+    table = "| | |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
+    reg = f"import db3_timm  # registers `{arch}` with timm (pip install db3-timm)\n" if db3_import else ""
+    labeler_opt = f" --labeler {card.labeler}" if card.labeler else ""
+    if card.method == "db3kd":
+        qpt = card.labeler_config.get("queries_per_target")
+        reproduce = (
+            f"\nTo soft-label with the original teacher the same way: `db3 label --teacher {card.teacher} "
+            f"--data {card.dataset}{labeler_opt}" + (f" --queries-per-target {qpt}" if qpt else "") + " --out labels/`.\n"
+        )
+    else:
+        reproduce = ""
+    body = f"""
+# {title}
+
+A `{arch}` student distilled with **{card.method.upper()}** from `{card.teacher}`, a teacher that answered
+only top-1 class labels (no logits, no gradients): {card.queries:,} label queries in total.
+Made with db3-timm {__version__}.
+
+{table}
+
+## Use the student
+
+```python
+import timm
+{reg}
+model = timm.create_model("hf-hub:{repo}", pretrained=True).eval()
+cfg = timm.data.resolve_model_data_config(model)   # mean/std/input size the student was trained with
+transform = timm.data.create_transform(**cfg)
+```
+
+## Use it as a label-only teacher
+
+Wrap it (or any timm model) in `db3_timm.LabelOracle`, which answers labels only and counts queries:
+
+```python
+from db3_timm import LabelOracle
+
+oracle = LabelOracle.from_hub("hf-hub:{repo}", budget=100_000)
+labels = oracle(images)  # images: float (N, C, H, W) in [0, 1]
+```
+
+or soft-label a dataset with the command line:
+
+```bash
+db3 label --teacher hf-hub:{repo} --data {card.dataset}{labeler_opt} --out labels/
+```
+{reproduce}""".lstrip("\n")
+    if card.notes:
+        body += f"\n## Notes\n\n{card.notes}\n"
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}")
+
+
+def _write_json(path: Path, data: Mapping[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def save_student(
+    model: nn.Module,
+    out_dir: Union[str, os.PathLike],
+    *,
+    card: Union[StudentCard, Mapping[str, Any]],
+    data_config: Optional[Mapping[str, Any]] = None,
+) -> Path:
+    """Writes a distilled timm student in timm's Hub format with a model card and ``db3.json``.
+
+    Args:
+        model: the student, a timm model (it has ``pretrained_cfg``).
+        out_dir: folder to write (created; existing files of the same names are replaced).
+        card: a :class:`StudentCard` or a dict of its fields; ``architecture`` defaults to the model's.
+        data_config: preprocessing the student was trained with (``mean``, ``std``, ``input_size``,
+            ``interpolation``, ``crop_pct``), recorded in config.json (default: the model's).
+
+    Returns:
+        The folder, absolute; it loads with ``timm.create_model('local-dir:' + str(path), pretrained=True)``.
+    """
+    import timm
+
+    card = _as_card(card)
+    pretrained_cfg = getattr(model, "pretrained_cfg", None)
+    if not isinstance(pretrained_cfg, Mapping) or "architecture" not in pretrained_cfg:
+        raise TypeError(
+            f"save_student needs a timm model (with pretrained_cfg['architecture']), got {type(model).__name__}"
+        )
+    arch = pretrained_cfg["architecture"]
+    if card.architecture is None:
+        card.architecture = arch
+    elif card.architecture != arch:
+        raise ValueError(f"card.architecture is {card.architecture!r} but the model is {arch!r}")
+    out = Path(out_dir).expanduser().resolve()
+    timm.models.save_for_hf(
+        model, out, safe_serialization=True, data_config=None if data_config is None else dict(data_config)
+    )
+    config = json.loads((out / "config.json").read_text(encoding="utf-8"))
+    model_card = _render_card(card, config, db3_import=type(model).__module__.split(".")[0] == "db3_timm")
+    model_card.save(out / CARD_NAME)
+    pcfg = config.get("pretrained_cfg", {})
+    _write_json(
+        out / DB3_CARD_NAME,
+        {
+            "format": _DB3_FORMAT,
+            "format_version": _DB3_FORMAT_VERSION,
+            "db3_timm_version": __version__,
+            **card.to_dict(),
+            "num_classes": config.get("num_classes"),
+            "input_size": pcfg.get("input_size"),
+            "mean": pcfg.get("mean"),
+            "std": pcfg.get("std"),
+        },
+    )
+    return out
+
+
+def read_student_card(folder: Union[str, os.PathLike]) -> StudentCard:
+    """Reads the :class:`StudentCard` back from a folder's ``db3.json``.
+
+    Args:
+        folder: a folder written by :func:`save_student`.
+
+    Returns:
+        The card (bookkeeping keys such as ``num_classes`` are dropped).
+    """
+    path = Path(folder).expanduser() / DB3_CARD_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found; {folder!s} was not written by db3_timm.hub.save_student")
+    data = json.loads(path.read_text(encoding="utf-8"))
+    known = {f.name for f in dataclasses.fields(StudentCard)}
+    return StudentCard.from_dict({k: v for k, v in data.items() if k in known})
+
+
+def _files_to_upload(folder: Path) -> List[str]:
+    """Relative POSIX paths of the regular files under ``folder``, hidden files and folders excluded."""
+    files = []
+    for path in folder.rglob("*"):
+        rel = path.relative_to(folder)
+        if path.is_file() and not path.is_symlink() and not any(p.startswith(".") for p in rel.parts):
+            files.append(rel.as_posix())
+    return sorted(files)
+
+
+def _fill_repo_id(folder: Path, repo_id: str) -> None:
+    """Puts ``repo_id`` into a card saved before it was known (the usage snippet and ``db3.json``)."""
+    meta_path = folder / DB3_CARD_NAME
+    if not meta_path.is_file():
+        return
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    if meta.get("repo_id") not in (None, repo_id):
+        warnings.warn(
+            f"{meta_path} names repo {meta['repo_id']!r} but the folder is pushed to {repo_id!r}; "
+            f"its model card's usage snippet keeps {meta['repo_id']!r}",
+            stacklevel=3,
+        )
+        return
+    if meta.get("repo_id") is None:
+        readme = folder / CARD_NAME
+        text = readme.read_text(encoding="utf-8")
+        readme.write_text(text.replace(f"hf-hub:{PLACEHOLDER_REPO_ID}", f"hf-hub:{repo_id}"), encoding="utf-8")
+        meta["repo_id"] = repo_id
+        _write_json(meta_path, meta)
+
+
+def _env_offline() -> bool:
+    from huggingface_hub import constants
+
+    env = (os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or "").strip().upper()
+    return bool(constants.is_offline_mode()) or env in {"1", "ON", "YES", "TRUE"}
+
+
+def _transport_errors() -> Tuple[type, ...]:
+    """Exception types meaning "the Hub could not be reached" for the installed huggingface_hub."""
+    from huggingface_hub.errors import OfflineModeIsEnabled
+
+    types: List[type] = [OfflineModeIsEnabled, ConnectionError, TimeoutError]
+    for name in ("httpx2", "httpx", "requests"):
+        try:
+            mod = __import__(name)
+        except ImportError:
+            continue
+        for attr in ("TransportError", "ConnectionError", "Timeout"):
+            cls = getattr(mod, attr, None)
+            if isinstance(cls, type) and issubclass(cls, BaseException):
+                types.append(cls)
+    return tuple(types)
+
+
+def _later_hint(folder: Path, repo_id: str, private: bool) -> str:
+    cmd = f"db3 push {shlex.quote(str(folder))} --repo {repo_id}" + (" --private" if private else "")
+    return (
+        f"The student is saved locally at {folder} (load it now with timm.create_model("
+        f"'local-dir:{folder}', pretrained=True)); push it later, where the Hub is reachable, with: {cmd}"
+    )
+
+
+def push_student(
+    folder: Union[str, os.PathLike],
+    repo_id: str,
+    *,
+    token: Optional[str] = None,
+    private: bool = False,
+    commit_message: Optional[str] = None,
+    api: Optional["HfApi"] = None,
+) -> str:
+    """Uploads a :func:`save_student` folder to a Hub model repo (created if missing).
+
+    Calls ``api.create_repo(repo_id=..., repo_type='model', exist_ok=True, private=...)`` then
+    ``api.upload_folder(folder_path=..., repo_id=..., repo_type='model', allow_patterns=FILES, ...)``
+    where ``FILES`` are the folder's files, hidden ones excluded. A card saved without a repo id
+    gets this one filled into its usage snippet and ``db3.json`` first.
+
+    Args:
+        folder: folder written by :func:`save_student` (needs config.json, model.safetensors, README.md).
+        repo_id: ``ORG/NAME`` of the model repo.
+        token: Hub write token (default: ``HF_TOKEN`` or the stored login); never logged.
+        private: create the repo private (ignored if it already exists).
+        commit_message: commit message (default names the architecture and teacher).
+        api: a ``huggingface_hub.HfApi`` (or an object with the same two methods); default ``HfApi(token=token)``.
+
+    Returns:
+        The commit URL (the repo URL if the Hub reports no commit).
+
+    Raises:
+        ValueError: ``repo_id`` is not ``ORG/NAME``.
+        FileNotFoundError: ``folder`` is missing or lacks a required file.
+        HubUnavailableError: offline mode is on or the Hub cannot be reached; the message gives the
+            local path and the ``db3 push`` command to run later.
+        PermissionError: the Hub refused the token (401/403).
+    """
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError
+
+    validate_repo_id(repo_id)
+    path = Path(folder).expanduser().resolve()
+    if not path.is_dir():
+        raise FileNotFoundError(f"student folder not found: {str(folder)!r}")
+    missing = [name for name in REQUIRED_FILES if not (path / name).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"{path} is not a saved student: missing {', '.join(missing)}; write it with db3_timm.hub.save_student"
+        )
+    if api is None:
+        api = HfApi(token=token)
+    if isinstance(api, HfApi) and _env_offline():
+        raise HubUnavailableError(
+            f"cannot push to the Hugging Face Hub repo {repo_id!r}: offline mode is on (HF_HUB_OFFLINE). "
+            + _later_hint(path, repo_id, private)
+        )
+    _fill_repo_id(path, repo_id)
+    files = _files_to_upload(path)
+    if commit_message is None:
+        try:
+            card = read_student_card(path)
+            commit_message = f"Upload {card.architecture} distilled ({card.method}) from {card.teacher}"
+        except (OSError, ValueError, TypeError):
+            commit_message = "Upload db3 student"
+    try:
+        repo_url = api.create_repo(repo_id=repo_id, repo_type="model", exist_ok=True, private=private, token=token)
+        commit = api.upload_folder(
+            folder_path=str(path),
+            repo_id=repo_id,
+            repo_type="model",
+            commit_message=commit_message,
+            allow_patterns=[glob.escape(f) for f in files],
+            token=token,
+        )
+    except HfHubHTTPError as err:
+        status = getattr(getattr(err, "response", None), "status_code", None)
+        if status in (401, 403):
+            raise PermissionError(
+                f"the Hub refused to create or write {repo_id!r} (HTTP {status}): pass a token with write access "
+                f"(token=..., the HF_TOKEN environment variable, `hf auth login`, or `db3 push --token-env VAR`). "
+                + _later_hint(path, repo_id, private)
+            ) from err
+        if status is not None and status >= 500:
+            raise HubUnavailableError(
+                f"cannot push to the Hugging Face Hub repo {repo_id!r}: the Hub answered HTTP {status}. "
+                + _later_hint(path, repo_id, private)
+            ) from err
+        raise
+    except _transport_errors() as err:
+        raise HubUnavailableError(
+            f"cannot push to the Hugging Face Hub repo {repo_id!r}: the Hub is unreachable or offline mode is on "
+            f"({type(err).__name__}: {err}). " + _later_hint(path, repo_id, private)
+        ) from err
+    return str(commit if commit is not None else repo_url)

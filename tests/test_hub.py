@@ -1,0 +1,300 @@
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+import db3_timm  # noqa: F401  (registers lenet5_half)
+import timm
+from db3_timm import HubUnavailableError
+from db3_timm.cli import main as cli_main
+from db3_timm.hub import (
+    PLACEHOLDER_REPO_ID,
+    StudentCard,
+    push_student,
+    read_student_card,
+    save_student,
+    validate_repo_id,
+)
+
+REPO = "db3-org/fmnist-lenet5-half"
+FILES = {"config.json", "model.safetensors", "README.md", "db3.json"}
+SECRET = "hf_db3testsecrettoken0123456789"
+
+
+@pytest.fixture
+def student():
+    torch.manual_seed(0)
+    model = timm.create_model("lenet5_half", num_classes=10).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p))  # not the init: a reload that ignored the weights would show
+    return model
+
+
+@pytest.fixture
+def card():
+    return StudentCard(
+        teacher="hf-hub:db3-org/fmnist-lenet5",
+        dataset="fashion-mnist",
+        queries=123456,
+        labeler="mbd",
+        labeler_config={"queries_per_target": 10, "seed": 0},
+        student_accuracy=0.8912,
+        teacher_accuracy=0.9104,
+        accuracy_kind="best-val",
+        eval_split="validation",
+    )
+
+
+@pytest.fixture
+def saved(tmp_path, student, card):
+    return save_student(student, tmp_path / "student", card=card, data_config={"mean": (0.286,), "std": (0.353,)})
+
+
+def _x(n=32):
+    return torch.rand(n, 1, 28, 28, generator=torch.Generator().manual_seed(3))
+
+
+def _run(args, env_extra, tmp_path):
+    env = dict(os.environ, HF_HOME=str(tmp_path / "hf_home"), **env_extra)
+    env.pop("HF_TOKEN", None)
+    return subprocess.run(args, env=env, capture_output=True, text=True, timeout=300, cwd=str(tmp_path))
+
+
+# ---------------------------------------------------------------- (1) save -> local-dir reload, card, config
+def test_saved_student_reloads_from_local_dir_with_card_and_config(saved, student):
+    assert {p.name for p in saved.iterdir()} == FILES
+    reloaded = timm.create_model("local-dir:" + str(saved), pretrained=True).eval()
+    x = _x()
+    with torch.no_grad():
+        assert torch.equal(reloaded(x), student(x))
+
+    config = json.loads((saved / "config.json").read_text())
+    assert config["architecture"] == "lenet5_half" and config["num_classes"] == 10
+    assert config["pretrained_cfg"]["mean"] == [0.286] and config["pretrained_cfg"]["std"] == [0.353]
+    assert config["pretrained_cfg"]["input_size"] == [1, 28, 28]
+    assert tuple(reloaded.pretrained_cfg["mean"]) == (0.286,) and tuple(reloaded.pretrained_cfg["std"]) == (0.353,)
+
+    from huggingface_hub import ModelCard
+
+    mc = ModelCard.load(saved / "README.md")
+    assert mc.data.library_name == "timm" and mc.data.license == "apache-2.0"
+    assert {"image-classification", "timm", "knowledge-distillation", "db3kd"} <= set(mc.data.tags)
+    assert mc.data.datasets == ["fashion-mnist"]
+    (result,) = mc.data.eval_results
+    assert result.metric_type == "accuracy" and result.metric_value == pytest.approx(0.8912)
+    assert result.dataset_split == "validation" and "best-val" in result.metric_name
+    text = mc.text
+    for needle in ("hf-hub:db3-org/fmnist-lenet5", "123,456", "89.12 %", "91.04 %", "best-val", "`mbd`",
+                   "import db3_timm", f'timm.create_model("hf-hub:{PLACEHOLDER_REPO_ID}", pretrained=True)',
+                   "LabelOracle", "db3 label --teacher"):
+        assert needle in text, needle
+
+    meta = json.loads((saved / "db3.json").read_text())
+    assert meta["teacher"] == "hf-hub:db3-org/fmnist-lenet5" and meta["queries"] == 123456
+    assert meta["architecture"] == "lenet5_half" and meta["accuracy_kind"] == "best-val"
+    assert meta["labeler_config"] == {"queries_per_target": 10, "seed": 0} and meta["std"] == [0.353]
+    assert read_student_card(saved).student_accuracy == pytest.approx(0.8912)
+
+
+def test_card_dict_and_validation(tmp_path, student):
+    out = save_student(student, tmp_path / "zs", card={
+        "teacher": "resnet18", "dataset": "hf:org/synthetic", "queries": 7, "method": "zsdb3kd",
+        "generator": "noise", "generator_config": {"steps": (1, 2)},
+    })
+    meta = json.loads((out / "db3.json").read_text())
+    assert meta["method"] == "zsdb3kd" and meta["generator_config"] == {"steps": [1, 2]}
+    assert meta["student_accuracy"] is None
+    from huggingface_hub import ModelCard
+
+    mc = ModelCard.load(out / "README.md")
+    assert "zsdb3kd" in mc.data.tags and mc.data.datasets == ["org/synthetic"] and not mc.data.eval_results
+    with pytest.raises(ValueError, match="fraction in \\[0, 1\\].*91.2"):
+        StudentCard(teacher="t", dataset="d", queries=1, labeler="mbd", student_accuracy=91.2)
+    with pytest.raises(ValueError, match="labeler is required"):
+        StudentCard(teacher="t", dataset="d", queries=1)
+    with pytest.raises(ValueError, match="accuracy_kind.*'best'"):
+        StudentCard(teacher="t", dataset="d", queries=1, labeler="mbd", accuracy_kind="best")
+    with pytest.raises(TypeError, match="unknown StudentCard field.*'teacher_id'"):
+        save_student(student, tmp_path / "bad", card={"teacher_id": "t", "dataset": "d", "queries": 1})
+    with pytest.raises(ValueError, match="card.architecture is 'resnet18'"):
+        save_student(student, tmp_path / "bad", card=StudentCard(
+            teacher="t", dataset="d", queries=1, labeler="mbd", architecture="resnet18"))
+    with pytest.raises(TypeError, match="timm model"):
+        save_student(torch.nn.Linear(2, 2), tmp_path / "bad", card={"teacher": "t", "dataset": "d", "queries": 1,
+                                                                    "labeler": "mbd"})
+
+
+# ---------------------------------------------------------------- (2) hf-hub: load from an offline HF cache
+def test_hf_hub_load_from_offline_cache_reproduces_outputs(tmp_path, saved, student):
+    sha = "0123456789abcdef0123456789abcdef01234567"
+    root = tmp_path / "cache" / f"models--{REPO.replace('/', '--')}"
+    (root / "refs").mkdir(parents=True)
+    (root / "refs" / "main").write_text(sha)
+    shutil.copytree(saved, root / "snapshots" / sha)
+    x = _x(64)
+    torch.save(x, tmp_path / "x.pt")
+    with torch.no_grad():
+        expected = student(x)
+    # The oracle normalises pixels with the saved mean/std: compare with the same oracle on the local folder.
+    expected_labels = db3_timm.LabelOracle.from_timm("local-dir:" + str(saved))(x)
+    script = textwrap.dedent(
+        f"""
+        import torch, timm
+        import db3_timm
+        model = timm.create_model('hf-hub:{REPO}', pretrained=True).eval()
+        with torch.no_grad():
+            torch.save(model(torch.load({str(tmp_path / 'x.pt')!r})), {str(tmp_path / 'y.pt')!r})
+        oracle = db3_timm.LabelOracle.from_hub('hf-hub:{REPO}')
+        torch.save(oracle(torch.load({str(tmp_path / 'x.pt')!r})), {str(tmp_path / 'labels.pt')!r})
+        """
+    )
+    run = _run([sys.executable, "-c", script], {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "cache")},
+               tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert torch.equal(torch.load(tmp_path / "y.pt"), expected)
+    assert torch.equal(torch.load(tmp_path / "labels.pt"), expected_labels)
+
+
+# ---------------------------------------------------------------- (3) upload at the HfApi boundary
+class RecordingApi:
+    """Stands in for huggingface_hub.HfApi: records create_repo / upload_folder calls."""
+
+    def __init__(self):
+        self.calls = []
+
+    def create_repo(self, **kwargs):
+        self.calls.append(("create_repo", kwargs))
+        return f"https://huggingface.co/{kwargs['repo_id']}"
+
+    def upload_folder(self, **kwargs):
+        from huggingface_hub.utils import filter_repo_objects
+
+        folder = Path(kwargs["folder_path"])
+        # The files huggingface_hub itself would pick from the folder with these patterns.
+        everything = [p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()]
+        kwargs["_uploaded"] = set(filter_repo_objects(everything, allow_patterns=kwargs["allow_patterns"]))
+        kwargs["_readme"] = (folder / "README.md").read_text()
+        self.calls.append(("upload_folder", kwargs))
+        return f"https://huggingface.co/{kwargs['repo_id']}/commit/abc123"
+
+
+def test_push_creates_repo_and_uploads_exactly_the_student_files(saved):
+    (saved / ".ipynb_checkpoints").mkdir()
+    (saved / ".ipynb_checkpoints" / "scratch.json").write_text("{}")
+    (saved / ".DS_Store").write_text("x")
+    api = RecordingApi()
+    url = push_student(saved, REPO, token=SECRET, private=True, api=api)
+    assert url == f"https://huggingface.co/{REPO}/commit/abc123"
+    (n1, create), (n2, upload) = api.calls
+    assert n1 == "create_repo" and n2 == "upload_folder"
+    assert create == {"repo_id": REPO, "repo_type": "model", "exist_ok": True, "private": True, "token": SECRET}
+    assert upload["repo_id"] == REPO and upload["repo_type"] == "model" and upload["token"] == SECRET
+    assert Path(upload["folder_path"]) == saved
+    assert upload["_uploaded"] == FILES and set(upload["allow_patterns"]) == FILES
+    assert upload["commit_message"] == "Upload lenet5_half distilled (db3kd) from hf-hub:db3-org/fmnist-lenet5"
+    # The usage snippet names the real repo now, in what was uploaded and in the local copy.
+    assert f'timm.create_model("hf-hub:{REPO}", pretrained=True)' in upload["_readme"]
+    assert PLACEHOLDER_REPO_ID not in upload["_readme"]
+    assert read_student_card(saved).repo_id == REPO
+
+    api = RecordingApi()
+    push_student(saved, REPO, commit_message="again", api=api)
+    assert api.calls[1][1]["commit_message"] == "again" and api.calls[0][1]["private"] is False
+
+
+def test_push_refuses_an_incomplete_folder_before_any_call(tmp_path, saved):
+    (saved / "model.safetensors").unlink()
+    api = RecordingApi()
+    with pytest.raises(FileNotFoundError, match="missing model.safetensors"):
+        push_student(saved, REPO, api=api)
+    with pytest.raises(FileNotFoundError, match="not found"):
+        push_student(tmp_path / "nowhere", REPO, api=api)
+    assert api.calls == []
+
+
+def test_push_to_unreachable_hub_raises_with_local_path(saved, monkeypatch):
+    from huggingface_hub import HfApi, constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    with socket.socket() as s:  # a local port nothing listens on: connection refused, no network involved
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    api = HfApi(endpoint=f"http://127.0.0.1:{port}", token=SECRET)
+    with pytest.raises(HubUnavailableError) as info:
+        push_student(saved, REPO, api=api)
+    msg = str(info.value)
+    assert "unreachable" in msg and str(saved) in msg and f"db3 push {saved} --repo {REPO}" in msg
+    assert SECRET not in msg
+
+
+# ---------------------------------------------------------------- (4) offline with a real HfApi
+def test_push_offline_with_real_hfapi_raises_hub_unavailable(tmp_path, saved):
+    script = textwrap.dedent(
+        f"""
+        from db3_timm.hub import push_student
+        from db3_timm import HubUnavailableError
+        try:
+            url = push_student({str(saved)!r}, {REPO!r}, token={SECRET!r})
+        except HubUnavailableError as err:
+            print("UNAVAILABLE", err)
+        else:
+            print("PUSHED", url)
+        """
+    )
+    run = _run([sys.executable, "-c", script], {"HF_HUB_OFFLINE": "1"}, tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.startswith("UNAVAILABLE"), run.stdout
+    assert "offline" in run.stdout and str(saved) in run.stdout and f"db3 push {saved} --repo {REPO}" in run.stdout
+    assert SECRET not in run.stdout + run.stderr
+
+
+# ---------------------------------------------------------------- (5) bad repo ids
+@pytest.mark.parametrize(
+    "bad", ["fmnist-lenet5", "a/b/c", "/name", "org/", "-org/name", "org/name-", "org/na--me", "org/na..me",
+            "org/na me", "org/name.git", "org/" + "x" * 97, "", None]
+)
+def test_bad_repo_id_is_a_value_error_naming_it(saved, bad):
+    api = RecordingApi()
+    with pytest.raises(ValueError, match="invalid Hub repo id") as info:
+        push_student(saved, bad, api=api)
+    assert repr(bad) in str(info.value)
+    assert api.calls == []
+
+
+def test_good_repo_ids_pass():
+    for good in (REPO, "User_1/model.v2", "a/b"):
+        assert validate_repo_id(good) == good
+
+
+# ---------------------------------------------------------------- (6) db3 push on the command line
+def test_cli_push_offline_exits_nonzero_with_message(tmp_path, saved):
+    env = {"HF_HUB_OFFLINE": "1", "DB3_TEST_TOKEN": SECRET}
+    run = _run([sys.executable, "-m", "db3_timm.cli", "push", str(saved), "--repo", REPO, "--private",
+                "--token-env", "DB3_TEST_TOKEN"], env, tmp_path)
+    assert run.returncode == 1, (run.stdout, run.stderr)
+    assert "db3 push:" in run.stderr and "offline" in run.stderr and str(saved) in run.stderr
+    assert f"db3 push {saved} --repo {REPO} --private" in run.stderr
+    assert SECRET not in run.stdout + run.stderr
+
+
+def test_cli_push_argument_errors(tmp_path, saved, capsys, monkeypatch):
+    with pytest.raises(SystemExit) as info:
+        cli_main(["push", str(saved), "--repo", "not-a-repo-id"])
+    assert info.value.code == 2 and "invalid Hub repo id 'not-a-repo-id'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:
+        cli_main(["push", str(tmp_path / "nowhere"), "--repo", REPO])
+    assert info.value.code == 2 and "folder not found" in capsys.readouterr().err
+    monkeypatch.delenv("DB3_UNSET_TOKEN_VAR", raising=False)
+    with pytest.raises(SystemExit) as info:
+        cli_main(["push", str(saved), "--repo", REPO, "--token-env", "DB3_UNSET_TOKEN_VAR"])
+    assert info.value.code == 2 and "'DB3_UNSET_TOKEN_VAR' is not set" in capsys.readouterr().err
