@@ -145,6 +145,7 @@ def fmnist_teacher(
         "train_acc": float(evaluate(model, train.images, train.labels)),
         "train_seconds": secs,
         "machine": machine_info(),
+        "load_average_1_5_15min_after": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "created": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     meta_path.write_text(json.dumps(meta, indent=2) + "\n")

@@ -6,7 +6,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, List, Optional
+from typing import Any, Callable, List, Optional, Tuple
 
 from .version import __version__
 
@@ -180,6 +180,45 @@ def _cmd_label(args: argparse.Namespace) -> int:
     return 0
 
 
+def _shape(text: str) -> Tuple[int, int, int]:
+    try:
+        dims = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        dims = ()
+    if len(dims) != 3 or min(dims) < 1:
+        raise argparse.ArgumentTypeError(f"expected C,H,W with three positive integers (e.g. 1,28,28), got {text!r}")
+    return dims  # type: ignore[return-value]
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from .oracle import LabelOracle
+    from .zeroshot import run_zero_shot
+
+    try:
+        oracle = LabelOracle.from_timm(args.teacher, args.checkpoint, num_classes=args.num_classes,
+                                       device=args.device or "cpu", budget=args.budget)
+    except (OSError, ValueError, RuntimeError) as err:
+        args.parser_error(f"argument --teacher: cannot load {args.teacher!r}: {err}")
+    labeler_cfg = {"queries_per_target": args.queries_per_target} if args.queries_per_target and args.labeler != "sd" else {}
+    t0 = time.monotonic()
+    summary = run_zero_shot(
+        oracle, args.out, samples_per_class=args.samples_per_class, iterations=args.iterations,
+        queries_per_iteration=args.queries_per_iteration, step=args.step, seed=args.seed,
+        num_classes=args.num_classes, input_shape=args.input_shape,
+        labeler=args.labeler or None, labeler_cfg=labeler_cfg, progress=not args.no_progress,
+    )
+    q = summary["queries"]
+    print(f"{summary['samples']} pseudo samples -> {args.out} (missing classes: {summary['missing_classes'] or 'none'})")
+    print("queries: " + ", ".join(f"{k} {v:,d}" for k, v in q.items()))
+    if summary["mean_robustness"]:
+        rob = summary["mean_robustness"]
+        print(f"mean robustness: {rob[0]:.3f} (iteration 1) -> {rob[-1]:.3f} (iteration {len(rob)})")
+    dups = {c: round(v["near_duplicate_fraction"], 3) for c, v in summary["diversity"].items()}
+    print(f"near-duplicate fraction per class: {dups}")
+    print(f"wall time: {time.monotonic() - t0:.1f} s")
+    return 0
+
+
 def _repo_id(text: str) -> str:
     from .hub import validate_repo_id
 
@@ -263,6 +302,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (manifest.json, references, shards/)")
     p.set_defaults(func=_cmd_label, parser_error=p.error)
+
+    p = sub.add_parser(
+        "generate",
+        help="grow a zero-shot transfer set (ZSDB3) from noise with label queries only",
+        description="Generate pseudo samples per class, write PNG grids, a robustness plot and a diversity report, "
+                    "and soft-label them; rerun the same command to resume.",
+    )
+    p.add_argument("--teacher", required=True, type=_teacher_spec, metavar="NAME_OR_local-dir:PATH")
+    p.add_argument("--checkpoint", type=_existing_file, metavar="FILE")
+    p.add_argument("--input-shape", type=_shape, metavar="C,H,W", help="teacher input shape (default: the model's)")
+    p.add_argument("--num-classes", type=_int_at_least(2), metavar="N")
+    p.add_argument("--samples-per-class", type=_int_at_least(1), required=True, metavar="N")
+    p.add_argument("--iterations", type=_int_at_least(0), default=10, metavar="K")
+    p.add_argument("--queries-per-iteration", type=_int_at_least(20), default=500, metavar="Q",
+                   help="exact per-sample query budget of one iteration")
+    p.add_argument("--step", type=float, default=0.5, help="initial L2 length of a push-away move")
+    p.add_argument("--labeler", default="mbd", help="labeler for the transfer set ('' to skip labelling)")
+    p.add_argument("--queries-per-target", type=_int_at_least(1), default=200, metavar="Q")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--budget", type=_int_at_least(0), metavar="Q", help="cap on the oracle queries of this run")
+    p.add_argument("--device", default=None)
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.set_defaults(func=_cmd_generate, parser_error=p.error)
 
     p = sub.add_parser(
         "push",

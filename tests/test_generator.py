@@ -103,3 +103,26 @@ def test_transfer_set_soft_labels_pseudo_samples_against_each_other(tmp_path):
     assert len(paths) == 5 and all(p.stat().st_size > 0 for p in paths)
     png = plot_curve({"mean": pseudo.robustness.mean(1).tolist()}, tmp_path / "rob.png", ylabel="robustness")
     assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_db3_generate_cli_writes_figures_and_transfer_set(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    import timm
+
+    torch.manual_seed(0)
+    model = timm.create_model("lenet5_fifth", num_classes=3, img_size=16)
+    timm.models.save_for_hf(model, tmp_path / "teacher", safe_serialization=True)
+    out = tmp_path / "zs"
+    cmd = [sys.executable, "-m", "db3_timm.cli", "generate", "--teacher", f"local-dir:{tmp_path / 'teacher'}",
+           "--samples-per-class", "2", "--iterations", "2", "--queries-per-iteration", "30", "--labeler", "sd",
+           "--no-progress", "--out", str(out)]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert "pseudo samples" in run.stdout and (out / "robustness.png").exists() and (out / "grids" / "all-classes.png").exists()
+    assert summary["queries"]["total"] == sum(v for k, v in summary["queries"].items() if k != "total")
+    bad = subprocess.run(cmd[:-2] + ["--input-shape", "1,8", "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "expected C,H,W" in bad.stderr
