@@ -117,7 +117,7 @@ def test_db3_generate_cli_writes_figures_and_transfer_set(tmp_path):
     timm.models.save_for_hf(model, tmp_path / "teacher", safe_serialization=True)
     out = tmp_path / "zs"
     cmd = [sys.executable, "-m", "db3_timm.cli", "generate", "--teacher", f"local-dir:{tmp_path / 'teacher'}",
-           "--samples-per-class", "2", "--iterations", "2", "--queries-per-iteration", "30", "--labeler", "sd",
+           "--samples-per-class", "2", "--iterations", "2", "--max-init-queries", "4096", "--queries-per-iteration", "30", "--labeler", "sd",
            "--no-progress", "--out", str(out)]
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
