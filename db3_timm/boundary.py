@@ -18,7 +18,7 @@ import torch
 
 from .oracle import LabelOracle
 
-__all__ = ["PairQueries", "bisect_segments", "estimate_normals", "minimize_boundary_distance", "random_starts"]
+__all__ = ["PairQueries", "bisect_segments", "bisect_to_boundary", "estimate_normals", "minimize_boundary_distance", "random_starts"]
 
 
 class PairQueries:
@@ -73,12 +73,12 @@ def bisect_segments(
     tol: float,
     lo: Optional[torch.Tensor] = None,
     reserve: int = 0,
-) -> torch.Tensor:
-    """Moves each adversarial point toward its sample along the segment until the boundary is bracketed.
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Brackets the boundary on each segment ``x0 -> adv`` by bisection, in fractions of the segment.
 
-    The bracket is kept in fractions of the segment ``x0 -> adv``: ``1`` is the known adversarial end,
-    ``lo`` (default 0) a fraction assumed non-adversarial. Bisection stops when the bracket width is at
-    most ``tol`` times the adversarial fraction, or the pair has only ``reserve`` queries left.
+    ``1`` is the known adversarial end, ``lo`` (default 0) a fraction assumed non-adversarial.
+    Bisection stops when the bracket width is at most ``tol`` times the adversarial fraction, or the
+    pair has only ``reserve`` queries left.
 
     Args:
         query: pair query function (its budgets are respected).
@@ -90,8 +90,8 @@ def bisect_segments(
         reserve: queries to leave untouched for later steps.
 
     Returns:
-        ``(P, D)`` adversarial points as close to the boundary as the tolerance and budget allow
-        (inactive pairs unchanged).
+        ``(hi, lo)``: per pair the smallest fraction verified adversarial (1 for inactive pairs) and the
+        largest fraction found not adversarial; the boundary point is ``lerp(x0, adv, hi)``.
     """
     lo = torch.zeros(x0.shape[0], device=x0.device) if lo is None else lo.clone()
     hi = torch.ones_like(lo)
@@ -102,11 +102,18 @@ def bisect_segments(
             break
         p = idx[need]
         mid = 0.5 * (lo[p] + hi[p])
-        points = torch.lerp(x0[p], adv[p], mid.unsqueeze(1))
-        is_adv = query(points, p)
+        is_adv = query(torch.lerp(x0[p], adv[p], mid.unsqueeze(1)), p)
         hi[p] = torch.where(is_adv, mid, hi[p])
         lo[p] = torch.where(is_adv, lo[p], mid)
-    return torch.where(active.unsqueeze(1), torch.lerp(x0, adv, hi.unsqueeze(1)), adv)
+    return hi, lo
+
+
+def bisect_to_boundary(
+    query: PairQueries, x0: torch.Tensor, adv: torch.Tensor, active: torch.Tensor, tol: float, reserve: int = 0
+) -> torch.Tensor:
+    """Returns ``(P, D)`` adversarial points moved along ``x0 -> adv`` as close to the boundary as ``tol`` and the budget allow."""
+    hi, _ = bisect_segments(query, x0, adv, active, tol, reserve=reserve)
+    return torch.lerp(x0, adv, hi.unsqueeze(1))
 
 
 def _feasible(u: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
@@ -123,6 +130,7 @@ def estimate_normals(
     num_probes: torch.Tensor,
     delta: torch.Tensor,
     generator: torch.Generator,
+    orthogonal_to: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """Estimates the boundary normal (pointing to the adversarial side) at boundary points from label answers.
 
@@ -137,6 +145,8 @@ def estimate_normals(
         num_probes: ``(P,)`` probes per pair (at most ``num_probes.max()``).
         delta: ``(P,)`` probe radius.
         generator: random source on ``at``'s device.
+        orthogonal_to: optional ``(P, D)`` unit directions; probes are drawn orthogonal to them, so the
+            answers only carry information about the normal's component outside the known direction.
 
     Returns:
         ``(P, D)`` unit normals (zero rows for inactive pairs or uninformative probes).
@@ -149,6 +159,9 @@ def estimate_normals(
     p_idx = active.nonzero().squeeze(1)
     u = torch.randn(p_idx.numel(), bmax, D, generator=generator, device=at.device, dtype=at.dtype)
     u = _feasible(u, at[p_idx].unsqueeze(1))
+    if orthogonal_to is not None:
+        known = orthogonal_to[p_idx].unsqueeze(1)
+        u = u - (u * known).sum(2, keepdim=True) * known
     u = u / u.norm(dim=2, keepdim=True).clamp_min(1e-12)
     use = torch.arange(bmax, device=at.device).unsqueeze(0) < num_probes[p_idx].unsqueeze(1)
     probes = (at[p_idx].unsqueeze(1) + delta[p_idx].view(-1, 1, 1) * u).clamp(0.0, 1.0)
@@ -160,8 +173,9 @@ def estimate_normals(
     # Centring removes the bias of a boundary point that sits slightly inside one side; if every
     # probe agrees the centred weights vanish, so fall back to the raw signs.
     weights = torch.where(use, answers - baseline, torch.zeros_like(answers))
-    flat = weights.abs().sum(1, keepdim=True) == 0
-    weights = torch.where(flat & use, answers, weights)
+    if orthogonal_to is None:
+        flat = weights.abs().sum(1, keepdim=True) == 0
+        weights = torch.where(flat & use, answers, weights)
     v = torch.einsum("pb,pbd->pd", weights, u)
     out[p_idx] = v / v.norm(dim=1, keepdim=True).clamp_min(1e-12)
     return out
@@ -175,20 +189,32 @@ def minimize_boundary_distance(
     generator: torch.Generator,
     *,
     tol: float = 1e-3,
-    probes: int = 50,
-    max_probes: int = 400,
+    probes: int = 60,
+    max_probes: int = 300,
     probe_growth: float = 0.5,
-    delta: float = 0.02,
-    momentum: float = 0.5,
-    max_step_checks: int = 6,
+    delta: float = 0.05,
+    angle_checks: int = 5,
     progress=None,
 ) -> torch.Tensor:
     """Shrinks each pair's adversarial point toward the nearest boundary until its budget is spent.
 
-    One iteration per pair: bisect to the boundary, estimate the normal there from ``probes * it**growth``
-    probes (averaged with earlier estimates by ``momentum``), step along it into the adversarial side with a
-    geometric step search, then accept the new segment only if one query at the current best distance
-    shows it is shorter (HopSkipJump's update with Sign-OPT's cheap rejection).
+    The current best point ``x0 + dist * theta`` is on the boundary; ``theta`` is the running estimate of
+    the boundary normal. One iteration per pair:
+
+    1. Probe the boundary point with ``probes * it**growth`` random directions drawn *orthogonal to theta*
+       (what is already known), so every answer is about the residual of the normal; their centred
+       signs give a unit residual direction ``g`` (HopSkipJump's Monte-Carlo estimate, restricted to the
+       complement of ``theta``).
+    2. Angle search in the plane ``(theta, g)``: at radius ``dist`` the adversarial directions
+       ``cos(phi) theta + sin(phi) g`` form the interval ``[0, 2 alpha]`` (exact for a flat boundary), so
+       ``angle_checks`` bisection queries on its upper edge give the optimal blend ``alpha`` (the
+       circle search of SurFree / CGBA). The bracket starts at 3x the previous edge.
+    3. Bracket the new boundary distance between ``dist * (1 - 2 (1 - cos phi))`` (verified by one query)
+       and ``dist`` and bisect to ``tol``: a few queries instead of a full bisection from the sample.
+
+    With fresh orthogonal probes each iteration the residual angle shrinks geometrically
+    (``sin^2 -> sin^2 * (1 - c^2)`` per iteration, ``c`` the probe estimate's accuracy) instead of the
+    ``1 / (1 + N / K)`` of averaging all probe signs.
 
     Args:
         query: pair query function; iterations stop per pair when its budget runs out.
@@ -197,66 +223,84 @@ def minimize_boundary_distance(
         active: ``(P,)`` pairs to optimise.
         generator: random source on the data's device.
         tol: relative tolerance of every bisection.
-        probes, max_probes, probe_growth: probes per normal estimate grow as ``probes * it**growth``.
+        probes, max_probes, probe_growth: probes per iteration grow as ``probes * it**growth``.
         delta: probe radius relative to the current distance.
-        momentum: weight of the previous normal estimate.
-        max_step_checks: halvings of the step before an iteration gives up.
+        angle_checks: bisection queries of the plane angle search.
         progress: optional callable ``(pairs_active)`` invoked once per iteration.
 
     Returns:
         ``(P, D)`` adversarial points (each verified by a query, or the input point when nothing better was found).
     """
     P, D = x0.shape
-    bisect_cost = math.ceil(math.log2(1.0 / tol)) + 1
-    adv = bisect_segments(query, x0, adv, active, tol)
+    dev = x0.device
+    zero = torch.zeros(P, device=dev)
+    hi, lo = bisect_segments(query, x0, adv, active, tol, lo=zero)
+    adv = torch.where(active.unsqueeze(1), torch.lerp(x0, adv, hi.unsqueeze(1)), adv)
     dist = (adv - x0).norm(dim=1)
-    normal = torch.zeros_like(x0)
+    lo_dist = dist * lo / hi.clamp_min(1e-12)
+    edge = torch.full((P,), math.pi / 6, device=dev)
     it = 0
     while True:
         it += 1
-        want = torch.full((P,), min(max_probes, int(probes * it ** probe_growth)), device=x0.device)
-        # A pair iterates only while it can afford a minimal estimate plus the step and the bisection.
-        reserve = max_step_checks + 1 + bisect_cost
+        reserve = angle_checks + 8
         live = active & (query.left() >= reserve + 8) & (dist > 0)
         if not bool(live.any()):
             break
         if progress is not None:
             progress(int(live.sum()))
+        want = torch.full((P,), min(max_probes, int(probes * it ** probe_growth)), device=dev)
         n_probes = torch.minimum(want, query.left() - reserve).clamp_min(0)
-        est = estimate_normals(query, adv, live, n_probes, delta * dist, generator)
-        normal = torch.where(live.unsqueeze(1), momentum * normal + (1 - momentum) * est, normal)
-        normal = normal / normal.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        theta = (adv - x0) / dist.clamp_min(1e-12).unsqueeze(1)
+        centre = x0 + (0.5 * (dist + lo_dist)).unsqueeze(1) * theta  # middle of the bracket
+        g = estimate_normals(query, centre, live, n_probes, delta * dist, generator, orthogonal_to=theta)
+        g = g - (g * theta).sum(1, keepdim=True) * theta
+        g = g / g.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
-        # Geometric step search: HopSkipJump's eps = dist / sqrt(it), halved until adversarial.
-        eps = dist / math.sqrt(it)
-        found = torch.zeros(P, dtype=torch.bool, device=x0.device)
-        cand = adv.clone()
-        for _ in range(max_step_checks):
-            trying = live & ~found & (query.left() > bisect_cost)
-            if not bool(trying.any()):
+        # Angle search: which blends of theta and g are adversarial at the current distance.
+        a_lo = torch.zeros(P, device=dev)
+        a_hi = (3.0 * edge).clamp(max=math.pi / 2)
+        hi_seen = torch.zeros(P, dtype=torch.bool, device=dev)
+        for _ in range(angle_checks):
+            p = (live & (query.left() > 4)).nonzero().squeeze(1)
+            if not p.numel():
                 break
-            p = trying.nonzero().squeeze(1)
-            step = (adv[p] + eps[p].unsqueeze(1) * normal[p]).clamp(0.0, 1.0)
-            ok = query(step, p)
-            cand[p[ok]] = step[ok]
-            found[p[ok]] = True
-            eps[p[~ok]] *= 0.5
+            phi = 0.5 * (a_lo[p] + a_hi[p])
+            point = x0[p] + dist[p].unsqueeze(1) * (torch.cos(phi).unsqueeze(1) * theta[p] + torch.sin(phi).unsqueeze(1) * g[p])
+            ok = query(point.clamp(0.0, 1.0), p)
+            a_lo[p] = torch.where(ok, phi, a_lo[p])
+            a_hi[p] = torch.where(ok, a_hi[p], phi)
+            hi_seen[p] |= ~ok
+        found = live & (a_lo > 0)
+        edge = torch.where(found, a_lo, 0.5 * edge)
+        phi = torch.minimum(torch.where(hi_seen, 0.25 * (a_lo + a_hi), 0.5 * a_lo), a_lo)
 
-        # Cheap rejection: the new segment must be adversarial at the current best distance.
-        seg = (cand - x0).norm(dim=1)
-        frac = (dist / seg.clamp_min(1e-12)).clamp(max=1.0)
-        test = found & (frac < 1.0) & (query.left() > 0)
-        p = test.nonzero().squeeze(1)
-        better = torch.zeros(P, dtype=torch.bool, device=x0.device)
+        def along(angle: torch.Tensor) -> torch.Tensor:
+            d = torch.cos(angle).unsqueeze(1) * theta + torch.sin(angle).unsqueeze(1) * g
+            return (x0 + dist.unsqueeze(1) * d).clamp(0.0, 1.0)
+
+        cand = along(phi)
+        # phi != a_lo has not been asked yet: verify it, falling back to the verified edge direction.
+        p = (found & (phi < a_lo) & (query.left() > 0)).nonzero().squeeze(1)
         if p.numel():
-            point = torch.lerp(x0[p], cand[p], frac[p].unsqueeze(1))
-            ok = query(point, p)
-            better[p[ok]] = True
-            cand[p[ok]] = point[ok]
-        refined = bisect_segments(query, x0, cand, better, tol)
-        new_dist = (refined - x0).norm(dim=1)
-        improved = better & (new_dist < dist)
-        adv = torch.where(improved.unsqueeze(1), refined, adv)
+            ok = query(cand[p], p)
+            bad = p[~ok]
+            cand[bad] = along(a_lo)[bad]
+        # Distance bracket along the new direction: the flat-boundary prediction is dist * cos(phi).
+        lo_frac = (1.0 - 2.0 * (1.0 - torch.cos(phi)) - 2.0 * tol).clamp_min(0.0)
+        top = torch.ones(P, device=dev)
+        p = (found & (lo_frac > 0) & (query.left() > 0)).nonzero().squeeze(1)
+        if p.numel():
+            ok = query(torch.lerp(x0[p], cand[p], lo_frac[p].unsqueeze(1)), p)
+            top[p[ok]] = lo_frac[p[ok]]
+            lo_frac[p[ok]] = 0.0
+        cand = torch.lerp(x0, cand, top.unsqueeze(1))
+        seg = (cand - x0).norm(dim=1)
+        hi, lo = bisect_segments(query, x0, cand, found, tol, lo=lo_frac / top)
+        new = torch.lerp(x0, cand, hi.unsqueeze(1))
+        new_dist = (new - x0).norm(dim=1)
+        improved = found & (new_dist < dist)
+        lo_dist = torch.where(improved, seg * lo, lo_dist)
+        adv = torch.where(improved.unsqueeze(1), new, adv)
         dist = torch.where(improved, new_dist, dist)
     return adv
 

@@ -17,7 +17,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 
 from .._registry import register_generator
-from ..boundary import PairQueries, bisect_segments, minimize_boundary_distance
+from ..boundary import PairQueries, minimize_boundary_distance
 from ..oracle import LabelOracle
 
 __all__ = ["ZSDB3Generator", "PseudoSamples", "reference_noise", "diversity_report", "build_transfer_set"]

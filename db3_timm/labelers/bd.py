@@ -6,7 +6,7 @@ from typing import Any, Dict, Optional, Tuple
 import torch
 
 from .._registry import register_labeler
-from ..boundary import PairQueries, bisect_segments, random_starts
+from ..boundary import PairQueries, bisect_to_boundary, random_starts
 from ..oracle import LabelOracle
 from .base import Labeler, References
 from .sd import nearest_by_class
@@ -82,7 +82,7 @@ def reference_starts(
                 ok = query(point, p)
                 end[p[ok]] = point[ok]
                 go[p[ok]] = True
-            cand = bisect_segments(query, pairs.x0, end, go, tol, reserve=reserve)
+            cand = bisect_to_boundary(query, pairs.x0, end, go, tol, reserve=reserve)
             d = (cand - pairs.x0).norm(dim=1)
             better = go & (d < best)
             best = torch.where(better, d, best)
@@ -92,7 +92,7 @@ def reference_starts(
     if random_start_queries > 0 and bool(missing.any()):
         starts, ok = random_starts(query, (P, D), missing, random_start_queries, generator, x.device)
         info["random_starts"] = int(ok.sum())
-        refined = bisect_segments(query, pairs.x0, starts, ok, tol, reserve=reserve)
+        refined = bisect_to_boundary(query, pairs.x0, starts, ok, tol, reserve=reserve)
         best_pt = torch.where(ok.unsqueeze(1), refined, best_pt)
         found = found | ok
     return best_pt, found, info

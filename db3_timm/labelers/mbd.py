@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from typing import Any, Dict
 
-import torch
 
 from .._registry import register_labeler
 from ..boundary import minimize_boundary_distance
@@ -23,7 +22,7 @@ class MinimalBoundaryDistanceLabeler(BoundaryDistanceLabeler):
         oracle: the label-only teacher.
         queries_per_target: exact query budget per (sample, class) pair, start search included.
         directions: nearest references tried for the start.
-        probes, max_probes, probe_growth, delta, momentum: normal-estimate settings (see
+        probes, max_probes, probe_growth, delta, angle_checks: direction-search settings (see
             :func:`~db3_timm.boundary.minimize_boundary_distance`).
         **kwargs: :class:`BoundaryDistanceLabeler` options.
     """
@@ -36,17 +35,17 @@ class MinimalBoundaryDistanceLabeler(BoundaryDistanceLabeler):
         *,
         queries_per_target: int = 1000,
         directions: int = 2,
-        probes: int = 50,
-        max_probes: int = 400,
+        probes: int = 60,
+        max_probes: int = 300,
         probe_growth: float = 0.5,
-        delta: float = 0.02,
-        momentum: float = 0.5,
+        delta: float = 0.05,
+        angle_checks: int = 5,
         max_pairs: int = 512,
         **kwargs: Any,
     ):
         super().__init__(oracle, queries_per_target=queries_per_target, directions=directions, max_pairs=max_pairs, **kwargs)
         self.opt = dict(probes=int(probes), max_probes=int(max_probes), probe_growth=float(probe_growth),
-                        delta=float(delta), momentum=float(momentum))
+                        delta=float(delta), angle_checks=int(angle_checks))
 
     def config(self) -> Dict[str, Any]:
         cfg = super().config()
