@@ -15,6 +15,7 @@ import math
 from typing import Optional, Tuple
 
 import torch
+import torch.nn.functional as F
 
 from .oracle import LabelOracle
 
@@ -131,6 +132,7 @@ def estimate_normals(
     delta: torch.Tensor,
     generator: torch.Generator,
     orthogonal_to: Optional[torch.Tensor] = None,
+    probe_scale: int = 1,
 ) -> torch.Tensor:
     """Estimates the boundary normal (pointing to the adversarial side) at boundary points from label answers.
 
@@ -147,6 +149,7 @@ def estimate_normals(
         generator: random source on ``at``'s device.
         orthogonal_to: optional ``(P, D)`` unit directions; probes are drawn orthogonal to them, so the
             answers only carry information about the normal's component outside the known direction.
+        probe_scale: draw probes on a grid ``probe_scale`` times coarser and upsample them (1: full resolution).
 
     Returns:
         ``(P, D)`` unit normals (zero rows for inactive pairs or uninformative probes).
@@ -157,7 +160,15 @@ def estimate_normals(
     if bmax == 0:
         return out
     p_idx = active.nonzero().squeeze(1)
-    u = torch.randn(p_idx.numel(), bmax, D, generator=generator, device=at.device, dtype=at.dtype)
+    if probe_scale > 1 and query.image_shape[1] >= 2 * probe_scale:
+        # Smooth probes: noise drawn on a coarser grid and upsampled lives in the low-frequency
+        # subspace where classifier gradients concentrate, so each answer says more about the normal.
+        c, h, w = query.image_shape
+        small = torch.randn(p_idx.numel() * bmax, c, -(-h // probe_scale), -(-w // probe_scale),
+                            generator=generator, device=at.device, dtype=at.dtype)
+        u = F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False).view(p_idx.numel(), bmax, D)
+    else:
+        u = torch.randn(p_idx.numel(), bmax, D, generator=generator, device=at.device, dtype=at.dtype)
     u = _feasible(u, at[p_idx].unsqueeze(1))
     if orthogonal_to is not None:
         known = orthogonal_to[p_idx].unsqueeze(1)
@@ -194,6 +205,7 @@ def minimize_boundary_distance(
     probe_growth: float = 0.5,
     delta: float = 0.05,
     angle_checks: int = 5,
+    probe_scale: int = 1,
     progress=None,
 ) -> torch.Tensor:
     """Shrinks each pair's adversarial point toward the nearest boundary until its budget is spent.
@@ -226,6 +238,7 @@ def minimize_boundary_distance(
         probes, max_probes, probe_growth: probes per iteration grow as ``probes * it**growth``.
         delta: probe radius relative to the current distance.
         angle_checks: bisection queries of the plane angle search.
+        probe_scale: probes drawn on a ``probe_scale`` times coarser grid (see :func:`estimate_normals`).
         progress: optional callable ``(pairs_active)`` invoked once per iteration.
 
     Returns:
@@ -252,7 +265,8 @@ def minimize_boundary_distance(
         n_probes = torch.minimum(want, query.left() - reserve).clamp_min(0)
         theta = (adv - x0) / dist.clamp_min(1e-12).unsqueeze(1)
         centre = x0 + (0.5 * (dist + lo_dist)).unsqueeze(1) * theta  # middle of the bracket
-        g = estimate_normals(query, centre, live, n_probes, delta * dist, generator, orthogonal_to=theta)
+        g = estimate_normals(query, centre, live, n_probes, delta * dist, generator, orthogonal_to=theta,
+                             probe_scale=probe_scale)
         g = g - (g * theta).sum(1, keepdim=True) * theta
         g = g / g.norm(dim=1, keepdim=True).clamp_min(1e-12)
 

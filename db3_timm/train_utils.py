@@ -27,7 +27,6 @@ import json
 import math
 import os
 import shutil
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -207,7 +206,8 @@ def add_training_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("optimisation")
     g.add_argument("--epochs", type=_positive_int, default=10)
     g.add_argument("--batch-size", type=_positive_int, default=128,
-                   help="global batch size (split across processes, so any process count trains the same batches)")
+                   help="global batch size, split across processes, so any process count trains on the same batches "
+                        "(the last incomplete batch of an epoch is dropped)")
     g.add_argument("--eval-batch-size", type=_positive_int, default=512)
     g.add_argument("--opt", default="adam", help="timm optimizer name (adam, adamw, momentum, sgd = nesterov, ...)")
     g.add_argument("--lr", type=float, default=1e-3)
@@ -372,8 +372,11 @@ def batch_target(batch: Mapping[str, torch.Tensor]) -> Any:
 
 
 def _loader(dataset: Any, batch_size: int, *, shuffle: bool, num_workers: int) -> torch.utils.data.DataLoader:
+    # Training drops the last incomplete batch (as timm's train.py does): accelerate would otherwise pad it with
+    # repeated samples on some processes, and 1 and N processes would no longer train on the same batches.
+    drop_last = shuffle and len(dataset) >= batch_size
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
-                                       drop_last=False)
+                                       drop_last=drop_last)
 
 
 # ---------------------------------------------------------------------- optimisation
@@ -530,6 +533,9 @@ def train_loop(
     progress = TrainProgress()
     accelerator.register_for_checkpointing(progress)
     checkpoint_dir = Path(checkpoint_dir)
+    if not resume and find_checkpoint("latest", checkpoint_dir) is not None:
+        accelerator.print(f"note: {checkpoint_dir} holds checkpoints of an earlier run; starting from scratch "
+                          f"(pass --resume to continue it)")
     if resume:
         folder = find_checkpoint(resume, checkpoint_dir)
         if folder is None:
@@ -756,10 +762,15 @@ def add_transfer_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--shard-size", type=_positive_int, default=512, metavar="N")
     g.add_argument("--budget", type=int, metavar="Q", help="cap on the teacher queries of this run (per process)")
     g.add_argument("--zero-shot", action="store_true",
-                   help="ZSDB3KD: no training images; pseudo samples from the registered 'zsdb3' generator")
-    g.add_argument("--zero-shot-samples", type=_positive_int, default=1000, metavar="N",
-                   help="--zero-shot: number of pseudo samples to generate")
-    g.add_argument("--generator-kwargs", type=_json_arg, default={}, metavar="JSON", help="--zero-shot: generator options")
+                   help="ZSDB3KD: no training images; pseudo samples grown from noise by the registered 'zsdb3' "
+                        "generator (kept, resumable, in OUTPUT_DIR/zero_shot), then soft-labelled with --labeler")
+    g.add_argument("--zero-shot-samples-per-class", type=_positive_int, default=100, metavar="N")
+    g.add_argument("--zero-shot-iterations", type=int, default=10, metavar="K", help="push-away iterations")
+    g.add_argument("--zero-shot-queries-per-iteration", type=_positive_int, default=500, metavar="Q",
+                   help="per-sample query budget of one iteration (at least 20)")
+    g.add_argument("--zero-shot-step", type=float, default=0.5, help="initial L2 length of a push-away move")
+    g.add_argument("--generator-kwargs", type=_json_arg, default={}, metavar="JSON",
+                   help="--zero-shot: more generator options, e.g. '{\"max_init_queries\": 100000}'")
 
 
 @dataclass
@@ -803,13 +814,31 @@ def _rows_from_transfer(ds: Any, args: argparse.Namespace, load_split: Callable[
         "labels": "teacher (agreement with the teacher, not ground truth)", "rows": len(val_idx)}
 
 
-def _generate_pseudo_samples(generator: Any, n: int, seed: int) -> torch.Tensor:
-    g = torch.Generator().manual_seed(int(seed))
-    out = generator.generate(n, generator=g) if hasattr(generator, "generate") else generator(n, generator=g)
-    images = getattr(out, "images", out)
-    if not isinstance(images, torch.Tensor) or images.dim() != 4:
-        raise TypeError(f"generator returned {type(out).__name__}; expected a (N, C, H, W) tensor (or an object with .images)")
-    return images.detach().float().cpu()
+def _zero_shot_samples(accelerator: Any, oracle: Any, args: argparse.Namespace,
+                       folder: Path) -> Tuple[torch.Tensor, torch.Tensor, Dict[str, int]]:
+    """Pseudo samples, their teacher labels and the generation's query counts from ``create_generator('zsdb3',
+    oracle)``, grown by the main process only (they cost queries), resumable in ``folder/state`` and kept in
+    ``folder/pseudo.safetensors`` (+ ``queries.json``)."""
+    from safetensors.torch import load_file, save_file
+
+    from . import create_generator
+
+    path = folder / "pseudo.safetensors"
+    if accelerator.is_main_process and not path.is_file():
+        gen = create_generator("zsdb3", oracle, seed=args.seed, **(args.generator_kwargs or {}))
+        pseudo = gen.generate(args.zero_shot_samples_per_class, args.zero_shot_iterations,
+                              args.zero_shot_queries_per_iteration, step=args.zero_shot_step, out_dir=folder / "state",
+                              progress=not args.no_progress)
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / ".pseudo.safetensors.tmp"
+        save_file({"images": pseudo.images.detach().float().cpu().contiguous(),
+                   "labels": pseudo.labels.detach().long().cpu().contiguous()}, str(tmp))
+        (folder / "queries.json").write_text(json.dumps({k: int(v) for k, v in dict(pseudo.queries).items()}) + "\n")
+        os.replace(tmp, path)  # last: marks the generation finished
+    accelerator.wait_for_everyone()
+    saved = load_file(str(path))
+    queries = json.loads((folder / "queries.json").read_text()) if (folder / "queries.json").is_file() else {}
+    return saved["images"], saved["labels"], queries
 
 
 def prepare_transfer_set(accelerator: Any, oracle: Any, args: argparse.Namespace, *,
@@ -823,13 +852,14 @@ def prepare_transfer_set(accelerator: Any, oracle: Any, args: argparse.Namespace
       labels for validation, and soft-label the rest with ``create_labeler(--labeler, oracle)`` through
       ``label_dataset`` into the transfer folder -- resumable, split across processes, and reused as is
       when the same command runs again.
-    * ``--zero-shot``: pseudo samples from ``create_generator('zsdb3', oracle)`` (made once, by the main
-      process, and kept in the transfer folder), soft-labelled the same way.
+    * ``--zero-shot``: pseudo samples grown from noise by ``create_generator('zsdb3', oracle)`` (by the main
+      process; resumable and kept in ``OUTPUT_DIR/zero_shot``), soft-labelled the same way; validation =
+      ``--val-split``, else held-out pseudo samples scored against the teacher's labels.
 
     Returns:
         The :class:`TransferSet`.
     """
-    from . import create_generator, create_labeler
+    from . import create_labeler
     from .data import load_image_dataset
     from .labeling import label_dataset, load_labeled_dataset, read_manifest
 
@@ -858,34 +888,39 @@ def prepare_transfer_set(accelerator: Any, oracle: Any, args: argparse.Namespace
     marker = {"data": args.data, "split": args.train_split, "limit": args.limit, "image_size": image_size,
               "val_split": args.val_split, "val_fraction": args.val_fraction, "seed": args.seed,
               "zero_shot": bool(args.zero_shot)}
+    extra: Dict[str, Any] = {}
     if args.zero_shot:
-        images_path = folder / "pseudo_samples.safetensors"
-        if accelerator.is_main_process and not images_path.is_file():
-            from safetensors.torch import save_file
+        from .labelers.base import References
 
-            gen = create_generator("zsdb3", oracle, seed=args.seed, **(args.generator_kwargs or {}))
-            images = _generate_pseudo_samples(gen, args.zero_shot_samples, args.seed)
-            folder.mkdir(parents=True, exist_ok=True)
-            save_file({"images": images.contiguous()}, str(images_path.with_suffix(".tmp")))
-            os.replace(images_path.with_suffix(".tmp"), images_path)
-        accelerator.wait_for_everyone()
-        from safetensors.torch import load_file
-
-        images = load_file(str(images_path))["images"]
-        refs = None if args.references_per_class <= 0 else images  # candidates; the teacher's labels decide
-        val_info_source = None
+        images, labels, extra["generation_queries"] = _zero_shot_samples(accelerator, oracle, args, out / "zero_shot")
         real_val = None
-        dataset_labels = None
+        if args.val_split:
+            val = load_split(args.val_split)
+            real_val = TensorDictDataset(val.images, val.labels)
+            val_info_source = {"source": f"{args.data} split {args.val_split!r}", "labels": "dataset", "rows": len(val)}
+        else:  # held out before labelling: their teacher labels are known from the generation, no query spent
+            keep, held = holdout_split(len(images), args.val_fraction, args.seed)
+            if len(held):
+                real_val = TensorDictDataset(images[held], labels[held])
+            val_info_source = {"source": f"{len(held)} held-out pseudo samples (seed {args.seed})" if len(held) else None,
+                               "labels": "teacher (agreement with the teacher, not ground truth)" if len(held) else None,
+                               "rows": len(held)}
+            images, labels = images[keep], labels[keep]
+        refs = dataset_labels = None
+        if args.references_per_class > 0:  # the pseudo samples of the other classes serve as references
+            idx = references_per_class(labels, oracle.num_classes or int(labels.max()) + 1, args.references_per_class)
+            refs = References(images[idx], labels[idx], 0)  # their labels are the teacher's answers already
     else:
         data = load_split(args.train_split, args.limit)
         if args.val_split:
-            real_val = load_split(args.val_split)
+            val = load_split(args.val_split)
+            real_val = TensorDictDataset(val.images, val.labels)
             keep = torch.arange(len(data))
             val_info_source = {"source": f"{args.data} split {args.val_split!r}", "labels": "dataset",
-                               "rows": len(real_val)}
+                               "rows": len(val)}
         else:
             keep, held = holdout_split(len(data), args.val_fraction, args.seed)
-            real_val = data.subset(held) if len(held) else None
+            real_val = TensorDictDataset(data.images[held], data.labels[held]) if len(held) else None
             val_info_source = {"source": f"{len(held)} held-out images of {args.data} split {args.train_split!r} "
                                          f"(seed {args.seed})" if len(held) else None,
                                "labels": "dataset" if len(held) else None, "rows": len(held)}
@@ -903,11 +938,7 @@ def prepare_transfer_set(accelerator: Any, oracle: Any, args: argparse.Namespace
                        shard_size=args.shard_size, seed=args.seed, accelerator=accelerator, progress=progress)
     ds = ds.with_format("torch", columns=columns)
     queries = read_manifest(folder)["queries"]["total"]
-    source = (f"{len(ds)} zero-shot pseudo samples (zsdb3)" if args.zero_shot else
+    source = (f"{len(ds)} zero-shot pseudo samples (zsdb3, {args.zero_shot_iterations} iterations)" if args.zero_shot else
               f"{len(ds)} images of {args.data} split {args.train_split!r}") + f", labelled with {args.labeler!r} -> {folder}"
-    if real_val is not None:
-        info = {"transfer": {"source": source, "rows": len(ds), "queries": queries}, "validation": val_info_source}
-        return TransferSet(ds, TensorDictDataset(real_val.images, real_val.labels), tuple(images.shape[1:]), info)
-    train, val, val_info = _rows_from_transfer(ds, args, load_split, "transfer set")
-    info = {"transfer": {"source": source, "rows": len(train), "queries": queries}, "validation": val_info}
-    return TransferSet(train, val, tuple(images.shape[1:]), info)
+    info = {"transfer": {"source": source, "rows": len(ds), "queries": queries, **extra}, "validation": val_info_source}
+    return TransferSet(ds, real_val, tuple(images.shape[1:]), info)

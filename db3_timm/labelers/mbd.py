@@ -40,12 +40,13 @@ class MinimalBoundaryDistanceLabeler(BoundaryDistanceLabeler):
         probe_growth: float = 0.5,
         delta: float = 0.05,
         angle_checks: int = 5,
+        probe_scale: int = 2,
         max_pairs: int = 512,
         **kwargs: Any,
     ):
         super().__init__(oracle, queries_per_target=queries_per_target, directions=directions, max_pairs=max_pairs, **kwargs)
         self.opt = dict(probes=int(probes), max_probes=int(max_probes), probe_growth=float(probe_growth),
-                        delta=float(delta), angle_checks=int(angle_checks))
+                        delta=float(delta), angle_checks=int(angle_checks), probe_scale=int(probe_scale))
 
     def config(self) -> Dict[str, Any]:
         cfg = super().config()
