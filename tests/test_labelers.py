@@ -6,6 +6,11 @@ import torch
 from db3_timm import LabelOracle, References, create_labeler, distances_to_logits, list_labelers
 
 
+# An affine map with i.i.d. random weights has no spatial smoothness, so MBD's default smooth
+# (coarse-grid) probes would not suit it: the tests below ask for full-resolution probes.
+FULL_RES = {"probe_scale": 1}
+
+
 def affine_problem(num_classes=2, shape=(1, 4, 4), n=12, seed=0, spread=0.03):
     """An affine teacher centred on the middle of the box, so small distances never touch the bounds."""
     g = torch.Generator().manual_seed(seed)
@@ -86,7 +91,7 @@ def test_bd_equals_closed_form_crossing_along_the_reference_direction():
 
 def test_mbd_reaches_the_exact_minimum_and_never_undercuts_it():
     oracle, w, b, x, refs = affine_problem(n=10)
-    out = create_labeler("mbd", oracle, queries_per_target=2000).label(x, refs)
+    out = create_labeler("mbd", oracle, queries_per_target=2000, **FULL_RES).label(x, refs)
     truth = pairwise_truth(w, b, x, out.labels, 1 - out.labels)
     got = out.distances.gather(1, (1 - out.labels)[:, None]).squeeze(1)
     assert torch.all(got >= truth * (1 - 1e-6)), "a reported distance undercuts the true minimum"
@@ -96,7 +101,7 @@ def test_mbd_reaches_the_exact_minimum_and_never_undercuts_it():
 def test_mbd_improves_on_bd_at_the_same_budget():
     oracle, w, b, x, refs = affine_problem(num_classes=4, shape=(1, 6, 6), n=8)
     bd = create_labeler("bd", oracle, queries_per_target=300).label(x, refs)
-    mbd = create_labeler("mbd", oracle, queries_per_target=300).label(x, refs)
+    mbd = create_labeler("mbd", oracle, queries_per_target=300, **FULL_RES).label(x, refs)
     finite = torch.isfinite(bd.distances) & (bd.distances > 0)
     assert (mbd.distances[finite] <= bd.distances[finite] * (1 + 1e-6)).all()
     assert mbd.distances[finite].sum() < 0.8 * bd.distances[finite].sum()
