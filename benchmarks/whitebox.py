@@ -267,12 +267,12 @@ def min_norm_targeted(
     x: torch.Tensor,
     targets: torch.Tensor,
     *,
-    fmn_steps: int = 100,
+    fmn_steps: int = 200,
     fmn_alpha_init: float = 1.0,
-    cw_steps: int = 100,
+    cw_steps: int = 150,
     cw_binary_steps: int = 5,
-    cw_initial_const: float = 1.0,
-    cw_lr: float = 0.01,
+    cw_initial_const: float = 0.1,
+    cw_lr: float = 0.2,
     chunk_size: int = 1024,
     return_details: bool = False,
 ):
@@ -406,13 +406,19 @@ def _main() -> None:
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n", type=int, default=100, help="teacher samples (x 9 targets each)")
-    ap.add_argument("--fmn-steps", type=int, default=100)
-    ap.add_argument("--cw-steps", type=int, default=100)
+    ap.add_argument("--fmn-steps", type=int, default=200)
+    ap.add_argument("--cw-steps", type=int, default=150)
     ap.add_argument("--cw-binary-steps", type=int, default=5)
+    ap.add_argument("--cw-lr", type=float, default=0.2)
+    ap.add_argument("--cw-initial-const", type=float, default=0.1)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave torch's default)")
     ap.add_argument("--skip-teacher", action="store_true", help="only run the affine check")
     ap.add_argument("--out", default="benchmarks/results/whitebox_timing.json")
     args = ap.parse_args()
-    kw = dict(fmn_steps=args.fmn_steps, cw_steps=args.cw_steps, cw_binary_steps=args.cw_binary_steps)
+    kw = dict(fmn_steps=args.fmn_steps, cw_steps=args.cw_steps, cw_binary_steps=args.cw_binary_steps,
+              cw_lr=args.cw_lr, cw_initial_const=args.cw_initial_const)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
 
     print(machine_info())
     t0 = time.perf_counter()

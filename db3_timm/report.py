@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
-__all__ = ["save_class_grids", "plot_curve"]
+__all__ = ["save_class_grids", "plot_curve", "plot_points"]
 
 PathLike = Union[str, Path]
 
@@ -38,13 +38,7 @@ def save_class_grids(images: torch.Tensor, labels: torch.Tensor, out_dir: PathLi
     return paths
 
 
-def plot_curve(series: Dict[str, Sequence[float]], path: PathLike, *, x: Optional[Sequence[float]] = None,
-               xlabel: str = "iteration", ylabel: str = "", title: str = "", logx: bool = False) -> Path:
-    """Plots one or more named curves to a PNG (needs matplotlib: ``pip install db3-timm[plot]``).
-
-    Returns:
-        The written path.
-    """
+def _pyplot():
     try:
         import matplotlib
 
@@ -52,6 +46,46 @@ def plot_curve(series: Dict[str, Sequence[float]], path: PathLike, *, x: Optiona
         import matplotlib.pyplot as plt
     except ImportError as err:  # an optional extra
         raise ImportError("plots need matplotlib: pip install 'db3-timm[plot]'") from err
+    return plt
+
+
+def plot_points(points: Dict[str, Tuple[float, float]], path: PathLike, *, xlabel: str = "", ylabel: str = "",
+                title: str = "", logx: bool = True, hline: Optional[Tuple[float, str]] = None) -> Path:
+    """Plots named ``(x, y)`` points (e.g. accuracy vs queries, one point per method) to a PNG.
+
+    Returns:
+        The written path.
+    """
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    for name, (x, y) in points.items():
+        ax.scatter([x], [y], s=40, label=name)
+    if hline is not None:
+        ax.axhline(hline[0], color="gray", linestyle="--", label=hline[1])
+    if logx:
+        ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def plot_curve(series: Dict[str, Sequence[float]], path: PathLike, *, x: Optional[Sequence[float]] = None,
+               xlabel: str = "iteration", ylabel: str = "", title: str = "", logx: bool = False) -> Path:
+    """Plots one or more named curves to a PNG (needs matplotlib: ``pip install db3-timm[plot]``).
+
+    Returns:
+        The written path.
+    """
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.5), dpi=120)
     for name, ys in series.items():
         xs = list(x) if x is not None else list(range(1, len(ys) + 1))

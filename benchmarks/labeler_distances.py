@@ -1,0 +1,117 @@
+"""How close do label-only distances get to a white-box minimum, and at what throughput?
+
+Side by side in one run, on the Fashion-MNIST LeNet-5 teacher (benchmarks/_common.py):
+  * white-box minimum-norm targeted L2 distances (FMN + C&W, benchmarks/whitebox.py) for every
+    (sample, other class) pair of N correctly classified training images;
+  * our SD / BD / MBD distances at several budgets, as the median ratio to the white-box distance;
+  * throughput: the labeler's oracle images/s divided by the bare teacher's forward images/s at
+    the same batch size, and the share of wall time spent inside the teacher.
+
+    python benchmarks/labeler_distances.py --samples 100 --budgets 250 500 1000 2000 4000
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import correct_subset, fmnist_teacher, machine_info  # noqa: E402
+from whitebox import PixelSpace, min_norm_targeted  # noqa: E402
+
+from db3_timm import LabelOracle, create_labeler  # noqa: E402
+from db3_timm.data import load_image_dataset  # noqa: E402
+
+
+def bare_forward_rate(model: torch.nn.Module, batch: int, seconds: float = 3.0) -> float:
+    """Images/s of ``argmax(model(normalise(x)))`` under inference mode: the ceiling for any oracle."""
+    from db3_timm.distill import normalizer_for
+
+    norm = normalizer_for(model)
+    x = torch.rand(batch, 1, 28, 28)
+    with torch.inference_mode():
+        model(norm(x)).argmax(1)
+        n, t = 0, time.perf_counter()
+        while time.perf_counter() - t < seconds:
+            model(norm(x.clamp(0, 1))).argmax(1)
+            n += batch
+    return n / (time.perf_counter() - t)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--samples", type=int, default=100)
+    ap.add_argument("--budgets", type=int, nargs="+", default=[250, 500, 1000, 2000, 4000])
+    ap.add_argument("--references", type=int, default=2000, help="training images serving as references")
+    ap.add_argument("--labelers", nargs="+", default=["sd", "bd", "mbd"])
+    ap.add_argument("--out", default="benchmarks/results/labeler_distances.json")
+    args = ap.parse_args()
+
+    print(machine_info(), flush=True)
+    teacher, acc = fmnist_teacher()
+    print(f"teacher lenet5 on Fashion-MNIST: test accuracy {acc:.2%}")
+    train = load_image_dataset("fashion-mnist", "train")
+    refs = (train.images[-args.references:], train.labels[-args.references:])
+    x, y = correct_subset(teacher, train.images[:-args.references], train.labels[:-args.references], args.samples, seed=0)
+    others = torch.ones(len(y), 10, dtype=torch.bool).scatter_(1, y[:, None], False)
+    pair_sample, pair_target = others.nonzero(as_tuple=True)
+
+    t = time.time()
+    wb = min_norm_targeted(PixelSpace(teacher), x[pair_sample], pair_target)
+    wb_time = time.time() - t
+    print(f"white-box FMN + C&W: {len(wb)} pairs in {wb_time:.0f}s, median distance {wb.median():.3f}", flush=True)
+
+    oracle = LabelOracle.from_timm_model(teacher, max_batch_size=4096)
+    inner, in_teacher = oracle._predict, [0.0]
+
+    def timed(batch: torch.Tensor) -> torch.Tensor:
+        t0 = time.perf_counter()
+        out = inner(batch)
+        in_teacher[0] += time.perf_counter() - t0
+        return out
+
+    oracle._predict = timed
+    rows = []
+    for name in args.labelers:
+        for q in ([None] if name == "sd" else args.budgets):
+            cfg = {} if q is None else {"queries_per_target": q}
+            lab = create_labeler(name, oracle, **cfg)
+            checked = lab.check_references(*refs)
+            before, in_teacher[0] = oracle.queries, 0.0
+            t = time.perf_counter()
+            soft = lab.label(x, checked)
+            wall = time.perf_counter() - t
+            spent = oracle.queries - before
+            ratio = soft.distances[pair_sample, pair_target] / wb
+            row = {
+                "labeler": name, "queries_per_target": q, "median_ratio": float(ratio.median()),
+                "p90_ratio": float(ratio.quantile(0.9)), "min_ratio": float(ratio.min()),
+                "queries": spent, "seconds": wall, "queries_per_s": spent / wall,
+                "teacher_share": in_teacher[0] / wall,
+            }
+            rows.append(row)
+            print(f"{name:4s} q/target {str(q):>5s}: median ratio {row['median_ratio']:.3f} (p90 {row['p90_ratio']:.3f}, "
+                  f"min {row['min_ratio']:.3f}); {spent:,d} queries in {wall:.0f}s = {row['queries_per_s']:,.0f}/s, "
+                  f"{row['teacher_share']:.0%} of the time in the teacher", flush=True)
+
+    bare = bare_forward_rate(teacher, 4096)
+    for row in rows:
+        row["throughput_ratio"] = row["queries_per_s"] / bare
+    print(f"\nbare teacher forward at batch 4096: {bare:,.0f} images/s")
+    print("| labeler | queries/target | median ratio to white-box | p90 | queries/s | ÷ bare forward | time in teacher |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['labeler']} | {r['queries_per_target'] or '-'} | {r['median_ratio']:.3f} | {r['p90_ratio']:.3f} | "
+              f"{r['queries_per_s']:,.0f} | {r['throughput_ratio']:.2f} | {r['teacher_share']:.0%} |")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"machine": machine_info(), "teacher_acc": acc, "samples": len(y), "pairs": len(wb),
+                               "whitebox_seconds": wb_time, "bare_forward_per_s": bare, "rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
