@@ -228,7 +228,6 @@ def _render_card(card: StudentCard, config: Mapping[str, Any], *, db3_import: bo
     pcfg = config.get("pretrained_cfg", {})
     repo = card.repo_id or PLACEHOLDER_REPO_ID
     title = card.model_name or f"{arch} distilled from {card.teacher}"
-    component = card.labeler if card.method == "db3kd" else card.generator
     dataset_id = card.dataset_id or (card.dataset[3:] if card.dataset.startswith("hf:") else card.dataset)
     kind_text = (
         "final: the last epoch's weights (no checkpoint selection)"
