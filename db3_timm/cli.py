@@ -255,6 +255,34 @@ def _cmd_push(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        import uvicorn
+
+        from .serve import create_app_from_timm
+    except ImportError as err:
+        args.parser_error(f"db3 serve needs the 'serve' extra (pip install 'db3-timm[serve]'): {err}")
+    token = None
+    if args.token_env is not None:
+        token = os.environ.get(args.token_env) or None
+        if token is None:  # name the variable, never its value
+            args.parser_error(f"argument --token-env: environment variable {args.token_env!r} is not set or empty")
+    try:
+        app = create_app_from_timm(
+            args.model, args.checkpoint, num_classes=args.num_classes, device=args.device,
+            model_name=args.name, token=token, max_batch_size=args.max_batch_size,
+            quota=args.quota, quota_window=args.quota_window,
+        )
+    except (OSError, ValueError, RuntimeError) as err:
+        args.parser_error(f"argument --model: cannot load {args.model!r}: {err}")
+    print(f"serving {args.model!r} label-only (Open Inference Protocol v2) at "
+          f"http://{args.host}:{args.port}/v2/models/{app.state.model_name}/infer "
+          f"(auth: {'bearer token from $' + args.token_env if token else 'none'}"
+          f"{f', quota {args.quota}/{args.quota_window:g}s' if args.quota else ''})", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Returns the ``db3`` argument parser."""
     parser = argparse.ArgumentParser(
@@ -342,6 +370,26 @@ def build_parser() -> argparse.ArgumentParser:
                    help="read the Hub write token from environment variable VAR (default: HF_TOKEN or the stored login)")
     p.add_argument("--message", metavar="TEXT", help="commit message (default names the architecture and teacher)")
     p.set_defaults(func=_cmd_push, parser_error=p.error)
+
+    p = sub.add_parser(
+        "serve",
+        help="serve a timm teacher as a label-only HTTP endpoint (Open Inference Protocol v2, KServe/Triton style)",
+        description="Answer only argmax labels at POST /v2/models/NAME/infer; query it with LabelOracle.from_url.",
+    )
+    p.add_argument("--model", required=True, type=_teacher_spec, metavar="NAME_OR_local-dir:PATH",
+                   help="timm model name, local-dir:PATH or hf-hub:ORG/NAME")
+    p.add_argument("--checkpoint", type=_existing_file, metavar="FILE", help="model weights (.safetensors/.pt)")
+    p.add_argument("--num-classes", type=_int_at_least(2), metavar="N")
+    p.add_argument("--name", metavar="NAME", help="model name in the URL (default: the last part of --model)")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
+    p.add_argument("--port", type=_int_at_least(0), default=8000)
+    p.add_argument("--token-env", metavar="VAR", help="require the bearer token held in environment variable VAR")
+    p.add_argument("--max-batch-size", type=_int_at_least(1), default=1024, metavar="N")
+    p.add_argument("--quota", type=_int_at_least(1), metavar="Q", help="queries per client per --quota-window")
+    p.add_argument("--quota-window", type=float, default=60.0, metavar="S", help="quota window in seconds")
+    p.add_argument("--device", default=None, help="model device (default: cpu)")
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    p.set_defaults(func=_cmd_serve, parser_error=p.error)
     return parser
 
 

@@ -376,6 +376,51 @@ class LabelOracle:
         return cls.from_timm(model_id, **kwargs)
 
 
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        model: Optional[str] = None,
+        *,
+        token: Optional[str] = None,
+        timeout: float = 30.0,
+        max_batch_size: Optional[int] = 256,
+        retries: int = 3,
+        backoff: float = 0.5,
+        **kwargs: Any,
+    ) -> "LabelOracle":
+        """A teacher served over HTTP by an Open Inference Protocol v2 server (``db3 serve``, KServe, Triton).
+
+        Same contract as every oracle; ``input_size``/``num_classes`` come from the model metadata
+        unless given. See :mod:`db3_timm.remote` for the wire format, retries and errors.
+
+        Args:
+            url: server base URL, or ``.../v2/models/NAME`` when ``model`` is omitted.
+            model: model name on the server.
+            token: bearer token (default: environment variable ``DB3_TOKEN``); never logged.
+            timeout: seconds per HTTP request.
+            max_batch_size: images per request (larger calls are chunked).
+            retries, backoff: retries on connection errors, timeouts, 429 and 5xx, with exponential backoff.
+            **kwargs: other :class:`LabelOracle` options (``budget``, ``query_log``, ``num_classes``, ``input_size``, ``name``).
+
+        Returns:
+            A :class:`LabelOracle` whose queries are HTTP requests.
+        """
+        from .remote import RemotePredictor
+
+        predictor = RemotePredictor(url, model, token=token, timeout=timeout, retries=retries, backoff=backoff,
+                                    input_size=kwargs.get("input_size"))
+        meta = predictor.describe()
+        if kwargs.get("input_size") is None:
+            kwargs["input_size"] = predictor.input_size = meta["input_size"]
+        if kwargs.get("num_classes") is None:
+            kwargs["num_classes"] = meta["num_classes"]
+        kwargs.setdefault("name", f"{predictor.model}@{predictor.url}")
+        oracle = cls(predictor, max_batch_size=max_batch_size, **kwargs)
+        predictor.bind(oracle)
+        return oracle
+
+
 def _create_from_hub(name: str, **model_kwargs: Any) -> nn.Module:
     import timm
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled

@@ -1,0 +1,323 @@
+"""Label-only teachers over HTTP: `db3_timm.serve` (OIP v2 server) and `LabelOracle.from_url`, on a real uvicorn."""
+import json
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import torch
+
+pytest.importorskip("starlette")
+uvicorn = pytest.importorskip("uvicorn")
+
+import timm  # noqa: E402
+
+import db3_timm  # noqa: E402,F401  (registers lenet5_fifth)
+from db3_timm import LabelOracle, create_labeler  # noqa: E402
+from db3_timm.labeling import label_dataset, read_manifest  # noqa: E402
+from db3_timm.remote import RemoteAuthError, RemoteOracleError, RemotePredictor  # noqa: E402
+from db3_timm.serve import create_app  # noqa: E402
+
+TOKEN = "s3cret-token"
+NAME = "lenet5_fifth"
+
+
+def _model():
+    torch.manual_seed(0)
+    return timm.create_model(NAME).eval()
+
+
+def _app(model, **kw):
+    from timm.data import resolve_model_data_config
+
+    cfg = resolve_model_data_config(model)
+    return create_app(model, model_name=NAME, mean=cfg["mean"], std=cfg["std"], input_size=cfg["input_size"], **kw)
+
+
+class Server:
+    """A uvicorn server in a background thread on a loopback port (restartable on the same port)."""
+
+    def __init__(self, app, port=0):
+        self.app = app
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", port))
+        self.port = sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False)
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                with urllib.request.urlopen(self.url + "/v2/health/ready", timeout=1) as r:
+                    assert json.loads(r.read())["ready"]
+                    return
+            except (OSError, urllib.error.URLError):
+                if time.monotonic() > deadline:
+                    raise RuntimeError("server did not start")
+                time.sleep(0.02)
+
+    def stop(self):
+        self.server.should_exit = True
+        self.thread.join(10)
+        assert not self.thread.is_alive()
+
+
+@pytest.fixture(scope="module")
+def model():
+    return _model()
+
+
+@pytest.fixture(scope="module")
+def server(model):
+    s = Server(_app(model, token=TOKEN, max_batch_size=64))
+    yield s
+    s.stop()
+
+
+def _images(n, seed=1, size=28):
+    g = torch.Generator().manual_seed(seed)
+    # Smooth-ish blobs + noise so a random-weight net answers several classes.
+    return (torch.rand(n, 1, size, size, generator=g) * torch.rand(n, 1, 1, 1, generator=g) * 2).clamp(0, 1)
+
+
+def _post(url, body, token=TOKEN, content_type="application/json"):
+    headers = {"Content-Type": content_type}
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    req = urllib.request.Request(url, data=body, headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, json.loads(r.read()), r.headers
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read()), err.headers
+
+
+def _payload(x, datatype="FP32", shape=None, **extra):
+    return json.dumps({"inputs": [{"name": "input", "shape": list(shape or x.shape), "datatype": datatype,
+                                   "data": x.flatten().tolist()}], **extra}).encode()
+
+
+# ---------------------------------------------------------------------- equality with in-process
+def test_metadata_and_labels_equal_in_process(server, model):
+    with urllib.request.urlopen(urllib.request.Request(
+            f"{server.url}/v2/models/{NAME}", headers={"Authorization": f"Bearer {TOKEN}"})) as r:
+        meta = json.loads(r.read())
+    assert meta["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 1, 28, 28]}]
+    assert meta["outputs"] == [{"name": "label", "datatype": "INT64", "shape": [-1]}]
+
+    remote_log, local_log = [], []
+    remote = LabelOracle.from_url(server.url, NAME, token=TOKEN, max_batch_size=16,
+                                  query_log=lambda b, t: remote_log.append((b, t)))
+    local = LabelOracle.from_timm_model(model, max_batch_size=16, query_log=lambda b, t: local_log.append((b, t)))
+    assert remote.input_size == (1, 28, 28) and remote.num_classes == 10
+    x = _images(50)
+    labels = remote(x)
+    assert labels.dtype == torch.int64 and labels.shape == (50,)
+    assert torch.equal(labels, local(x)) and len(labels.unique()) > 1
+    assert remote.queries == local.queries == 50 and remote_log == local_log
+    # Other sizes are resized on the client exactly like the in-process oracle does; float64 too.
+    y = _images(7, seed=2, size=32).double()
+    assert torch.equal(remote(y), local(y)) and remote.queries == 57
+    # The budget is refused before anything is sent.
+    remote.budget = 60
+    with pytest.raises(db3_timm.QueryBudgetExceeded):
+        remote(x[:4])
+    assert remote.queries == 57
+    assert TOKEN not in repr(remote._predict) and TOKEN not in repr(remote)
+
+
+def test_bd_labelling_equals_in_process(server, model):
+    x = _images(3, seed=3)
+    refs = _images(40, seed=4)
+    soft = []
+    for oracle in (LabelOracle.from_url(server.url, NAME, token=TOKEN, max_batch_size=64),
+                   LabelOracle.from_timm_model(model, max_batch_size=64)):
+        labeler = create_labeler("bd", oracle, queries_per_target=30, seed=0)
+        soft.append((labeler.label(x, refs, generator=torch.Generator().manual_seed(7)), oracle.queries))
+    (a, qa), (b, qb) = soft
+    assert torch.equal(a.labels, b.labels) and torch.equal(a.distances, b.distances)
+    assert torch.equal(a.queries, b.queries) and qa == qb > 0
+
+
+# ---------------------------------------------------------------------- auth, quota, bad input
+def test_auth_errors_are_not_retried(server):
+    for token, status in ((None, 401), ("wrong", 403)):
+        code, body, _ = _post(f"{server.url}/v2/models/{NAME}/infer", _payload(_images(1)), token=token)
+        assert code == status and "error" in body
+        sleeps = []
+        pred = RemotePredictor(server.url, NAME, token=token, retries=5, sleep=sleeps.append)
+        with pytest.raises(RemoteAuthError) as info:
+            pred(_images(2))
+        assert isinstance(info.value, PermissionError) and info.value.status == status and sleeps == []
+        with pytest.raises(PermissionError):
+            LabelOracle.from_url(server.url, NAME, token=token)
+    # Health stays open; the token also comes from DB3_TOKEN.
+    with urllib.request.urlopen(server.url + "/v2/health/live") as r:
+        assert r.status == 200
+
+
+def test_token_from_env(server, monkeypatch):
+    monkeypatch.setenv("DB3_TOKEN", TOKEN)
+    oracle = LabelOracle.from_url(f"{server.url}/v2/models/{NAME}")
+    assert oracle(_images(3)).shape == (3,)
+
+
+def test_bad_payloads_are_400_and_server_keeps_serving(server):
+    url = f"{server.url}/v2/models/{NAME}/infer"
+    x = _images(2)
+    nan = x.clone()
+    nan[0, 0, 0, 0] = float("nan")
+    cases = {
+        "wrong shape": _payload(x, shape=[2, 1, 27, 28]),
+        "size mismatch": _payload(x[:1], shape=[2, 1, 28, 28]),
+        "NaN": _payload(nan),
+        "datatype": _payload(x, datatype="FP64"),
+        "not json": b"{not json",
+        "no inputs": b"{}",
+        "strings": json.dumps({"inputs": [{"name": "input", "shape": [1, 1, 1, 1], "datatype": "FP32",
+                                           "data": ["a"]}]}).encode(),
+        "logits asked": _payload(x, outputs=[{"name": "logits"}]),
+        "probabilities asked": _payload(x, outputs=[{"name": "probabilities"}]),
+        "batch too large": _payload(_images(65)),
+    }
+    for what, body in cases.items():
+        code, answer, _ = _post(url, body)
+        assert code == 400, what
+        assert answer["error"], what
+    code, answer, _ = _post(f"{server.url}/v2/models/other/infer", _payload(x))
+    assert code == 404
+    # A body over the limit is refused from its Content-Length.
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    conn.putrequest("POST", f"/v2/models/{NAME}/infer")
+    conn.putheader("Authorization", f"Bearer {TOKEN}")
+    conn.putheader("Content-Length", str(24 * 64 * 784 + 65537))
+    conn.endheaders()  # the body is never sent: the declared length alone is refused
+    resp = conn.getresponse()
+    assert resp.status == 413 and "exceeds" in json.loads(resp.read())["error"]
+    conn.close()
+    # Still serving, and the label output ignores any request for scores.
+    code, answer, _ = _post(url, _payload(x, outputs=[{"name": "label", "parameters": {"classification": 3}}]))
+    assert code == 200 and answer["outputs"][0]["datatype"] == "INT64" and len(answer["outputs"]) == 1
+    assert answer["outputs"][0]["shape"] == [2] and all(isinstance(v, int) for v in answer["outputs"][0]["data"])
+    # Client-side 400s are not retried either.
+    sleeps = []
+    with pytest.raises(RemoteOracleError) as info:
+        RemotePredictor(server.url, NAME, token=TOKEN, retries=5, sleep=sleeps.append)(_images(2, size=28)[:, :, :27])
+    assert info.value.status == 400 and sleeps == []
+
+
+def test_quota_429_then_retry_after_window(model):
+    s = Server(_app(model, quota=20, quota_window=1.0))
+    try:
+        local = LabelOracle.from_timm_model(model)
+        x = _images(30)
+        strict = LabelOracle.from_url(s.url, NAME, max_batch_size=16, retries=0)
+        with pytest.raises(RemoteOracleError) as info:
+            strict(x)
+        assert info.value.status == 429 and info.value.queries_spent == 16 and strict.queries == 16
+        assert "16 queries spent so far" in str(info.value)
+        code, _, headers = _post(f"{s.url}/v2/models/{NAME}/infer", _payload(x[:16]), token=None)
+        assert code == 429 and int(headers["Retry-After"]) >= 1
+
+        oracle = LabelOracle.from_url(s.url, NAME, max_batch_size=16, retries=3)
+        t0 = time.monotonic()
+        labels = oracle(x)  # 16 answered, 14 refused (429, Retry-After), then answered in the next window
+        assert time.monotonic() - t0 >= 0.9
+        assert torch.equal(labels, local(x)) and oracle.queries == 30
+        code, answer, _ = _post(f"{s.url}/v2/models/{NAME}/infer", _payload(_images(21)), token=None)
+        assert code == 400 and "quota" in answer["error"]
+    finally:
+        s.stop()
+
+
+def test_parallel_clients(server, model):
+    local = LabelOracle.from_timm_model(model)
+    xs = [_images(20 + i, seed=10 + i) for i in range(8)]
+    expected = [local(x) for x in xs]
+
+    def ask(x):
+        oracle = LabelOracle.from_url(server.url, NAME, token=TOKEN, max_batch_size=8)
+        return oracle(x), oracle.queries
+
+    with ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(ask, xs))
+    for (labels, queries), want, x in zip(got, expected, xs):
+        assert torch.equal(labels, want) and queries == x.shape[0]
+
+
+# ---------------------------------------------------------------------- fault: server down mid-labelling
+def test_server_down_mid_labelling_resumes(tmp_path, model):
+    x = _images(24, seed=20)
+    refs = _images(30, seed=21)
+    cfg = {"queries_per_target": 12, "seed": 0}
+    whole = label_dataset(create_labeler("bd", LabelOracle.from_timm_model(model), **cfg), x, tmp_path / "whole",
+                          references=refs, shard_size=8, seed=3, progress=False)
+
+    s = Server(_app(model, token=TOKEN))
+    port = s.port
+    oracle = LabelOracle.from_url(s.url, NAME, token=TOKEN, retries=1, backoff=0.01)
+    stop_at = read_manifest(tmp_path / "whole")["queries"]["reference_check"] + 1
+
+    def kill_after(batch, total):
+        if total >= stop_at and s.thread.is_alive():
+            s.stop()  # the server goes away between two requests of shard 0
+
+    oracle.query_log = kill_after
+    out = tmp_path / "remote"
+    with pytest.raises(RemoteOracleError) as info:
+        label_dataset(create_labeler("bd", oracle, **cfg), x, out, references=refs, shard_size=8, seed=3,
+                      progress=False)
+    assert info.value.status is None and info.value.queries_spent == oracle.queries
+    assert read_manifest(out)["queries"]["total"] == oracle.queries
+
+    s2 = Server(_app(model, token=TOKEN), port=port)
+    try:
+        oracle2 = LabelOracle.from_url(s2.url, NAME, token=TOKEN)
+        resumed = label_dataset(create_labeler("bd", oracle2, **cfg), x, out, references=refs, shard_size=8, seed=3,
+                                progress=False)
+    finally:
+        s2.stop()
+    a, b = whole.with_format("torch")[:], resumed.with_format("torch")[:]
+    assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ---------------------------------------------------------------------- `db3 serve`
+def test_cli_serve_subprocess(tmp_path, model):
+    import os
+    import subprocess
+    import sys
+
+    folder = tmp_path / "teacher"
+    timm.models.save_for_hf(model, str(folder))
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = dict(os.environ, MY_TOKEN=TOKEN, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "db3_timm.cli", "serve", "--model", f"local-dir:{folder}", "--name", NAME,
+         "--port", str(port), "--token-env", "MY_TOKEN", "--log-level", "warning"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True,
+    )
+    try:
+        oracle = None
+        deadline = time.monotonic() + 60
+        while oracle is None:
+            try:
+                oracle = LabelOracle.from_url(f"http://127.0.0.1:{port}", NAME, token=TOKEN, retries=0)
+            except RemoteOracleError:
+                assert proc.poll() is None and time.monotonic() < deadline
+                time.sleep(0.2)
+        x = _images(10)
+        assert torch.equal(oracle(x), LabelOracle.from_timm_model(model)(x))
+    finally:
+        proc.terminate()
+        out, _ = proc.communicate(timeout=20)
+    assert "/v2/models/lenet5_fifth/infer" in out and "MY_TOKEN" in out and TOKEN not in out
