@@ -26,16 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 from benchmarks._common import REPO_ROOT, TEACHER_DIR, fmnist_teacher, machine_info  # noqa: E402
-
-
-def _rate(fn, x: torch.Tensor, min_seconds: float) -> float:
-    calls, t0 = 0, time.perf_counter()
-    while True:
-        fn(x)
-        calls += 1
-        elapsed = time.perf_counter() - t0
-        if elapsed >= min_seconds:
-            return calls * x.shape[0] / elapsed
+from benchmarks.oracle_throughput import _rate  # noqa: E402
 
 
 def main() -> None:

@@ -283,6 +283,14 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_teacher_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--teacher", required=True, type=_teacher_spec, metavar="NAME_OR_local-dir:PATH",
+                   help="timm model name, local-dir:PATH (timm save_for_hf folder) or hf-hub:ORG/NAME")
+    p.add_argument("--checkpoint", type=_existing_file, metavar="FILE", help="teacher weights (.safetensors/.pt)")
+    p.add_argument("--num-classes", type=_int_at_least(2), metavar="N",
+                   help="teacher classifier size (default: the model's)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Returns the ``db3`` argument parser."""
     parser = argparse.ArgumentParser(
@@ -308,11 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="soft-label a dataset with a label-only teacher into resumable Hugging Face dataset shards",
         description="Soft-label every image of --data with a DB3 labeler; rerun the same command to resume.",
     )
-    p.add_argument("--teacher", required=True, type=_teacher_spec, metavar="NAME_OR_local-dir:PATH",
-                   help="timm model name, local-dir:PATH (timm save_for_hf folder) or hf-hub:ORG/NAME")
-    p.add_argument("--checkpoint", type=_existing_file, metavar="FILE", help="teacher weights (.safetensors/.pt)")
-    p.add_argument("--num-classes", type=_int_at_least(2), metavar="N",
-                   help="teacher classifier size (default: the model's)")
+    _add_teacher_args(p)
     p.add_argument("--data", required=True, metavar="SPEC", help="dataset spec, e.g. digits, fashion-mnist, hf:PATH")
     p.add_argument("--split", default="train")
     p.add_argument("--limit", type=_int_at_least(1), metavar="N", help="label only the first N samples")
@@ -338,10 +342,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Generate pseudo samples per class, write PNG grids, a robustness plot and a diversity report, "
                     "and soft-label them; rerun the same command to resume.",
     )
-    p.add_argument("--teacher", required=True, type=_teacher_spec, metavar="NAME_OR_local-dir:PATH")
-    p.add_argument("--checkpoint", type=_existing_file, metavar="FILE")
+    _add_teacher_args(p)
     p.add_argument("--input-shape", type=_shape, metavar="C,H,W", help="teacher input shape (default: the model's)")
-    p.add_argument("--num-classes", type=_int_at_least(2), metavar="N")
     p.add_argument("--samples-per-class", type=_int_at_least(1), required=True, metavar="N")
     p.add_argument("--iterations", type=_int_at_least(0), default=10, metavar="K")
     p.add_argument("--queries-per-iteration", type=_int_at_least(20), default=500, metavar="Q",

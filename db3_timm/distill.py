@@ -90,17 +90,11 @@ def kd_loss(
     Returns:
         The scalar loss.
     """
-    loss = ce_weight * F.cross_entropy(student_logits, labels) if ce_weight else student_logits.new_zeros(())
-    if soft_logits is not None and kd_weight:
-        t = float(temperature)
-        kl = F.kl_div(
-            F.log_softmax(student_logits / t, dim=1),
-            F.log_softmax(soft_logits.to(student_logits.dtype) / t, dim=1),
-            reduction="batchmean",
-            log_target=True,
-        )
-        loss = loss + kd_weight * (t * t if scale_by_t2 else 1.0) * kl
-    return loss
+    ce, kl = kd_loss_terms(
+        student_logits, labels, soft_logits if kd_weight else None, temperature=temperature, scale_by_t2=scale_by_t2
+    )
+    loss = ce_weight * ce if ce_weight else student_logits.new_zeros(())
+    return loss if kl is None else loss + kd_weight * kl
 
 
 def normalizer_for(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:

@@ -49,6 +49,19 @@ def _pyplot():
     return plt
 
 
+def _save(fig, ax, path: PathLike) -> Path:
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    fig.clf()
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return path
+
+
 def plot_points(points: Dict[str, Tuple[float, float]], path: PathLike, *, xlabel: str = "", ylabel: str = "",
                 title: str = "", logx: bool = True, hline: Optional[Tuple[float, str]] = None) -> Path:
     """Plots named ``(x, y)`` points (e.g. accuracy vs queries, one point per method) to a PNG.
@@ -69,13 +82,7 @@ def plot_points(points: Dict[str, Tuple[float, float]], path: PathLike, *, xlabe
     if title:
         ax.set_title(title)
     ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, ax, path)
 
 
 def plot_curve(series: Dict[str, Sequence[float]], path: PathLike, *, x: Optional[Sequence[float]] = None,
@@ -98,10 +105,4 @@ def plot_curve(series: Dict[str, Sequence[float]], path: PathLike, *, x: Optiona
         ax.set_title(title)
     if len(series) > 1:
         ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, ax, path)
