@@ -79,6 +79,7 @@ def fmnist_teacher(
     *,
     batch_size: int = TEACHER_BATCH_SIZE,
     lr: float = TEACHER_LR,
+    force: bool = False,
     verbose: bool = True,
 ) -> Tuple[nn.Module, float]:
     """The Fashion-MNIST ``lenet5`` teacher: trained once, then reloaded from ``cache_dir``.
@@ -86,13 +87,16 @@ def fmnist_teacher(
     Training uses :func:`db3_timm.distill.fit` (Adam, cosine schedule, the model's own
     mean/std) on all 60,000 real training images; the folder gets ``config.json`` +
     ``model.safetensors`` from ``timm.models.save_for_hf`` and ``db3_teacher.json`` with
-    the test accuracy, the settings and the training time. A cache made with other
-    settings (epochs, seed, batch size, lr) is retrained and overwritten.
+    the test accuracy, the settings and the training time (``db3_teacher.json`` is written
+    last, so a half-written folder is retrained). A cache made with other settings
+    (epochs, seed, batch size, lr) raises instead of being silently overwritten, since other
+    benchmarks share it: pass another ``cache_dir``, or ``force=True`` to retrain in place.
 
     Args:
         cache_dir: the folder; relative paths are taken from the repository root.
         epochs, seed, batch_size, lr: training settings (seed fixes init and shuffling).
         device: where the returned model lives (and where it trains).
+        force: retrain even if a cache exists.
         verbose: print what happened.
 
     Returns:
@@ -114,11 +118,12 @@ def fmnist_teacher(
             meta = json.loads(meta_path.read_text())
         except ValueError:
             meta = None
-        if meta is not None and meta.get("settings") != settings:
-            if verbose:
-                print(f"[teacher] cache {folder} has settings {meta.get('settings')}, want {settings}: retraining")
-            meta = None
-    if meta is not None:
+        if meta is not None and meta.get("settings") != settings and not force:
+            raise ValueError(
+                f"teacher cache {folder} was trained with {meta.get('settings')}, not {settings}; "
+                f"pass a different cache_dir, or force=True to retrain and overwrite it"
+            )
+    if meta is not None and not force:
         model = timm.create_model(f"local-dir:{folder}", pretrained=True)
         model = model.to(device).eval().requires_grad_(False)
         acc = float(meta["test_acc"])

@@ -47,6 +47,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=15, help="interleaved timings per batch size")
     ap.add_argument("--min-seconds", type=float, default=0.1, help="minimum duration of one timing")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave torch's default)")
     ap.add_argument("--out", default=str(REPO_ROOT / "benchmarks/results/oracle_throughput.json"))
     args = ap.parse_args()
 
@@ -54,7 +55,10 @@ def main() -> None:
     from db3_timm.data import load_image_dataset
     from db3_timm.distill import normalizer_for
 
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     print(machine_info())
+    load_before = os.getloadavg()[0]
     model, acc = fmnist_teacher(device=args.device)
     print(f"teacher: lenet5 on Fashion-MNIST, test acc {acc:.4f}, device {args.device}\n")
     norm = normalizer_for(model)
@@ -95,10 +99,13 @@ def main() -> None:
         rows.append(row)
         print(f"{bs:>6} {row['bare_img_s']:>12,.0f} {row['oracle_img_s']:>13,.0f} {row['ratio_median']:>7.3f} "
               f"{'[' + format(q[0], '.3f') + ', ' + format(q[2], '.3f') + ']':>13}", flush=True)
-    print(f"\nratio = oracle / bare (median of {args.repeats} interleaved paired repeats); oracle queries spent: {oracle.queries:,}")
+    load = [load_before, os.getloadavg()[0]]
+    print(f"\nratio = oracle / bare (median of {args.repeats} interleaved paired repeats, IQR in brackets); "
+          f"oracle queries spent: {oracle.queries:,}; 1-min load average before/after: {load[0]:.1f}/{load[1]:.1f}")
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump({"machine": machine_info(), "teacher_test_acc": acc, "device": args.device,
+                   "torch_threads": torch.get_num_threads(), "load_average_1min_before_after": load,
                    "repeats": args.repeats, "rows": rows}, f, indent=2)
     print(f"wrote {args.out}")
 

@@ -29,9 +29,10 @@ Default budget (``fmn_steps=250``, ``cw_binary_steps=3`` x ``cw_steps=80``, C&W
 pairs against a ~10x costlier reference (FMN 1000 + FMN 500 + C&W 6 x 500): median gap
 +0.4%, 90th percentile +1.6%, worst +3.3% (the reference itself is beaten by up to 0.3%
 on some pairs, so these are upper bounds on how far the result is from the optimum).
-Doubling the budget (FMN 200 + C&W 5 x 150) only moves the median to +0.5% / p90 +1.4%. FMN alone is the better attack per pass but
-occasionally finds nothing (a local maximum of the margin under box clipping, 2 of 900
-pairs); C&W alone is ~3x further off.
+Twice the budget (FMN 200 + C&W 5 x 150) gained nothing measurable (median +0.5%, p90
++1.4%). FMN alone is the better attack per pass (FMN 400: median +0.4%) but occasionally
+finds nothing (a local maximum of the margin under box clipping: 2 of 900 teacher pairs);
+C&W alone (5 x 150) is ~4x further off (median +1.7%) but never failed.
 
 Everything is batched over (sample, target) pairs: row ``i`` of ``x`` is attacked towards
 ``targets[i]``. The model must take PIXEL-space input; :class:`PixelSpace` wraps a timm
