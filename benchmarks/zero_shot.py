@@ -49,6 +49,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", choices=sorted(SCHEDULES), default="digits")
     ap.add_argument("--epochs", type=int, default=60)
+    ap.add_argument("--schedules", type=int, default=None, help="run only the first N schedules")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
 
@@ -57,7 +58,7 @@ def main() -> None:
     print(f"teacher lenet5 on {args.dataset}: test accuracy {teacher_acc:.2%}", flush=True)
     oracle = LabelOracle.from_timm_model(teacher, max_batch_size=4096)
     rows = []
-    for spc, iters, qpi, qpt in SCHEDULES[args.dataset]:
+    for spc, iters, qpi, qpt in SCHEDULES[args.dataset][: args.schedules]:
         before, t = oracle.queries, time.perf_counter()
         pseudo = create_generator("zsdb3", oracle, seed=0).generate(spc, iters, qpi, progress=False)
         gen_q = oracle.queries - before
