@@ -235,15 +235,20 @@ def _existing_dir(text: str) -> str:
     return str(Path(text).expanduser())
 
 
+def _token_from_env(args: argparse.Namespace) -> Optional[str]:
+    if args.token_env is None:
+        return None
+    token = os.environ.get(args.token_env) or None
+    if token is None:  # name the variable, never its value
+        args.parser_error(f"argument --token-env: environment variable {args.token_env!r} is not set or empty")
+    return token
+
+
 def _cmd_push(args: argparse.Namespace) -> int:
     from .hub import push_student
     from .oracle import HubUnavailableError
 
-    token = None
-    if args.token_env is not None:
-        token = os.environ.get(args.token_env) or None
-        if token is None:  # name the variable, never its value
-            args.parser_error(f"argument --token-env: environment variable {args.token_env!r} is not set or empty")
+    token = _token_from_env(args)
     try:
         url = push_student(args.folder, args.repo, token=token, private=args.private, commit_message=args.message)
     except FileNotFoundError as err:
@@ -262,11 +267,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         from .serve import create_app_from_timm
     except ImportError as err:
         args.parser_error(f"db3 serve needs the 'serve' extra (pip install 'db3-timm[serve]'): {err}")
-    token = None
-    if args.token_env is not None:
-        token = os.environ.get(args.token_env) or None
-        if token is None:  # name the variable, never its value
-            args.parser_error(f"argument --token-env: environment variable {args.token_env!r} is not set or empty")
+    token = _token_from_env(args)
     try:
         app = create_app_from_timm(
             args.model, args.checkpoint, num_classes=args.num_classes, device=args.device,
