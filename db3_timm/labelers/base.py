@@ -56,20 +56,22 @@ class Labeler:
     Args:
         oracle: the label-only teacher.
         num_classes: number of classes (default: ``oracle.num_classes``).
-        rule: soft-label rule for :func:`~db3_timm.labelers.soft.distances_to_logits`.
+        rule: soft-label rule for :func:`~db3_timm.labelers.soft.distances_to_logits` (default: the
+            class's ``default_rule``, chosen by measurement; ``'reciprocal'`` is the reference rule).
         seed: seeds every random choice, so a run is reproducible.
     """
 
     name = "base"
     uses_queries = True
+    default_rule = "reciprocal"
 
-    def __init__(self, oracle: LabelOracle, *, num_classes: Optional[int] = None, rule: str = "reciprocal", seed: int = 0):
+    def __init__(self, oracle: LabelOracle, *, num_classes: Optional[int] = None, rule: Optional[str] = None, seed: int = 0):
         num_classes = num_classes or oracle.num_classes
         if not num_classes:
             raise ValueError("num_classes is unknown: pass num_classes= or give the oracle num_classes")
         self.oracle = oracle
         self.num_classes = int(num_classes)
-        self.rule = rule
+        self.rule = rule or self.default_rule
         self.seed = int(seed)
 
     def config(self) -> Dict[str, Any]:

@@ -112,6 +112,10 @@ class BoundaryDistanceLabeler(Labeler):
     """
 
     name = "bd"
+    # Boundary distances are short (often < 1 in pixel L2), where 1/d exaggerates small differences:
+    # LeNet-5-half students on 500 Fashion-MNIST images scored 80.8 % with z = -d vs 73.7 % with the
+    # reference 1/d rule at T = 20 (benchmarks/soft_label_rules.py).
+    default_rule = "neg_distance"
 
     def __init__(
         self,
