@@ -15,31 +15,41 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import fmnist_teacher, machine_info  # noqa: E402
-from db3_timm import LabelOracle, create_labeler, distances_to_logits
-from db3_timm.data import load_image_dataset
-from db3_timm.distill import evaluate, fit, normalizer_for
-print(machine_info(), flush=True)
-teacher, acc = fmnist_teacher(verbose=False)
-train = load_image_dataset("fashion-mnist", "train"); test = load_image_dataset("fashion-mnist", "test")
-idx = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:500]
-x = train.images[idx]
-o = LabelOracle.from_timm_model(teacher, max_batch_size=4096)
-t = time.time()
-res = {n: create_labeler(n, o, **({} if n == 'sd' else {'queries_per_target': 100})).label(x, (x, train.labels[idx]))
-       for n in ('sd', 'mbd')}
-print('labelled', time.time() - t, flush=True)
-with torch.inference_mode():
-    wl = teacher(normalizer_for(teacher)(x)).clone()
-def run(name, labels, logits, **kw):
-    m = timm.create_model("lenet5_half", num_classes=10)
-    fit(m, x, labels, logits, epochs=60, lr=2e-3, seed=0, **kw)
-    print(f"{name:45s} {evaluate(m, test.images, test.labels):.4f}", flush=True)
-y = res['mbd'].labels
-for T in (20, 4):
-    run(f"whitebox T={T}", y, wl, temperature=T)
-for n in ('sd', 'mbd'):
-    d = res[n].distances
-    for rule in ('reciprocal', 'neg_distance'):
-        z = distances_to_logits(d, y, rule)
-        for T in (20, 4, 1):
-            run(f"{n} {rule} T={T}", y, z, temperature=T)
+from db3_timm import LabelOracle, create_labeler, distances_to_logits  # noqa: E402
+from db3_timm.data import load_image_dataset  # noqa: E402
+from db3_timm.distill import evaluate, fit, normalizer_for  # noqa: E402
+
+
+def main() -> None:
+    print(machine_info(), flush=True)
+    teacher, acc = fmnist_teacher(verbose=False)
+    train = load_image_dataset("fashion-mnist", "train")
+    test = load_image_dataset("fashion-mnist", "test")
+    idx = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:500]
+    x = train.images[idx]
+    o = LabelOracle.from_timm_model(teacher, max_batch_size=4096)
+    t = time.time()
+    res = {n: create_labeler(n, o, **({} if n == 'sd' else {'queries_per_target': 100})).label(x, (x, train.labels[idx]))
+           for n in ('sd', 'mbd')}
+    print(f"teacher test accuracy {acc:.4f}; soft labels for 500 images in {time.time() - t:.0f}s", flush=True)
+    with torch.inference_mode():
+        wl = teacher(normalizer_for(teacher)(x)).clone()
+
+    def run(name, labels, logits, **kw):
+        m = timm.create_model("lenet5_half", num_classes=10)
+        fit(m, x, labels, logits, epochs=60, lr=2e-3, seed=0, **kw)
+        print(f"{name:45s} {evaluate(m, test.images, test.labels):.4f}", flush=True)
+
+    y = res['mbd'].labels
+    for T in (20, 4):
+        run(f"whitebox T={T}", y, wl, temperature=T)
+    for n in ('sd', 'mbd'):
+        d = res[n].distances
+        for rule in ('reciprocal', 'neg_distance'):
+            z = distances_to_logits(d, y, rule)
+            for T in (20, 4, 1):
+                run(f"{n} {rule} T={T}", y, z, temperature=T)
+
+
+if __name__ == "__main__":
+    main()
