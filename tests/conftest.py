@@ -30,3 +30,18 @@ def affine_net():
     weight = torch.randn(4, 3 * 4 * 4, generator=g)
     bias = torch.randn(4, generator=g) * 0.1
     return AffineNet(weight, bias)
+
+
+@pytest.fixture
+def perturbed_lenet_half():
+    """A `lenet5_half` with weights far from its init, so labels vary and a reload that ignored the weights shows."""
+    import timm
+
+    import db3_timm  # noqa: F401  (registers lenet5_half)
+
+    torch.manual_seed(0)
+    model = timm.create_model("lenet5_half", num_classes=10).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p))
+    return model

@@ -10,7 +10,7 @@ import torch
 
 import db3_timm
 import timm
-from db3_timm import HubUnavailableError, LabelOracle, QueryBudgetExceeded
+from db3_timm import LabelOracle, QueryBudgetExceeded
 
 
 def _oracle(net, **kw):
@@ -118,13 +118,8 @@ def test_preprocessing_matches_timm_data_config():
 
 
 @pytest.fixture
-def trained_like_lenet():
-    torch.manual_seed(0)
-    model = timm.create_model("lenet5_half", num_classes=10).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p))  # spread the logits so labels vary across inputs
-    return model
+def trained_like_lenet(perturbed_lenet_half):
+    return perturbed_lenet_half
 
 
 def test_from_timm_checkpoint_reproduces_labels(tmp_path, trained_like_lenet):
