@@ -50,6 +50,8 @@ def main() -> None:
     ap.add_argument("--dataset", choices=sorted(SCHEDULES), default="digits")
     ap.add_argument("--epochs", type=int, default=60)
     ap.add_argument("--schedules", type=int, default=None, help="run only the first N schedules")
+    ap.add_argument("--save", action="store_true",
+                    help="also save each transfer set (images, labels, soft logits) for benchmarks/students.py --zero-shot")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
 
@@ -74,6 +76,12 @@ def main() -> None:
                "reference_schedule_queries": n * 40 * 5000,
                "robustness_first_last": [float(pseudo.robustness[0].mean()), float(pseudo.robustness[-1].mean())]}
         rows.append(row)
+        if args.save:
+            from safetensors.torch import save_file
+
+            path = Path(f"benchmarks/results/zs_{args.dataset}_{n}.safetensors")
+            save_file({"images": pseudo.images.contiguous(), "labels": soft.labels, "logits": soft.logits.contiguous()}, str(path))
+            path.with_suffix(".json").write_text(json.dumps(row, indent=2))
         print(f"  {spc}/class x {iters} it x {qpi} q/it, MBD @{qpt}: {total:,d} queries ({secs:.0f}s) -> student "
               f"{acc:.2%}  (reference schedule: {row['reference_schedule_queries']:,d} queries for {n} samples)", flush=True)
     print(f"\n| pseudo samples | total teacher queries | student test accuracy | reference-schedule queries |")

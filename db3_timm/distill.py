@@ -261,6 +261,7 @@ def fit(
     seed: int = 0,
     device: Union[str, torch.device] = "cpu",
     progress: bool = False,
+    on_epoch: Optional[Callable[[int, nn.Module], None]] = None,
 ) -> nn.Module:
     """Trains ``model`` in place on pixel-space ``images`` with :func:`kd_loss` (Adam, cosine schedule).
 
@@ -274,6 +275,8 @@ def fit(
         seed: seeds the shuffling, so a run is reproducible.
         device: where to train.
         progress: show a tqdm bar over epochs.
+        on_epoch: called as ``on_epoch(epoch, model)`` after each epoch (1-based), e.g. to score a
+            validation split; the model is put back in train mode afterwards.
 
     Returns:
         The trained model (in eval mode).
@@ -290,7 +293,7 @@ def fit(
     steps_per_epoch = max(1, -(-images.shape[0] // batch_size))
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * steps_per_epoch)
     gen = torch.Generator().manual_seed(seed)
-    for _ in tqdm(range(epochs), desc="train", disable=not progress, leave=False):
+    for epoch in tqdm(range(epochs), desc="train", disable=not progress, leave=False):
         order = torch.randperm(images.shape[0], generator=gen)
         for start in range(0, images.shape[0], batch_size):
             idx = order[start:start + batch_size]
@@ -304,6 +307,10 @@ def fit(
             loss.backward()
             opt.step()
             sched.step()
+        if on_epoch is not None:
+            with torch.no_grad():
+                on_epoch(epoch + 1, model)
+            model.train()
     return model.eval()
 
 

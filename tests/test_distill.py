@@ -190,6 +190,27 @@ def test_fit_and_evaluate_keep_their_signatures():
     assert not model.training and 0.0 <= evaluate(model, x, y) <= 1.0
 
 
+def test_fit_on_epoch_sees_every_epoch_without_changing_the_run():
+    import timm
+
+    x = torch.rand(40, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    y = (x.mean((1, 2, 3)) > x.mean()).long()
+
+    def train(on_epoch=None):
+        torch.manual_seed(0)
+        model = timm.create_model("lenet5_fifth", num_classes=2)
+        return fit(model, x, y, epochs=3, batch_size=16, seed=0, on_epoch=on_epoch)
+
+    seen = []
+    # A validation pass inside the callback puts the model in eval mode; training must go on unchanged.
+    watched = train(lambda epoch, m: seen.append((epoch, evaluate(m, x, y))))
+    plain = train()
+    assert [e for e, _ in seen] == [1, 2, 3]
+    assert seen[-1][1] == evaluate(plain, x, y)
+    for a, b in zip(watched.state_dict().values(), plain.state_dict().values()):
+        assert torch.equal(a, b)
+
+
 # ---------------------------------------------------------------------- Parquet export
 def _labeled_dir(tmp_path, n=21):
     from db3_timm import LabelOracle, create_labeler

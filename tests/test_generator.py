@@ -61,6 +61,14 @@ def test_killed_generation_resumes_identically(tmp_path):
         create_generator("zsdb3", oracle, seed=4).generate(5, 4, 50, progress=False, out_dir=tmp_path)
 
 
+def test_step_growth_lets_samples_travel_further_on_the_same_budget():
+    fixed = create_generator("zsdb3", affine_teacher(), seed=0).generate(6, 5, 80, step=0.2, progress=False)
+    grown = create_generator("zsdb3", affine_teacher(), seed=0).generate(6, 5, 80, step=0.2, step_growth=2.0, progress=False)
+    assert grown.queries["iterations"] <= 24 * 5 * 80  # same exact per-iteration budget
+    assert torch.equal(affine_teacher()(grown.images), grown.labels)
+    assert grown.robustness[-1].mean() > 1.2 * fixed.robustness[-1].mean()
+
+
 def test_a_class_the_teacher_never_answers_warns_and_ends():
     oracle = affine_teacher(dead_class=2)
     gen = create_generator("zsdb3", oracle, seed=0, init_batch=256, max_init_queries=2048)
@@ -83,6 +91,8 @@ def test_bad_arguments_are_named():
     oracle = affine_teacher()
     with pytest.raises(ValueError, match="queries_per_iteration"):
         create_generator("zsdb3", oracle).generate(2, 1, 5)
+    with pytest.raises(ValueError, match="step_growth=0.5"):
+        create_generator("zsdb3", oracle).generate(2, 1, 40, step_growth=0.5)
     with pytest.raises(ValueError, match="input_shape"):
         create_generator("zsdb3", LabelOracle.from_callable(lambda x: [0] * len(x), num_classes=3))
 

@@ -216,6 +216,7 @@ class ZSDB3Generator:
         queries_per_iteration: int,
         *,
         step: float = 0.5,
+        step_growth: float = 1.0,
         snapshots: Sequence[int] = (),
         out_dir: Optional[Union[str, os.PathLike]] = None,
         progress: bool = True,
@@ -227,13 +228,15 @@ class ZSDB3Generator:
         Each iteration spends at most ``queries_per_iteration`` queries per sample: the nearest-boundary
         search (warm-started from the previous direction) plus one query checking the move
         ``x <- clip(x - step_i * direction, 0, 1)``; a move that would change the label is undone and
-        that sample's step halved.
+        that sample's step halved, a kept move multiplies it by ``step_growth``.
 
         Args:
             samples_per_class: pseudo samples per class.
             iterations: number of push-away iterations.
             queries_per_iteration: exact per-sample budget of one iteration (at least 20).
             step: initial L2 length of a move.
+            step_growth: factor applied to a sample's step after a kept move (``1`` keeps it fixed,
+                as the reference does; ``> 1`` lets samples far from every boundary travel faster).
             snapshots: iterations whose images are kept in the result.
             out_dir: if given, state is saved after the start and every iteration, and a run with the
                 same ``out_dir`` resumes where it stopped (bit-identical to an uninterrupted run).
@@ -248,10 +251,12 @@ class ZSDB3Generator:
 
         if int(samples_per_class) < 1 or int(iterations) < 0:
             raise ValueError(f"samples_per_class must be >= 1 and iterations >= 0, got {samples_per_class!r}, {iterations!r}")
+        if not float(step) > 0 or not float(step_growth) >= 1:
+            raise ValueError(f"step must be > 0 and step_growth >= 1, got step={step!r}, step_growth={step_growth!r}")
         if int(queries_per_iteration) < 20:
             raise ValueError(f"queries_per_iteration must be at least 20, got {queries_per_iteration!r}")
         device = torch.device(device or self.oracle.device or "cpu")
-        run = _RunState.load(out_dir, self.config(), samples_per_class, queries_per_iteration, step) if out_dir else None
+        run = _RunState.load(out_dir, self.config(), samples_per_class, queries_per_iteration, step, step_growth) if out_dir else None
         if run is None or run.saved is None:
             generator = torch.Generator(device=device).manual_seed(self.seed)
             images, labels, init_q, missing = self.initial_samples(samples_per_class, generator, device)
@@ -306,7 +311,7 @@ class ZSDB3Generator:
                 keep[p] = self.oracle(moved[p]) == labels[p]
             state["queries"]["iterations"] += int(spent.sum()) + int(p.numel())
             state["images"] = torch.where(keep.view(-1, 1, 1, 1), moved, images)
-            state["steps"] = torch.where(movable & ~keep, steps * 0.5, steps)
+            state["steps"] = torch.where(keep, steps * step_growth, torch.where(movable, steps * 0.5, steps))
             # Next warm start: past the boundary seen now, plus the distance just moved away.
             state["warm"] = torch.where(
                 movable.unsqueeze(1), direction * (2.0 * (dist + torch.where(keep, steps, 0.0))).unsqueeze(1), 0.0
@@ -343,10 +348,12 @@ class _RunState:
         self.saved: Optional[Dict[str, Any]] = None
 
     @classmethod
-    def load(cls, out_dir, config: Dict[str, Any], samples_per_class: int, qpi: int, step: float) -> "_RunState":
+    def load(cls, out_dir, config: Dict[str, Any], samples_per_class: int, qpi: int, step: float,
+             step_growth: float = 1.0) -> "_RunState":
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        meta = {"config": config, "samples_per_class": int(samples_per_class), "queries_per_iteration": int(qpi), "step": float(step)}
+        meta = {"config": config, "samples_per_class": int(samples_per_class), "queries_per_iteration": int(qpi),
+                "step": float(step), "step_growth": float(step_growth)}
         run = cls(out, meta)
         path = out / "state.json"
         if path.exists():
