@@ -206,7 +206,9 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         queries_per_iteration=args.queries_per_iteration, step=args.step, seed=args.seed,
         num_classes=args.num_classes, input_shape=args.input_shape,
         labeler=args.labeler or None, labeler_cfg=labeler_cfg, progress=not args.no_progress,
-        generator_cfg={"max_init_queries": args.max_init_queries},
+        generator_cfg={"max_init_queries": max(args.max_init_queries, args.start_pool), "start": args.start,
+                       "start_pool": args.start_pool},
+        step_growth=args.step_growth,
     )
     q = summary["queries"]
     print(f"{summary['samples']} pseudo samples -> {args.out} (missing classes: {summary['missing_classes'] or 'none'})")
@@ -350,6 +352,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--queries-per-iteration", type=_int_at_least(20), default=500, metavar="Q",
                    help="exact per-sample query budget of one iteration")
     p.add_argument("--step", type=float, default=0.5, help="initial L2 length of a push-away move")
+    p.add_argument("--step-growth", type=float, default=1.0, metavar="F",
+                   help="a sample's step is multiplied by F after a kept move (1 = fixed, as the reference)")
+    p.add_argument("--start", choices=["reference", "smooth"], default="reference",
+                   help="start noise: the paper's per-pixel noise, or low-frequency noise (far better students)")
+    p.add_argument("--start-pool", type=_int_at_least(0), default=0, metavar="N",
+                   help="keep N teacher-labelled start-search images in the transfer set (labelled with 'sd')")
     p.add_argument("--max-init-queries", type=_int_at_least(1), default=200_000, metavar="Q",
                    help="cap on the noise search for starting samples; classes never answered are reported")
     p.add_argument("--labeler", default="mbd", help="labeler for the transfer set ('' to skip labelling)")

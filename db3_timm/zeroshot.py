@@ -20,6 +20,7 @@ def run_zero_shot(
     iterations: int,
     queries_per_iteration: int,
     step: float = 0.5,
+    step_growth: float = 1.0,
     seed: int = 0,
     num_classes: Optional[int] = None,
     input_shape: Optional[Sequence[int]] = None,
@@ -32,8 +33,9 @@ def run_zero_shot(
     """Generates pseudo samples (resumable), writes their figures and diversity report, and optionally soft-labels them.
 
     Layout of ``out_dir``: ``state/`` (generation state, resumable), ``grids/`` (a PNG per class),
-    ``robustness.png``, ``diversity.json``, ``pseudo.safetensors`` (images + labels), ``transfer/`` (the
-    soft-labelled dataset, when ``labeler`` is given), ``summary.json``.
+    ``robustness.png``, ``diversity.json``, ``pseudo.safetensors`` (images + labels, and the start pool),
+    ``transfer/`` (the soft-labelled pseudo samples, when ``labeler`` is given; the start pool, labelled
+    with ``sd``, in ``transfer/pool/``), ``summary.json``.
 
     Returns:
         The summary dict (queries, mean robustness per iteration, diversity, paths).
@@ -45,8 +47,11 @@ def run_zero_shot(
 
     out = Path(out_dir)
     gen = create_generator(generator, oracle, num_classes=num_classes, input_shape=input_shape, seed=seed, **(generator_cfg or {}))
-    pseudo = gen.generate(samples_per_class, iterations, queries_per_iteration, step=step, out_dir=out / "state", progress=progress)
-    save_file({"images": pseudo.images.contiguous().cpu(), "labels": pseudo.labels.cpu()}, str(out / "pseudo.safetensors"))
+    pseudo = gen.generate(samples_per_class, iterations, queries_per_iteration, step=step, step_growth=step_growth,
+                          out_dir=out / "state", progress=progress)
+    save_file({"images": pseudo.images.contiguous().cpu(), "labels": pseudo.labels.cpu(),
+               "pool_images": pseudo.pool_images.contiguous().cpu(), "pool_labels": pseudo.pool_labels.cpu()},
+              str(out / "pseudo.safetensors"))
     grids = save_class_grids(pseudo.images, pseudo.labels, out / "grids")
     mean_rob = pseudo.robustness.nanmean(1).tolist() if iterations else []
     figures = [str(p) for p in grids]
@@ -58,6 +63,7 @@ def run_zero_shot(
     summary: Dict[str, Any] = {
         "generator": gen.config(),
         "samples": int(pseudo.labels.shape[0]),
+        "pool": int(pseudo.pool_labels.shape[0]),
         "missing_classes": pseudo.missing_classes,
         "queries": dict(pseudo.queries),
         "warm_starts": pseudo.warm_starts,

@@ -115,6 +115,34 @@ def test_transfer_set_soft_labels_pseudo_samples_against_each_other(tmp_path):
     assert png.read_bytes()[:4] == b"\x89PNG"
 
 
+def test_smooth_start_keeps_a_labelled_pool_that_joins_the_transfer_set(tmp_path):
+    from db3_timm import create_labeler
+    from db3_timm.generators import build_transfer_set, reference_noise, smooth_noise
+
+    def roughness(x):  # neighbour difference relative to the spread of the pixels
+        return float((x[..., 1:] - x[..., :-1]).abs().mean() / (x - x.mean()).abs().mean())
+
+    g = torch.Generator().manual_seed(0)
+    x = smooth_noise(64, (1, 28, 28), g, torch.device("cpu"))
+    assert x.min() > 0 and x.max() < 1
+    assert roughness(x) < 0.3 * roughness(reference_noise(64, (1, 28, 28), g, torch.device("cpu")))
+
+    oracle = affine_teacher()
+    before = oracle.queries
+    gen = create_generator("zsdb3", oracle, seed=0, start="smooth", start_pool=300, init_batch=128)
+    pseudo = gen.generate(3, 1, 40, progress=False)
+    assert torch.equal(oracle(pseudo.images), pseudo.labels)
+    assert pseudo.pool_images.shape == (300, 1, 8, 8) and torch.equal(oracle(pseudo.pool_images), pseudo.pool_labels)
+    assert pseudo.queries["init"] >= 300 and oracle.queries - before - 12 - 300 == sum(pseudo.queries.values())
+
+    before = oracle.queries
+    ds = build_transfer_set(pseudo, create_labeler("sd", oracle), tmp_path / "ts", progress=False)
+    assert len(ds) == 12 + 300 and ds["label"] == pseudo.labels.tolist() + pseudo.pool_labels.tolist()
+    assert oracle.queries - before == 12 + 300  # each row's own label; the pseudo references are not re-checked
+    with pytest.raises(ValueError, match="start must be one of .*'plaid'"):
+        create_generator("zsdb3", oracle, start="plaid")
+
+
 def test_db3_generate_cli_writes_figures_and_transfer_set(tmp_path):
     import json
     import subprocess
