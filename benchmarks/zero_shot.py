@@ -1,9 +1,12 @@
 """Zero-shot students (ZSDB3): test accuracy vs total teacher queries, no real training image used.
 
 Real data is used only to train the teacher and for the final test. For each schedule the
-pseudo samples are generated, soft-labelled with MBD against each other, and a LeNet-5-half
-student is trained on them. The reference schedule's cost for the same number of samples
-(40 iterations x 5,000 queries per step per sample) is printed beside ours.
+pseudo samples are generated (start prior, push-away iterations), soft-labelled with MBD against
+each other, the start pool (teacher-labelled start noise) is soft-labelled with SD against the
+pseudo samples, and a LeNet-5-half student is trained on the union. The first row repeats the
+smallest schedule with the paper's per-pixel start noise and no pool, side by side. The
+reference schedule's cost for the same number of pseudo samples (40 iterations x 5,000 queries
+per step per sample) is printed beside ours.
 
     python benchmarks/zero_shot.py --dataset digits                 # minutes
     python benchmarks/zero_shot.py --dataset fashion-mnist          # CPU hour scale
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -26,11 +30,14 @@ import timm  # noqa: E402
 from db3_timm import LabelOracle, create_generator, create_labeler  # noqa: E402
 from db3_timm.data import load_image_dataset  # noqa: E402
 from db3_timm.distill import evaluate, fit  # noqa: E402
+from db3_timm.labelers.base import References  # noqa: E402
 
-# (samples per class, iterations, queries per iteration, MBD queries per target)
+# (start prior, samples per class, iterations, queries per iteration, MBD queries per target, start pool)
 SCHEDULES = {
-    "digits": [(20, 4, 100, 50), (50, 6, 200, 100), (100, 8, 300, 200)],
-    "fashion-mnist": [(50, 5, 200, 100), (100, 10, 300, 200), (200, 15, 500, 300)],
+    "digits": [("reference", 20, 4, 100, 50, 0), ("smooth", 20, 4, 100, 50, 5_000),
+               ("smooth", 50, 6, 100, 100, 20_000), ("smooth", 100, 8, 100, 100, 50_000)],
+    "fashion-mnist": [("reference", 50, 5, 100, 100, 0), ("smooth", 50, 5, 100, 100, 20_000),
+                      ("smooth", 100, 8, 100, 100, 100_000), ("smooth", 100, 8, 100, 100, 400_000)],
 }
 
 
@@ -48,8 +55,10 @@ def teacher_for(dataset: str):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", choices=sorted(SCHEDULES), default="digits")
-    ap.add_argument("--epochs", type=int, default=60)
-    ap.add_argument("--schedules", type=int, default=None, help="run only the first N schedules")
+    ap.add_argument("--epochs", type=int, default=60, help="epochs for small transfer sets")
+    ap.add_argument("--train-images", type=int, default=1_500_000,
+                    help="cap on images seen in training (epochs shrink for big transfer sets, at least 5)")
+    ap.add_argument("--schedules", type=int, nargs="*", default=None, help="run only these schedule rows (0-based)")
     ap.add_argument("--save", action="store_true",
                     help="also save each transfer set (images, labels, soft logits) for benchmarks/students.py --zero-shot")
     ap.add_argument("--out", default=None)
@@ -60,34 +69,48 @@ def main() -> None:
     print(f"teacher lenet5 on {args.dataset}: test accuracy {teacher_acc:.2%}", flush=True)
     oracle = LabelOracle.from_timm_model(teacher, max_batch_size=4096)
     rows = []
-    for spc, iters, qpi, qpt in SCHEDULES[args.dataset][: args.schedules]:
+    plan = SCHEDULES[args.dataset]
+    for i in args.schedules if args.schedules is not None else range(len(plan)):
+        start, spc, iters, qpi, qpt, pool = plan[i]
         before, t = oracle.queries, time.perf_counter()
-        pseudo = create_generator("zsdb3", oracle, seed=0).generate(spc, iters, qpi, progress=False)
+        gen = create_generator("zsdb3", oracle, seed=0, start=start, start_pool=pool, max_init_queries=max(200_000, pool))
+        pseudo = gen.generate(spc, iters, qpi, progress=False)
         gen_q = oracle.queries - before
-        soft = create_labeler("mbd", oracle, queries_per_target=qpt).label(pseudo.images, (pseudo.images, pseudo.labels))
+        refs = References(pseudo.images, pseudo.labels, 0)  # the teacher's labels are known from the generation
+        soft = create_labeler("mbd", oracle, queries_per_target=qpt).label(pseudo.images, refs)
+        images, labels, logits = pseudo.images, soft.labels, soft.logits
+        if pool:
+            ps = create_labeler("sd", oracle).label(pseudo.pool_images, refs)
+            images, labels, logits = (torch.cat([images, pseudo.pool_images]), torch.cat([labels, ps.labels]),
+                                      torch.cat([logits, ps.logits]))
         total = oracle.queries - before
         secs = time.perf_counter() - t
-        model = timm.create_model("lenet5_half", num_classes=10)
-        fit(model, pseudo.images, soft.labels, soft.logits, epochs=args.epochs, lr=2e-3, seed=0)
-        acc = evaluate(model, test.images, test.labels)
         n = int(pseudo.labels.shape[0])
-        row = {"samples_per_class": spc, "iterations": iters, "queries_per_iteration": qpi, "queries_per_target": qpt,
-               "samples": n, "generation_queries": gen_q, "total_queries": total, "seconds": secs, "student_acc": acc,
-               "reference_schedule_queries": n * 40 * 5000,
+        epochs = max(5, min(args.epochs, math.ceil(args.train_images / len(images))))
+        t = time.perf_counter()
+        model = timm.create_model("lenet5_half", num_classes=10)
+        fit(model, images, labels, logits, epochs=epochs, lr=2e-3, seed=0)
+        acc = evaluate(model, test.images, test.labels)
+        row = {"start": start, "samples_per_class": spc, "iterations": iters, "queries_per_iteration": qpi,
+               "queries_per_target": qpt, "start_pool": pool, "samples": n, "transfer_rows": len(images),
+               "generation_queries": gen_q, "total_queries": total, "seconds": secs, "epochs": epochs,
+               "train_seconds": time.perf_counter() - t, "student_acc": acc, "reference_schedule_queries": n * 40 * 5000,
                "robustness_first_last": [float(pseudo.robustness[0].mean()), float(pseudo.robustness[-1].mean())]}
         rows.append(row)
+        print(f"  start {start:9s} {spc}/class x {iters} it x {qpi} q/it, MBD @{qpt}, pool {pool:,d}: {total:,d} queries "
+              f"({secs:.0f}s) -> student {acc:.2%}  (reference schedule: {row['reference_schedule_queries']:,d} queries "
+              f"for {n} samples)", flush=True)
         if args.save:
             from safetensors.torch import save_file
 
-            path = Path(f"benchmarks/results/zs_{args.dataset}_{n}.safetensors")
-            save_file({"images": pseudo.images.contiguous(), "labels": soft.labels, "logits": soft.logits.contiguous()}, str(path))
+            path = Path(f"benchmarks/results/zs_{args.dataset}_{i}.safetensors")
+            save_file({"images": images.contiguous(), "labels": labels, "logits": logits.contiguous()}, str(path))
             path.with_suffix(".json").write_text(json.dumps(row, indent=2))
-        print(f"  {spc}/class x {iters} it x {qpi} q/it, MBD @{qpt}: {total:,d} queries ({secs:.0f}s) -> student "
-              f"{acc:.2%}  (reference schedule: {row['reference_schedule_queries']:,d} queries for {n} samples)", flush=True)
-    print(f"\n| pseudo samples | total teacher queries | student test accuracy | reference-schedule queries |")
-    print("|---|---|---|---|")
+    print(f"\n| start | pseudo samples | start pool | total teacher queries | student test accuracy | reference-schedule queries |")
+    print("|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['samples']} | {r['total_queries']:,d} | {r['student_acc']:.2%} | {r['reference_schedule_queries']:,d} |")
+        print(f"| {r['start']} | {r['samples']} | {r['start_pool']:,d} | {r['total_queries']:,d} | {r['student_acc']:.2%} | "
+              f"{r['reference_schedule_queries']:,d} |")
     out = Path(args.out or f"benchmarks/results/zero_shot_{args.dataset}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"machine": machine_info(), "teacher_acc": teacher_acc, "rows": rows}, indent=2))

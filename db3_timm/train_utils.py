@@ -771,6 +771,11 @@ def add_transfer_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--zero-shot-step", type=float, default=0.5, help="initial L2 length of a push-away move")
     g.add_argument("--generator-kwargs", type=_json_arg, default={}, metavar="JSON",
                    help="--zero-shot: more generator options, e.g. '{\"max_init_queries\": 100000}'")
+    g.add_argument("--zero-shot-start", choices=["reference", "smooth"], default="reference",
+                   help="start noise of the generator: the paper's per-pixel noise or low-frequency noise")
+    g.add_argument("--zero-shot-pool", type=int, default=0, metavar="N",
+                   help="also distil from N teacher-labelled start-search images, soft-labelled with 'sd' "
+                        "against the pseudo samples (one query each)")
 
 
 @dataclass
@@ -815,30 +820,34 @@ def _rows_from_transfer(ds: Any, args: argparse.Namespace, load_split: Callable[
 
 
 def _zero_shot_samples(accelerator: Any, oracle: Any, args: argparse.Namespace,
-                       folder: Path) -> Tuple[torch.Tensor, torch.Tensor, Dict[str, int]]:
-    """Pseudo samples, their teacher labels and the generation's query counts from ``create_generator('zsdb3',
-    oracle)``, grown by the main process only (they cost queries), resumable in ``folder/state`` and kept in
-    ``folder/pseudo.safetensors`` (+ ``queries.json``)."""
+                       folder: Path) -> Tuple[torch.Tensor, torch.Tensor, Dict[str, int], torch.Tensor]:
+    """Pseudo samples, their teacher labels, the generation's query counts and the start pool's images from
+    ``create_generator('zsdb3', oracle)``, grown by the main process only (they cost queries), resumable in
+    ``folder/state`` and kept in ``folder/pseudo.safetensors`` (+ ``queries.json``)."""
     from safetensors.torch import load_file, save_file
 
     from . import create_generator
 
     path = folder / "pseudo.safetensors"
     if accelerator.is_main_process and not path.is_file():
-        gen = create_generator("zsdb3", oracle, seed=args.seed, **(args.generator_kwargs or {}))
+        cfg = {"start": args.zero_shot_start, "start_pool": args.zero_shot_pool, **(args.generator_kwargs or {})}
+        cfg.setdefault("max_init_queries", max(200_000, int(cfg["start_pool"])))
+        gen = create_generator("zsdb3", oracle, seed=args.seed, **cfg)
         pseudo = gen.generate(args.zero_shot_samples_per_class, args.zero_shot_iterations,
                               args.zero_shot_queries_per_iteration, step=args.zero_shot_step, out_dir=folder / "state",
                               progress=not args.no_progress)
         folder.mkdir(parents=True, exist_ok=True)
         tmp = folder / ".pseudo.safetensors.tmp"
         save_file({"images": pseudo.images.detach().float().cpu().contiguous(),
-                   "labels": pseudo.labels.detach().long().cpu().contiguous()}, str(tmp))
+                   "labels": pseudo.labels.detach().long().cpu().contiguous(),
+                   "pool_images": (pseudo.pool_images if pseudo.pool_images is not None else pseudo.images[:0])
+                   .detach().float().cpu().contiguous()}, str(tmp))
         (folder / "queries.json").write_text(json.dumps({k: int(v) for k, v in dict(pseudo.queries).items()}) + "\n")
         os.replace(tmp, path)  # last: marks the generation finished
     accelerator.wait_for_everyone()
     saved = load_file(str(path))
     queries = json.loads((folder / "queries.json").read_text()) if (folder / "queries.json").is_file() else {}
-    return saved["images"], saved["labels"], queries
+    return saved["images"], saved["labels"], queries, saved.get("pool_images", saved["images"][:0])
 
 
 def prepare_transfer_set(accelerator: Any, oracle: Any, args: argparse.Namespace, *,
@@ -887,12 +896,13 @@ def prepare_transfer_set(accelerator: Any, oracle: Any, args: argparse.Namespace
 
     marker = {"data": args.data, "split": args.train_split, "limit": args.limit, "image_size": image_size,
               "val_split": args.val_split, "val_fraction": args.val_fraction, "seed": args.seed,
-              "zero_shot": bool(args.zero_shot)}
+              "zero_shot": bool(args.zero_shot), "zero_shot_start": args.zero_shot_start, "zero_shot_pool": args.zero_shot_pool}
     extra: Dict[str, Any] = {}
     if args.zero_shot:
         from .labelers.base import References
 
-        images, labels, extra["generation_queries"] = _zero_shot_samples(accelerator, oracle, args, out / "zero_shot")
+        images, labels, extra["generation_queries"], pool_images = _zero_shot_samples(accelerator, oracle, args,
+                                                                                       out / "zero_shot")
         real_val = None
         if args.val_split:
             val = load_split(args.val_split)
@@ -936,9 +946,20 @@ def prepare_transfer_set(accelerator: Any, oracle: Any, args: argparse.Namespace
     accelerator.wait_for_everyone()
     ds = label_dataset(labeler(), images, folder, references=refs, dataset_labels=dataset_labels,
                        shard_size=args.shard_size, seed=args.seed, accelerator=accelerator, progress=progress)
-    ds = ds.with_format("torch", columns=columns)
     queries = read_manifest(folder)["queries"]["total"]
     source = (f"{len(ds)} zero-shot pseudo samples (zsdb3, {args.zero_shot_iterations} iterations)" if args.zero_shot else
               f"{len(ds)} images of {args.data} split {args.train_split!r}") + f", labelled with {args.labeler!r} -> {folder}"
+    if args.zero_shot and len(pool_images):
+        import datasets
+
+        # The start pool: many cheap teacher-labelled images, soft-labelled by distance to the pseudo samples.
+        pool_refs = References(images, labels, 0)
+        pool_ds = label_dataset(create_labeler("sd", oracle, seed=args.seed), pool_images, folder / "pool",
+                                references=pool_refs, shard_size=args.shard_size, seed=args.seed,
+                                accelerator=accelerator, progress=progress)
+        ds = datasets.concatenate_datasets([ds, pool_ds])
+        queries += read_manifest(folder / "pool")["queries"]["total"]
+        source += f" + {len(pool_ds)} start-pool images labelled with 'sd' -> {folder / 'pool'}"
+    ds = ds.with_format("torch", columns=columns)
     info = {"transfer": {"source": source, "rows": len(ds), "queries": queries, **extra}, "validation": val_info_source}
     return TransferSet(ds, real_val, tuple(images.shape[1:]), info)

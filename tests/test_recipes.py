@@ -239,26 +239,31 @@ def test_zero_shot_trains_on_the_registered_generator(monkeypatch, in_process, t
 
     class FakeZSDB3:  # the registered factory's interface: factory(oracle, **cfg).generate(spc, iterations, qpi, ...)
         def __init__(self, oracle, **cfg):
-            self.oracle = oracle
+            self.oracle, self.pool = oracle, cfg["start_pool"]
             calls.append(cfg)
 
         def generate(self, samples_per_class, iterations, queries_per_iteration, *, step, out_dir, progress):
             calls.append((samples_per_class, iterations, queries_per_iteration, step))
-            x = torch.rand(samples_per_class * 10, 1, 28, 28, generator=torch.Generator().manual_seed(0))
-            return PseudoSamples(x, self.oracle(x), torch.empty(0), queries={"init": len(x), "iterations": 0})
+            x = torch.rand(samples_per_class * 10 + self.pool, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+            y = self.oracle(x)
+            n = samples_per_class * 10
+            return PseudoSamples(x[:n], y[:n], torch.empty(0), queries={"init": len(x), "iterations": 0},
+                                 pool_images=x[n:], pool_labels=y[n:])
 
     monkeypatch.setitem(_registry._factories["generator"], "zsdb3", FakeZSDB3)
     out = tmp_path / "zs"
     assert _recipe("distill").main([
         "--config", DIGITS, "--teacher", f"local-dir:{teacher / 'model'}", "--output-dir", str(out), "--zero-shot",
         "--zero-shot-samples-per-class", "4", "--zero-shot-iterations", "2", "--generator-kwargs", '{"max_init_queries": 99}',
-        "--references-per-class", "2", "--epochs", "1", "--batch-size", "8", "--test-limit", "40", "--no-progress"]) == 0
-    assert calls == [{"seed": 0, "max_init_queries": 99}, (4, 2, 500, 0.5)]
+        "--references-per-class", "2", "--epochs", "1", "--batch-size", "8", "--test-limit", "40", "--no-progress",
+        "--zero-shot-start", "smooth", "--zero-shot-pool", "20"]) == 0
+    assert calls == [{"seed": 0, "start": "smooth", "start_pool": 20, "max_init_queries": 99}, (4, 2, 500, 0.5)]
     r = _results(out)
-    assert r["transfer"]["generation_queries"] == {"init": 40, "iterations": 0}
-    assert r["transfer"]["rows"] == 36 and "zero-shot pseudo samples (zsdb3, 2 iterations)" in r["transfer"]["source"]
+    assert r["transfer"]["generation_queries"] == {"init": 60, "iterations": 0}
+    assert r["transfer"]["rows"] == 36 + 20 and "zero-shot pseudo samples (zsdb3, 2 iterations)" in r["transfer"]["source"]
+    assert "20 start-pool images labelled with 'sd'" in r["transfer"]["source"]
     assert r["validation"]["source"] == "4 held-out pseudo samples (seed 0)" and r["validation"]["labels"].startswith("teacher")
-    assert r["global_steps"] == 4 and r["best"]["epoch"] == 1  # 36 rows / 8, the last partial batch dropped
+    assert r["global_steps"] == 7 and r["best"]["epoch"] == 1  # 56 rows / 8
     assert (out / "zero_shot" / "pseudo.safetensors").is_file()
 
 
