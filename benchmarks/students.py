@@ -52,11 +52,14 @@ def train_student(arch, x, labels, soft, *, epochs, seed, temperature, val, test
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--samples", type=int, default=1000)
-    ap.add_argument("--labelers", nargs="+", default=["sd", "bd", "mbd"])
+    ap.add_argument("--labelers", nargs="*", default=["sd", "bd", "mbd"])
+    ap.add_argument("--skip-baselines", action="store_true", help="leave out rows (a) and (b)")
     ap.add_argument("--budgets", type=int, nargs="+", default=[100, 250])
     ap.add_argument("--models", nargs="+", default=["lenet5_half"])
     ap.add_argument("--zero-shot", nargs="*", default=[], help="transfer sets saved by zero_shot.py --save")
-    ap.add_argument("--epochs", type=int, default=60)
+    ap.add_argument("--epochs", type=int, default=60, help="epochs for small transfer sets")
+    ap.add_argument("--train-images", type=int, default=1_500_000,
+                    help="cap on images seen in training (epochs shrink for big transfer sets, at least 5)")
     ap.add_argument("--val", type=int, default=5000, help="held-out real training images for model selection")
     ap.add_argument("--seeds", type=int, default=1, help="students per row (different seeds); the mean is reported")
     ap.add_argument("--out", default="benchmarks/results/students.json")
@@ -78,11 +81,12 @@ def main() -> None:
     targets = []
     t = time.perf_counter()
     hard = oracle(x)
-    targets.append(("(a) hard labels", x, hard, None, 20.0, args.samples, time.perf_counter() - t))
-    with torch.inference_mode():
-        logits = teacher(normalizer_for(teacher)(x))
-    for temp in (20.0, 4.0):
-        targets.append((f"(b) white-box KD, T={temp:g}", x, hard, logits.clone(), temp, 0, 0.0))
+    if not args.skip_baselines:
+        targets.append(("(a) hard labels", x, hard, None, 20.0, args.samples, time.perf_counter() - t))
+        with torch.inference_mode():
+            logits = teacher(normalizer_for(teacher)(x))
+        for temp in (20.0, 4.0):
+            targets.append((f"(b) white-box KD, T={temp:g}", x, hard, logits.clone(), temp, 0, 0.0))
     specs = [(n, {}) if n == "sd" else (n, {"queries_per_target": q}) for n in args.labelers for q in (
         [None] if n == "sd" else args.budgets)]
     for name, cfg in specs:
@@ -103,8 +107,10 @@ def main() -> None:
     rows = []
     for name, images, labels, soft_logits, temp, spent, secs in targets:
         row = {"student": name, "queries": spent, "label_seconds": secs, "temperature": temp, "models": {}}
+        epochs = max(5, min(args.epochs, -(-args.train_images // len(images))))
+        row["epochs"] = epochs
         for arch in args.models:
-            runs = [train_student(arch, images, labels, soft_logits, epochs=args.epochs, seed=s, temperature=temp,
+            runs = [train_student(arch, images, labels, soft_logits, epochs=epochs, seed=s, temperature=temp,
                                   val=val, test=tst) for s in range(args.seeds)]
             final = sum(r[0] for r in runs) / len(runs)
             best = sum(r[1] for r in runs) / len(runs)

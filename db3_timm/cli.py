@@ -354,8 +354,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--step", type=float, default=0.5, help="initial L2 length of a push-away move")
     p.add_argument("--step-growth", type=float, default=1.0, metavar="F",
                    help="a sample's step is multiplied by F after a kept move (1 = fixed, as the reference)")
-    p.add_argument("--start", choices=["reference", "smooth"], default="reference",
-                   help="start noise: the paper's per-pixel noise, or low-frequency noise (far better students)")
+    p.add_argument("--start", choices=["reference", "smooth"], default="smooth",
+                   help="start noise: low-frequency noise (default; far better students) or the paper's per-pixel noise")
     p.add_argument("--start-pool", type=_int_at_least(0), default=0, metavar="N",
                    help="keep N teacher-labelled start-search images in the transfer set (labelled with 'sd')")
     p.add_argument("--max-init-queries", type=_int_at_least(1), default=200_000, metavar="Q",

@@ -21,13 +21,16 @@ def run_demo(
     zs_per_class: int = 30,
     zs_iterations: int = 4,
     zs_queries_per_iteration: int = 100,
+    zs_start: str = "smooth",
+    zs_pool: int = 10_000,
     print_fn=print,
 ) -> Dict[str, Any]:
     """Trains a LeNet-5 teacher on digits, hides it behind a label-only oracle and distils LeNet-5-half students.
 
     Students are trained on ``samples`` training images with (a) the teacher's hard labels,
     (b) SD soft labels and (c) MBD soft labels at ``queries_per_target``, and (d) on a zero-shot
-    ZSDB3 transfer set grown from noise; all are scored on the held-out digits split. Writes
+    ZSDB3 transfer set grown from ``zs_start`` noise, plus ``zs_pool`` teacher-labelled start images;
+    all are scored on the held-out digits split. Writes
     ``results.json``, ``pseudo_samples/*.png`` and ``accuracy_vs_queries.png`` to ``out_dir``.
 
     Returns:
@@ -38,6 +41,7 @@ def run_demo(
     from . import LabelOracle, create_generator, create_labeler
     from .data import load_image_dataset
     from .distill import evaluate, fit
+    from .labelers.base import References
     from .report import plot_points, save_class_grids
 
     out = Path(out_dir)
@@ -63,7 +67,8 @@ def run_demo(
     def student(name: str, images: torch.Tensor, labels: torch.Tensor, logits=None, queries: int = 0) -> None:
         t = time.time()
         model = timm.create_model("lenet5_half", num_classes=10)
-        fit(model, images, labels, logits, epochs=40, lr=2e-3, seed=seed, device=device)
+        epochs = max(5, min(40, 100_000 // len(images)))  # big transfer sets need fewer passes
+        fit(model, images, labels, logits, epochs=epochs, lr=2e-3, seed=seed, device=device)
         acc = evaluate(model, test.images, test.labels)
         rows.append({"student": name, "accuracy": acc, "queries": queries})
         print_fn(f"  {name:28s} acc {acc:.2%}  queries {queries:>10,d}  ({time.time() - t:.1f}s)")
@@ -81,16 +86,21 @@ def run_demo(
 
     # Zero-shot: no training image is used from here on; pseudo samples are grown from noise.
     before, t = oracle.queries, time.time()
-    pseudo = create_generator("zsdb3", oracle, seed=seed, max_init_queries=100_000).generate(
-        zs_per_class, zs_iterations, zs_queries_per_iteration, progress=False
-    )
-    zs = create_labeler("mbd", oracle, seed=seed, queries_per_target=queries_per_target).label(
-        pseudo.images, (pseudo.images, pseudo.labels)
-    )
+    gen = create_generator("zsdb3", oracle, seed=seed, start=zs_start, start_pool=zs_pool,
+                           max_init_queries=max(100_000, zs_pool))
+    pseudo = gen.generate(zs_per_class, zs_iterations, zs_queries_per_iteration, progress=False)
+    refs = References(pseudo.images, pseudo.labels, 0)  # labels known from the generation
+    zs = create_labeler("mbd", oracle, seed=seed, queries_per_target=queries_per_target).label(pseudo.images, refs)
+    images, labels, logits = pseudo.images, zs.labels, zs.logits
+    if zs_pool:
+        pool = create_labeler("sd", oracle, seed=seed).label(pseudo.pool_images, refs)
+        images, labels, logits = (torch.cat([images, pseudo.pool_images]), torch.cat([labels, pool.labels]),
+                                  torch.cat([logits, pool.logits]))
     spent = oracle.queries - before
-    print_fn(f"  zero-shot: {len(pseudo.labels)} pseudo samples, {spent:,d} queries in {time.time() - t:.1f}s "
+    print_fn(f"  zero-shot: {len(pseudo.labels)} pseudo samples ({zs_start} start) + {zs_pool:,d} start-pool images, "
+             f"{spent:,d} queries in {time.time() - t:.1f}s "
              f"(mean robustness {pseudo.robustness[0].mean():.2f} -> {pseudo.robustness[-1].mean():.2f})")
-    student("ZSDB3 (no real data)", pseudo.images, zs.labels, zs.logits, spent)
+    student("ZSDB3 (no real data)", images, labels, logits, spent)
     save_class_grids(pseudo.images, pseudo.labels, out / "pseudo_samples")
     plot_points({r["student"]: (r["queries"], r["accuracy"]) for r in rows if r["queries"] > 0},
                 out / "accuracy_vs_queries.png", xlabel="teacher queries", ylabel="student test accuracy",

@@ -771,8 +771,8 @@ def add_transfer_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--zero-shot-step", type=float, default=0.5, help="initial L2 length of a push-away move")
     g.add_argument("--generator-kwargs", type=_json_arg, default={}, metavar="JSON",
                    help="--zero-shot: more generator options, e.g. '{\"max_init_queries\": 100000}'")
-    g.add_argument("--zero-shot-start", choices=["reference", "smooth"], default="reference",
-                   help="start noise of the generator: the paper's per-pixel noise or low-frequency noise")
+    g.add_argument("--zero-shot-start", choices=["reference", "smooth"], default="smooth",
+                   help="start noise of the generator: low-frequency noise (default) or the paper's per-pixel noise")
     g.add_argument("--zero-shot-pool", type=int, default=0, metavar="N",
                    help="also distil from N teacher-labelled start-search images, soft-labelled with 'sd' "
                         "against the pseudo samples (one query each)")

@@ -22,10 +22,11 @@ def test_registered():
     assert "zsdb3" in list_generators("zs*")
 
 
-def test_samples_keep_their_class_stay_in_box_and_grow_robust():
+@pytest.mark.parametrize("start", ["smooth", "reference"])
+def test_samples_keep_their_class_stay_in_box_and_grow_robust(start):
     oracle = affine_teacher()
     before = oracle.queries
-    out = create_generator("zsdb3", oracle, seed=0).generate(6, 5, 80, progress=False)
+    out = create_generator("zsdb3", oracle, seed=0, start=start).generate(6, 5, 80, progress=False)
     assert out.images.shape == (24, 1, 8, 8) and torch.bincount(out.labels).tolist() == [6, 6, 6, 6]
     assert torch.equal(oracle(out.images), out.labels)
     assert out.images.min() >= 0 and out.images.max() <= 1

@@ -124,8 +124,10 @@ class ZSDB3Generator:
         num_classes: number of classes (default ``oracle.num_classes``).
         input_shape: ``(C, H, W)`` of the images (default ``oracle.input_size``).
         seed: seeds every random choice.
-        start: start prior, a :data:`START_NOISE` name (``'reference'``: the paper's per-pixel noise;
-            ``'smooth'``: low-frequency noise, see :func:`smooth_noise`).
+        start: start prior, a :data:`START_NOISE` name: ``'smooth'`` (default), low-frequency noise (see
+            :func:`smooth_noise`), or ``'reference'``, the paper's per-pixel noise. Measured on
+            Fashion-MNIST at the same ~0.7M queries: 62 % students from smooth starts (with a 20k pool)
+            against 18 % from the paper's noise.
         start_pool: also keep this many labelled start-search images (the search runs until it has
             them) as :attr:`PseudoSamples.pool_images`, extra transfer data at no extra query.
         init_batch: noise images per start-search round.
@@ -143,7 +145,7 @@ class ZSDB3Generator:
         num_classes: Optional[int] = None,
         input_shape: Optional[Sequence[int]] = None,
         seed: int = 0,
-        start: str = "reference",
+        start: str = "smooth",
         start_pool: int = 0,
         init_batch: int = 1024,
         max_init_queries: int = 200_000,
