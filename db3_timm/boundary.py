@@ -206,6 +206,7 @@ def minimize_boundary_distance(
     delta: float = 0.05,
     angle_checks: int = 5,
     probe_scale: int = 1,
+    full_res_every: int = 0,
     progress=None,
 ) -> torch.Tensor:
     """Shrinks each pair's adversarial point toward the nearest boundary until its budget is spent.
@@ -239,6 +240,8 @@ def minimize_boundary_distance(
         delta: probe radius relative to the current distance.
         angle_checks: bisection queries of the plane angle search.
         probe_scale: probes drawn on a ``probe_scale`` times coarser grid (see :func:`estimate_normals`).
+        full_res_every: from iteration ``2 * full_res_every`` on, every ``full_res_every``-th iteration draws
+            full-resolution probes instead (0: never).
         progress: optional callable ``(pairs_active)`` invoked once per iteration.
 
     Returns:
@@ -265,8 +268,13 @@ def minimize_boundary_distance(
         n_probes = torch.minimum(want, query.left() - reserve).clamp_min(0)
         theta = (adv - x0) / dist.clamp_min(1e-12).unsqueeze(1)
         centre = x0 + (0.5 * (dist + lo_dist)).unsqueeze(1) * theta  # middle of the bracket
+        # Smooth probes converge fastest early on, but cannot see the normal's fine detail, so on their
+        # own the distance stalls (LeNet/Fashion-MNIST: 1.39x white-box at 4k queries, 1.34x at 16k);
+        # interleaving full-resolution iterations once the smooth part has had a few keeps the fast
+        # start and removes that floor.
+        full = full_res_every > 0 and it % full_res_every == 0 and it > full_res_every
         g = estimate_normals(query, centre, live, n_probes, delta * dist, generator, orthogonal_to=theta,
-                             probe_scale=probe_scale)
+                             probe_scale=1 if full else probe_scale)
         g = g - (g * theta).sum(1, keepdim=True) * theta
         g = g / g.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
