@@ -206,6 +206,7 @@ def minimize_boundary_distance(
     delta: float = 0.05,
     angle_checks: int = 5,
     probe_scale: int = 1,
+    full_res_every: int = 0,
     progress=None,
 ) -> torch.Tensor:
     """Shrinks each pair's adversarial point toward the nearest boundary until its budget is spent.
@@ -239,6 +240,9 @@ def minimize_boundary_distance(
         delta: probe radius relative to the current distance.
         angle_checks: bisection queries of the plane angle search.
         probe_scale: probes drawn on a ``probe_scale`` times coarser grid (see :func:`estimate_normals`).
+        full_res_every: from iteration ``2 * full_res_every`` on, every ``full_res_every``-th iteration
+            switches probe resolution (``probe_scale`` <-> full) for a trial; the others use whichever gained
+            more distance in its latest iteration (0: always ``probe_scale``).
         progress: optional callable ``(pairs_active)`` invoked once per iteration.
 
     Returns:
@@ -253,6 +257,8 @@ def minimize_boundary_distance(
     lo_dist = dist * lo / hi.clamp_min(1e-12)
     edge = torch.full((P,), math.pi / 6, device=dev)
     it = 0
+    # Mean relative distance gain of the latest smooth (False) and full-resolution (True) iteration.
+    gain = {False: math.inf, True: 0.0}
     while True:
         it += 1
         reserve = angle_checks + 8
@@ -265,8 +271,14 @@ def minimize_boundary_distance(
         n_probes = torch.minimum(want, query.left() - reserve).clamp_min(0)
         theta = (adv - x0) / dist.clamp_min(1e-12).unsqueeze(1)
         centre = x0 + (0.5 * (dist + lo_dist)).unsqueeze(1) * theta  # middle of the bracket
+        # Smooth probes converge fastest early on, but cannot see the normal's fine detail, so on their
+        # own the distance stalls (LeNet/Fashion-MNIST: 1.39x white-box at 4k queries, 1.34x at 16k).
+        # Once the smooth part has had a few iterations, use the resolution whose latest iteration
+        # gained more, and try the other one every `full_res_every`-th iteration.
+        explore = full_res_every > 0 and it % full_res_every == 0 and it > full_res_every
+        full = explore != (gain[True] > gain[False])
         g = estimate_normals(query, centre, live, n_probes, delta * dist, generator, orthogonal_to=theta,
-                             probe_scale=probe_scale)
+                             probe_scale=1 if full else probe_scale)
         g = g - (g * theta).sum(1, keepdim=True) * theta
         g = g / g.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
@@ -313,6 +325,7 @@ def minimize_boundary_distance(
         new = torch.lerp(x0, cand, hi.unsqueeze(1))
         new_dist = (new - x0).norm(dim=1)
         improved = found & (new_dist < dist)
+        gain[full] = float((1 - torch.where(improved, new_dist, dist) / dist.clamp_min(1e-12))[live].mean())
         lo_dist = torch.where(improved, seg * lo, lo_dist)
         adv = torch.where(improved.unsqueeze(1), new, adv)
         dist = torch.where(improved, new_dist, dist)

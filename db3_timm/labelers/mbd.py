@@ -21,9 +21,10 @@ class MinimalBoundaryDistanceLabeler(BoundaryDistanceLabeler):
     Args:
         oracle: the label-only teacher.
         queries_per_target: exact query budget per (sample, class) pair, start search included.
-        directions: nearest references tried for the start.
-        probes, max_probes, probe_growth, delta, angle_checks: direction-search settings (see
-            :func:`~db3_timm.boundary.minimize_boundary_distance`).
+        directions: nearest references tried for the start (a direction that cannot beat the best so far
+            costs one query, so a wide search is cheap: 10 vs 2 took the 250-query ratio 2.27 -> 2.20).
+        probes, max_probes, probe_growth, delta, angle_checks, probe_scale, full_res_every: direction-search
+            settings (see :func:`~db3_timm.boundary.minimize_boundary_distance`).
         **kwargs: :class:`BoundaryDistanceLabeler` options.
     """
 
@@ -34,19 +35,21 @@ class MinimalBoundaryDistanceLabeler(BoundaryDistanceLabeler):
         oracle: LabelOracle,
         *,
         queries_per_target: int = 1000,
-        directions: int = 2,
+        directions: int = 10,
         probes: int = 60,
         max_probes: int = 300,
         probe_growth: float = 0.5,
         delta: float = 0.05,
         angle_checks: int = 5,
         probe_scale: int = 2,
+        full_res_every: int = 3,
         max_pairs: int = 512,
         **kwargs: Any,
     ):
         super().__init__(oracle, queries_per_target=queries_per_target, directions=directions, max_pairs=max_pairs, **kwargs)
         self.opt = dict(probes=int(probes), max_probes=int(max_probes), probe_growth=float(probe_growth),
-                        delta=float(delta), angle_checks=int(angle_checks), probe_scale=int(probe_scale))
+                        delta=float(delta), angle_checks=int(angle_checks), probe_scale=int(probe_scale),
+                        full_res_every=int(full_res_every))
 
     def config(self) -> Dict[str, Any]:
         cfg = super().config()
