@@ -22,7 +22,7 @@ def run_demo(
     zs_iterations: int = 4,
     zs_queries_per_iteration: int = 100,
     zs_start: str = "smooth",
-    zs_pool: int = 10_000,
+    zs_pool: int = 5_000,
     print_fn=print,
 ) -> Dict[str, Any]:
     """Trains a LeNet-5 teacher on digits, hides it behind a label-only oracle and distils LeNet-5-half students.
@@ -67,7 +67,7 @@ def run_demo(
     def student(name: str, images: torch.Tensor, labels: torch.Tensor, logits=None, queries: int = 0) -> None:
         t = time.time()
         model = timm.create_model("lenet5_half", num_classes=10)
-        epochs = max(5, min(40, 100_000 // len(images)))  # big transfer sets need fewer passes
+        epochs = max(5, min(40, 60_000 // len(images)))  # big transfer sets need fewer passes
         fit(model, images, labels, logits, epochs=epochs, lr=2e-3, seed=seed, device=device)
         acc = evaluate(model, test.images, test.labels)
         rows.append({"student": name, "accuracy": acc, "queries": queries})
