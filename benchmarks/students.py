@@ -101,7 +101,8 @@ def main() -> None:
 
         zs = load_file(path)
         meta = json.loads(Path(path).with_suffix(".json").read_text())
-        targets.append((f"(d) zero-shot, {zs['labels'].shape[0]} pseudo samples", zs["images"], zs["labels"],
+        rows_desc = f"{meta['samples']} pseudo samples + {meta.get('start_pool', 0):,d} start-pool images"
+        targets.append((f"(d) zero-shot, {rows_desc}", zs["images"], zs["labels"],
                         zs["logits"], 20.0, int(meta["total_queries"]), float(meta["seconds"])))
 
     rows = []
@@ -122,7 +123,7 @@ def main() -> None:
     cols = " | ".join(f"{a} final | {a} val-selected" for a in args.models)
     print(f"\n| transfer set ({args.samples} real FMNIST images unless zero-shot) | {cols} | teacher queries | wall time |")
     print("|---|" + "---|" * (2 * len(args.models)) + "---|---|")
-    print(f"| teacher lenet5 | " + " | ".join(f"{teacher_acc:.2%} | -" for _ in args.models) + " | - | - |")
+    print("| teacher lenet5 | " + " | ".join(f"{teacher_acc:.2%} | -" for _ in args.models) + " | - | - |")
     for r in rows:
         accs = " | ".join(f"{r['models'][a]['final']:.2%} | {r['models'][a]['best_on_val']:.2%}" for a in args.models)
         wall = r["label_seconds"] + sum(m["train_seconds"] for m in r["models"].values())

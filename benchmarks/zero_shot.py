@@ -106,7 +106,7 @@ def main() -> None:
             path = Path(f"benchmarks/results/zs_{args.dataset}_{i}.safetensors")
             save_file({"images": images.contiguous(), "labels": labels, "logits": logits.contiguous()}, str(path))
             path.with_suffix(".json").write_text(json.dumps(row, indent=2))
-    print(f"\n| start | pseudo samples | start pool | total teacher queries | student test accuracy | reference-schedule queries |")
+    print("\n| start | pseudo samples | start pool | total teacher queries | student test accuracy | reference-schedule queries |")
     print("|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['start']} | {r['samples']} | {r['start_pool']:,d} | {r['total_queries']:,d} | {r['student_acc']:.2%} | "

@@ -70,6 +70,12 @@ def test_step_growth_lets_samples_travel_further_on_the_same_budget():
     assert grown.robustness[-1].mean() > 1.2 * fixed.robustness[-1].mean()
 
 
+def test_cold_generation_restarts_every_search_like_the_reference():
+    out = create_generator("zsdb3", affine_teacher(), seed=0, warm_start=False).generate(4, 3, 60, progress=False)
+    assert out.warm_starts == 0
+    assert torch.equal(affine_teacher()(out.images), out.labels)
+
+
 def test_a_class_the_teacher_never_answers_warns_and_ends():
     oracle = affine_teacher(dead_class=2)
     gen = create_generator("zsdb3", oracle, seed=0, init_batch=256, max_init_queries=2048)

@@ -134,6 +134,8 @@ class ZSDB3Generator:
         max_init_queries: cap on the start search; classes still empty then are reported and dropped.
         max_samples: samples processed together in a boundary search (bounds memory).
         mbd: options for :func:`~db3_timm.boundary.minimize_boundary_distance` (``probes``, ``delta``, ...).
+        warm_start: start each iteration's boundary search from the previous iteration's direction (one
+            query per sample) instead of from scratch, as the reference does (``False``).
     """
 
     name = "zsdb3"
@@ -150,6 +152,7 @@ class ZSDB3Generator:
         init_batch: int = 1024,
         max_init_queries: int = 200_000,
         max_samples: int = 256,
+        warm_start: bool = True,
         tol: float = 1e-2,
         mbd: Optional[Dict[str, Any]] = None,
     ):
@@ -173,12 +176,13 @@ class ZSDB3Generator:
         self.max_samples = int(max_samples)
         self.tol = float(tol)
         self.mbd = dict(mbd or {})
+        self.warm_start = bool(warm_start)
 
     def config(self) -> Dict[str, Any]:
         """Returns the settings that determine the output (for manifests and model cards)."""
         return {"generator": self.name, "num_classes": self.num_classes, "input_shape": list(self.input_shape),
                 "seed": self.seed, "start": self.start, "start_pool": self.start_pool, "init_batch": self.init_batch, "max_init_queries": self.max_init_queries,
-                "tol": self.tol, "mbd": self.mbd}
+                "tol": self.tol, "mbd": self.mbd, "warm_start": self.warm_start}
 
     # ------------------------------------------------------------------ start
     def initial_samples(
@@ -242,7 +246,7 @@ class ZSDB3Generator:
         adv = x0.clone()
         found = torch.zeros(n, dtype=torch.bool, device=x.device)
         # Warm start: the previous direction, pushed past where the boundary was.
-        has_warm = warm.norm(dim=1) > 0
+        has_warm = (warm.norm(dim=1) > 0) & self.warm_start
         if bool(has_warm.any()):
             p = has_warm.nonzero().squeeze(1)
             cand = (x0[p] + warm[p]).clamp(0.0, 1.0)
