@@ -47,7 +47,8 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=100)
     ap.add_argument("--budgets", type=int, nargs="+", default=[250, 500, 1000, 2000, 4000])
     ap.add_argument("--references", type=int, default=2000, help="training images serving as references")
-    ap.add_argument("--labelers", nargs="+", default=["sd", "bd", "mbd"])
+    ap.add_argument("--labelers", nargs="+", default=["sd", "bd", "mbd"],
+                    help="labeler names, optionally with settings as JSON: 'mbd{\"directions\": 2}'")
     ap.add_argument("--out", default="benchmarks/results/labeler_distances.json")
     args = ap.parse_args()
 
@@ -76,9 +77,11 @@ def main() -> None:
 
     oracle._predict = timed
     rows = []
-    for name in args.labelers:
+    for spec in args.labelers:
+        name, _, extra = spec.partition("{")
+        extra_cfg = json.loads("{" + extra) if extra else {}
         for q in ([None] if name == "sd" else args.budgets):
-            cfg = {} if q is None else {"queries_per_target": q}
+            cfg = dict(extra_cfg) if q is None else {"queries_per_target": q, **extra_cfg}
             lab = create_labeler(name, oracle, **cfg)
             checked = lab.check_references(*refs)
             before, in_teacher[0] = oracle.queries, 0.0
@@ -88,13 +91,13 @@ def main() -> None:
             spent = oracle.queries - before
             ratio = soft.distances[pair_sample, pair_target] / wb
             row = {
-                "labeler": name, "queries_per_target": q, "median_ratio": float(ratio.median()),
+                "labeler": spec, "queries_per_target": q, "median_ratio": float(ratio.median()),
                 "p90_ratio": float(ratio.quantile(0.9)), "min_ratio": float(ratio.min()),
                 "queries": spent, "seconds": wall, "queries_per_s": spent / wall,
                 "teacher_share": in_teacher[0] / wall,
             }
             rows.append(row)
-            print(f"{name:4s} q/target {str(q):>5s}: median ratio {row['median_ratio']:.3f} (p90 {row['p90_ratio']:.3f}, "
+            print(f"{spec:4s} q/target {str(q):>5s}: median ratio {row['median_ratio']:.3f} (p90 {row['p90_ratio']:.3f}, "
                   f"min {row['min_ratio']:.3f}); {spent:,d} queries in {wall:.0f}s = {row['queries_per_s']:,.0f}/s, "
                   f"{row['teacher_share']:.0%} of the time in the teacher", flush=True)
 
