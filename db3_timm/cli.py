@@ -211,7 +211,8 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         step_growth=args.step_growth,
     )
     q = summary["queries"]
-    print(f"{summary['samples']} pseudo samples -> {args.out} (missing classes: {summary['missing_classes'] or 'none'})")
+    print(f"{summary['samples']} pseudo samples + {summary['pool']:,d} start-pool images -> {args.out} "
+          f"(missing classes: {summary['missing_classes'] or 'none'})")
     print("queries: " + ", ".join(f"{k} {v:,d}" for k, v in q.items()))
     if summary["mean_robustness"]:
         rob = summary["mean_robustness"]

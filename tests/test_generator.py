@@ -163,11 +163,12 @@ def test_db3_generate_cli_writes_figures_and_transfer_set(tmp_path):
     out = tmp_path / "zs"
     cmd = [sys.executable, "-m", "db3_timm.cli", "generate", "--teacher", f"local-dir:{tmp_path / 'teacher'}",
            "--samples-per-class", "2", "--iterations", "2", "--max-init-queries", "4096", "--queries-per-iteration", "30", "--labeler", "sd",
-           "--no-progress", "--out", str(out)]
+           "--start-pool", "50", "--no-progress", "--out", str(out)]
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     summary = json.loads((out / "summary.json").read_text())
     assert "pseudo samples" in run.stdout and (out / "robustness.png").exists() and (out / "grids" / "all-classes.png").exists()
     assert summary["queries"]["total"] == sum(v for k, v in summary["queries"].items() if k != "total")
+    assert summary["pool"] == 50 and (out / "transfer" / "pool" / "manifest.json").is_file()
     bad = subprocess.run(cmd[:-2] + ["--input-shape", "1,8", "--out", str(out)], capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "expected C,H,W" in bad.stderr
