@@ -2,8 +2,8 @@
 
 Real data is used only to train the teacher and for the final test. For each schedule the
 pseudo samples are generated (start prior, push-away iterations), soft-labelled with MBD against
-each other, the start pool (teacher-labelled start noise) is soft-labelled with SD against the
-pseudo samples, and a LeNet-5-half student is trained on the union. The first row repeats the
+each other, the start pool (teacher-labelled start noise, plus teacher-labelled mixes of two images) is soft-labelled
+with SD against the pseudo samples, and a LeNet-5-half student is trained on the union. The first row repeats the
 smallest schedule with the paper's per-pixel start noise and no pool, side by side. The
 reference schedule's cost for the same number of pseudo samples (40 iterations x 5,000 queries
 per step per sample) is printed beside ours.
@@ -32,12 +32,13 @@ from db3_timm.data import load_image_dataset  # noqa: E402
 from db3_timm.distill import evaluate, fit  # noqa: E402
 from db3_timm.labelers.base import References  # noqa: E402
 
-# (start prior, samples per class, iterations, queries per iteration, MBD queries per target, start pool)
+# (start prior, samples per class, iterations, queries per iteration, MBD queries per target, start pool, mixes)
 SCHEDULES = {
-    "digits": [("reference", 20, 4, 100, 50, 0), ("smooth", 20, 4, 100, 50, 5_000),
-               ("smooth", 50, 6, 100, 100, 20_000), ("smooth", 100, 8, 100, 100, 50_000)],
-    "fashion-mnist": [("reference", 50, 5, 100, 100, 0), ("smooth", 50, 5, 100, 100, 20_000),
-                      ("smooth", 100, 8, 100, 100, 100_000), ("smooth", 100, 8, 100, 100, 400_000)],
+    "digits": [("reference", 20, 4, 100, 50, 0, 0), ("smooth", 20, 4, 100, 50, 5_000, 0),
+               ("smooth", 50, 6, 100, 100, 20_000, 0), ("smooth", 100, 8, 100, 100, 50_000, 0)],
+    "fashion-mnist": [("reference", 50, 5, 100, 100, 0, 0), ("smooth", 50, 5, 100, 100, 20_000, 0),
+                      ("smooth", 100, 8, 100, 100, 100_000, 0), ("smooth", 100, 8, 100, 100, 400_000, 0),
+                      ("smooth", 100, 8, 100, 100, 100_000, 50_000)],
 }
 
 
@@ -71,15 +72,16 @@ def main() -> None:
     rows = []
     plan = SCHEDULES[args.dataset]
     for i in args.schedules if args.schedules is not None else range(len(plan)):
-        start, spc, iters, qpi, qpt, pool = plan[i]
+        start, spc, iters, qpi, qpt, pool, mixes = plan[i]
         before, t = oracle.queries, time.perf_counter()
-        gen = create_generator("zsdb3", oracle, seed=0, start=start, start_pool=pool, max_init_queries=max(200_000, pool))
+        gen = create_generator("zsdb3", oracle, seed=0, start=start, start_pool=pool, mixes=mixes,
+                               max_init_queries=max(200_000, pool))
         pseudo = gen.generate(spc, iters, qpi, progress=False)
         gen_q = oracle.queries - before
         refs = References(pseudo.images, pseudo.labels, 0)  # the teacher's labels are known from the generation
         soft = create_labeler("mbd", oracle, queries_per_target=qpt).label(pseudo.images, refs)
         images, labels, logits = pseudo.images, soft.labels, soft.logits
-        if pool:
+        if pseudo.pool_images.shape[0]:
             ps = create_labeler("sd", oracle).label(pseudo.pool_images, refs)
             images, labels, logits = (torch.cat([images, pseudo.pool_images]), torch.cat([labels, ps.labels]),
                                       torch.cat([logits, ps.logits]))
@@ -92,12 +94,13 @@ def main() -> None:
         fit(model, images, labels, logits, epochs=epochs, lr=2e-3, seed=0)
         acc = evaluate(model, test.images, test.labels)
         row = {"start": start, "samples_per_class": spc, "iterations": iters, "queries_per_iteration": qpi,
-               "queries_per_target": qpt, "start_pool": pool, "samples": n, "transfer_rows": len(images),
+               "queries_per_target": qpt, "start_pool": pool, "mixes": mixes, "samples": n, "transfer_rows": len(images),
                "generation_queries": gen_q, "total_queries": total, "seconds": secs, "epochs": epochs,
                "train_seconds": time.perf_counter() - t, "student_acc": acc, "reference_schedule_queries": n * 40 * 5000,
                "robustness_first_last": [float(pseudo.robustness[0].mean()), float(pseudo.robustness[-1].mean())]}
         rows.append(row)
-        print(f"  start {start:9s} {spc}/class x {iters} it x {qpi} q/it, MBD @{qpt}, pool {pool:,d}: {total:,d} queries "
+        print(f"  start {start:9s} {spc}/class x {iters} it x {qpi} q/it, MBD @{qpt}, pool {pool:,d}, mixes {mixes:,d}: "
+              f"{total:,d} queries "
               f"({secs:.0f}s) -> student {acc:.2%}  (reference schedule: {row['reference_schedule_queries']:,d} queries "
               f"for {n} samples)", flush=True)
         if args.save:
@@ -106,10 +109,12 @@ def main() -> None:
             path = Path(f"benchmarks/results/zs_{args.dataset}_{i}.safetensors")
             save_file({"images": images.contiguous(), "labels": labels, "logits": logits.contiguous()}, str(path))
             path.with_suffix(".json").write_text(json.dumps(row, indent=2))
-    print("\n| start | pseudo samples | start pool | total teacher queries | student test accuracy | reference-schedule queries |")
-    print("|---|---|---|---|---|---|")
+    print("\n| start | pseudo samples | start pool | mixes | total teacher queries | student test accuracy | "
+          "reference-schedule queries |")
+    print("|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['start']} | {r['samples']} | {r['start_pool']:,d} | {r['total_queries']:,d} | {r['student_acc']:.2%} | "
+        print(f"| {r['start']} | {r['samples']} | {r['start_pool']:,d} | {r['mixes']:,d} | {r['total_queries']:,d} | "
+              f"{r['student_acc']:.2%} | "
               f"{r['reference_schedule_queries']:,d} |")
     out = Path(args.out or f"benchmarks/results/zero_shot_{args.dataset}.json")
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -207,7 +207,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         num_classes=args.num_classes, input_shape=args.input_shape,
         labeler=args.labeler or None, labeler_cfg=labeler_cfg, progress=not args.no_progress,
         generator_cfg={"max_init_queries": max(args.max_init_queries, args.start_pool), "start": args.start,
-                       "start_pool": args.start_pool},
+                       "start_pool": args.start_pool, "mixes": args.mixes},
         step_growth=args.step_growth,
     )
     q = summary["queries"]
@@ -359,6 +359,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start noise: low-frequency noise (default; far better students) or the paper's per-pixel noise")
     p.add_argument("--start-pool", type=_int_at_least(0), default=0, metavar="N",
                    help="keep N teacher-labelled start-search images in the transfer set (labelled with 'sd')")
+    p.add_argument("--mixes", type=_int_at_least(0), default=0, metavar="N",
+                   help="add N teacher-labelled mixes of two pseudo-sample/pool images to the pool (one query each)")
     p.add_argument("--max-init-queries", type=_int_at_least(1), default=200_000, metavar="Q",
                    help="cap on the noise search for starting samples; classes never answered are reported")
     p.add_argument("--labeler", default="mbd", help="labeler for the transfer set ('' to skip labelling)")

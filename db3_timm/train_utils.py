@@ -776,6 +776,8 @@ def add_transfer_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--zero-shot-pool", type=int, default=0, metavar="N",
                    help="also distil from N teacher-labelled start-search images, soft-labelled with 'sd' "
                         "against the pseudo samples (one query each)")
+    g.add_argument("--zero-shot-mixes", type=int, default=0, metavar="N",
+                   help="also distil from N teacher-labelled mixes of two pseudo-sample/pool images (one query each)")
 
 
 @dataclass
@@ -830,7 +832,8 @@ def _zero_shot_samples(accelerator: Any, oracle: Any, args: argparse.Namespace,
 
     path = folder / "pseudo.safetensors"
     if accelerator.is_main_process and not path.is_file():
-        cfg = {"start": args.zero_shot_start, "start_pool": args.zero_shot_pool, **(args.generator_kwargs or {})}
+        cfg = {"start": args.zero_shot_start, "start_pool": args.zero_shot_pool, "mixes": args.zero_shot_mixes,
+               **(args.generator_kwargs or {})}
         cfg.setdefault("max_init_queries", max(200_000, int(cfg["start_pool"])))
         gen = create_generator("zsdb3", oracle, seed=args.seed, **cfg)
         pseudo = gen.generate(args.zero_shot_samples_per_class, args.zero_shot_iterations,
@@ -896,7 +899,8 @@ def prepare_transfer_set(accelerator: Any, oracle: Any, args: argparse.Namespace
 
     marker = {"data": args.data, "split": args.train_split, "limit": args.limit, "image_size": image_size,
               "val_split": args.val_split, "val_fraction": args.val_fraction, "seed": args.seed,
-              "zero_shot": bool(args.zero_shot), "zero_shot_start": args.zero_shot_start, "zero_shot_pool": args.zero_shot_pool}
+              "zero_shot": bool(args.zero_shot), "zero_shot_start": args.zero_shot_start, "zero_shot_pool": args.zero_shot_pool,
+              "zero_shot_mixes": args.zero_shot_mixes}
     extra: Dict[str, Any] = {}
     if args.zero_shot:
         from .labelers.base import References
@@ -959,7 +963,7 @@ def prepare_transfer_set(accelerator: Any, oracle: Any, args: argparse.Namespace
                                 accelerator=accelerator, progress=progress)
         ds = datasets.concatenate_datasets([ds, pool_ds])
         queries += read_manifest(folder / "pool")["queries"]["total"]
-        source += f" + {len(pool_ds)} start-pool images labelled with 'sd' -> {folder / 'pool'}"
+        source += f" + {len(pool_ds)} start-pool / mixed images labelled with 'sd' -> {folder / 'pool'}"
     ds = ds.with_format("torch", columns=columns)
     info = {"transfer": {"source": source, "rows": len(ds), "queries": queries, **extra}, "validation": val_info_source}
     return TransferSet(ds, real_val, tuple(images.shape[1:]), info)

@@ -70,6 +70,22 @@ def test_step_growth_lets_samples_travel_further_on_the_same_budget():
     assert grown.robustness[-1].mean() > 1.2 * fixed.robustness[-1].mean()
 
 
+def test_mixes_join_the_pool_with_teacher_labels_once(tmp_path):
+    oracle = affine_teacher()
+    gen = create_generator("zsdb3", oracle, seed=0, start_pool=30, mixes=40)
+    out = gen.generate(3, 2, 40, progress=False, out_dir=tmp_path)
+    assert out.pool_images.shape[0] == 30 + 40 and out.queries["mixes"] == 40
+    assert torch.equal(oracle(out.pool_images), out.pool_labels)
+    assert out.pool_images.min() >= 0 and out.pool_images.max() <= 1
+    before = oracle.queries
+    again = create_generator("zsdb3", oracle, seed=0, start_pool=30, mixes=40).generate(3, 2, 40, progress=False,
+                                                                                          out_dir=tmp_path)
+    assert oracle.queries == before  # a finished run is read back, not mixed (and paid for) again
+    assert torch.equal(again.pool_images, out.pool_images) and again.queries == out.queries
+    with pytest.raises(ValueError, match="mixes must be >= 0, got -1"):
+        create_generator("zsdb3", oracle, mixes=-1)
+
+
 def test_cold_generation_restarts_every_search_like_the_reference():
     out = create_generator("zsdb3", affine_teacher(), seed=0, warm_start=False).generate(4, 3, 60, progress=False)
     assert out.warm_starts == 0
@@ -163,12 +179,13 @@ def test_db3_generate_cli_writes_figures_and_transfer_set(tmp_path):
     out = tmp_path / "zs"
     cmd = [sys.executable, "-m", "db3_timm.cli", "generate", "--teacher", f"local-dir:{tmp_path / 'teacher'}",
            "--samples-per-class", "2", "--iterations", "2", "--max-init-queries", "4096", "--queries-per-iteration", "30", "--labeler", "sd",
-           "--start-pool", "50", "--no-progress", "--out", str(out)]
+           "--start-pool", "50", "--mixes", "10", "--no-progress", "--out", str(out)]
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     summary = json.loads((out / "summary.json").read_text())
     assert "pseudo samples" in run.stdout and (out / "robustness.png").exists() and (out / "grids" / "all-classes.png").exists()
     assert summary["queries"]["total"] == sum(v for k, v in summary["queries"].items() if k != "total")
-    assert summary["pool"] == 50 and (out / "transfer" / "pool" / "manifest.json").is_file()
+    assert summary["pool"] == 60 and summary["queries"]["mixes"] == 10
+    assert (out / "transfer" / "pool" / "manifest.json").is_file()
     bad = subprocess.run(cmd[:-2] + ["--input-shape", "1,8", "--out", str(out)], capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "expected C,H,W" in bad.stderr

@@ -239,7 +239,7 @@ def test_zero_shot_trains_on_the_registered_generator(monkeypatch, in_process, t
 
     class FakeZSDB3:  # the registered factory's interface: factory(oracle, **cfg).generate(spc, iterations, qpi, ...)
         def __init__(self, oracle, **cfg):
-            self.oracle, self.pool = oracle, cfg["start_pool"]
+            self.oracle, self.pool = oracle, cfg["start_pool"] + cfg["mixes"]
             calls.append(cfg)
 
         def generate(self, samples_per_class, iterations, queries_per_iteration, *, step, out_dir, progress):
@@ -256,12 +256,12 @@ def test_zero_shot_trains_on_the_registered_generator(monkeypatch, in_process, t
         "--config", DIGITS, "--teacher", f"local-dir:{teacher / 'model'}", "--output-dir", str(out), "--zero-shot",
         "--zero-shot-samples-per-class", "4", "--zero-shot-iterations", "2", "--generator-kwargs", '{"max_init_queries": 99}',
         "--references-per-class", "2", "--epochs", "1", "--batch-size", "8", "--test-limit", "40", "--no-progress",
-        "--zero-shot-start", "smooth", "--zero-shot-pool", "20"]) == 0
-    assert calls == [{"seed": 0, "start": "smooth", "start_pool": 20, "max_init_queries": 99}, (4, 2, 500, 0.5)]
+        "--zero-shot-start", "smooth", "--zero-shot-pool", "15", "--zero-shot-mixes", "5"]) == 0
+    assert calls == [{"seed": 0, "start": "smooth", "start_pool": 15, "mixes": 5, "max_init_queries": 99}, (4, 2, 500, 0.5)]
     r = _results(out)
     assert r["transfer"]["generation_queries"] == {"init": 60, "iterations": 0}
     assert r["transfer"]["rows"] == 36 + 20 and "zero-shot pseudo samples (zsdb3, 2 iterations)" in r["transfer"]["source"]
-    assert "20 start-pool images labelled with 'sd'" in r["transfer"]["source"]
+    assert "20 start-pool / mixed images labelled with 'sd'" in r["transfer"]["source"]
     assert r["validation"]["source"] == "4 held-out pseudo samples (seed 0)" and r["validation"]["labels"].startswith("teacher")
     assert r["global_steps"] == 7 and r["best"]["epoch"] == 1  # 56 rows / 8
     assert (out / "zero_shot" / "pseudo.safetensors").is_file()
