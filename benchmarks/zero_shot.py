@@ -59,6 +59,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=60, help="epochs for small transfer sets")
     ap.add_argument("--train-images", type=int, default=1_500_000,
                     help="cap on images seen in training (epochs shrink for big transfer sets, at least 5)")
+    ap.add_argument("--kd-weight", type=float, default=1.0,
+                    help="weight of the soft-label KD term (0: train on the teacher's labels only)")
     ap.add_argument("--schedules", type=int, nargs="*", default=None, help="run only these schedule rows (0-based)")
     ap.add_argument("--save", action="store_true",
                     help="also save each transfer set (images, labels, soft logits) for benchmarks/students.py --zero-shot")
@@ -90,13 +92,14 @@ def main() -> None:
         n = int(pseudo.labels.shape[0])
         epochs = max(5, min(args.epochs, math.ceil(args.train_images / len(images))))
         t = time.perf_counter()
+        torch.manual_seed(0)
         model = timm.create_model("lenet5_half", num_classes=10)
-        fit(model, images, labels, logits, epochs=epochs, lr=2e-3, seed=0)
+        fit(model, images, labels, logits, epochs=epochs, lr=2e-3, seed=0, kd_weight=args.kd_weight)
         acc = evaluate(model, test.images, test.labels)
         row = {"start": start, "samples_per_class": spc, "iterations": iters, "queries_per_iteration": qpi,
                "queries_per_target": qpt, "start_pool": pool, "mixes": mixes, "samples": n, "transfer_rows": len(images),
                "generation_queries": gen_q, "total_queries": total, "seconds": secs, "epochs": epochs,
-               "train_seconds": time.perf_counter() - t, "student_acc": acc, "reference_schedule_queries": n * 40 * 5000,
+               "train_seconds": time.perf_counter() - t, "kd_weight": args.kd_weight, "student_acc": acc, "reference_schedule_queries": n * 40 * 5000,
                "robustness_first_last": [float(pseudo.robustness[0].mean()), float(pseudo.robustness[-1].mean())]}
         rows.append(row)
         print(f"  start {start:9s} {spc}/class x {iters} it x {qpi} q/it, MBD @{qpt}, pool {pool:,d}, mixes {mixes:,d}: "
