@@ -375,7 +375,6 @@ class LabelOracle:
             model_id = "hf-hub:" + model_id
         return cls.from_timm(model_id, **kwargs)
 
-
     @classmethod
     def from_url(
         cls,

@@ -186,21 +186,20 @@ def create_app(
     async def server_meta(request: Request) -> JSONResponse:
         return JSONResponse({"name": "db3-timm", "version": _VERSION, "extensions": []})
 
-    async def model_meta(request: Request) -> JSONResponse:
+    def refused(request: Request) -> Optional[JSONResponse]:
+        """The error response for a request that fails auth or names another model, else ``None``."""
         try:
             authorize(request)
             check_model(request)
         except _HTTPError as err:
             return error(err)
-        return JSONResponse(metadata)
+        return None
+
+    async def model_meta(request: Request) -> JSONResponse:
+        return refused(request) or JSONResponse(metadata)
 
     async def model_ready(request: Request) -> JSONResponse:
-        try:
-            authorize(request)
-            check_model(request)
-        except _HTTPError as err:
-            return error(err)
-        return JSONResponse({"name": model_name, "ready": True})
+        return refused(request) or JSONResponse({"name": model_name, "ready": True})
 
     async def read_body(request: Request) -> bytes:
         declared = request.headers.get("content-length")
