@@ -30,7 +30,7 @@ import timm  # noqa: E402
 from db3_timm import LabelOracle, create_generator, create_labeler  # noqa: E402
 from db3_timm.data import load_image_dataset  # noqa: E402
 from db3_timm.distill import evaluate, fit  # noqa: E402
-from db3_timm.labelers.base import References  # noqa: E402
+from db3_timm.generators import label_pseudo_samples  # noqa: E402
 
 # (start prior, samples per class, iterations, queries per iteration, MBD queries per target, start pool, mixes)
 SCHEDULES = {
@@ -80,13 +80,7 @@ def main() -> None:
                                max_init_queries=max(200_000, pool))
         pseudo = gen.generate(spc, iters, qpi, progress=False)
         gen_q = oracle.queries - before
-        refs = References(pseudo.images, pseudo.labels, 0)  # the teacher's labels are known from the generation
-        soft = create_labeler("mbd", oracle, queries_per_target=qpt).label(pseudo.images, refs)
-        images, labels, logits = pseudo.images, soft.labels, soft.logits
-        if pseudo.pool_images.shape[0]:
-            ps = create_labeler("sd", oracle).label(pseudo.pool_images, refs)
-            images, labels, logits = (torch.cat([images, pseudo.pool_images]), torch.cat([labels, ps.labels]),
-                                      torch.cat([logits, ps.logits]))
+        images, labels, logits = label_pseudo_samples(pseudo, create_labeler("mbd", oracle, queries_per_target=qpt))
         total = oracle.queries - before
         secs = time.perf_counter() - t
         n = int(pseudo.labels.shape[0])

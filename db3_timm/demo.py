@@ -39,9 +39,9 @@ def run_demo(
     import timm
 
     from . import LabelOracle, create_generator, create_labeler
+    from .generators import label_pseudo_samples
     from .data import load_image_dataset
     from .distill import evaluate, fit
-    from .labelers.base import References
     from .report import plot_points, save_class_grids
 
     out = Path(out_dir)
@@ -89,13 +89,8 @@ def run_demo(
     gen = create_generator("zsdb3", oracle, seed=seed, start=zs_start, start_pool=zs_pool,
                            max_init_queries=max(100_000, zs_pool))
     pseudo = gen.generate(zs_per_class, zs_iterations, zs_queries_per_iteration, progress=False)
-    refs = References(pseudo.images, pseudo.labels, 0)  # labels known from the generation
-    zs = create_labeler("mbd", oracle, seed=seed, queries_per_target=queries_per_target).label(pseudo.images, refs)
-    images, labels, logits = pseudo.images, zs.labels, zs.logits
-    if zs_pool:
-        pool = create_labeler("sd", oracle, seed=seed).label(pseudo.pool_images, refs)
-        images, labels, logits = (torch.cat([images, pseudo.pool_images]), torch.cat([labels, pool.labels]),
-                                  torch.cat([logits, pool.logits]))
+    mbd = create_labeler("mbd", oracle, seed=seed, queries_per_target=queries_per_target)
+    images, labels, logits = label_pseudo_samples(pseudo, mbd)
     spent = oracle.queries - before
     print_fn(f"  zero-shot: {len(pseudo.labels)} pseudo samples ({zs_start} start) + {zs_pool:,d} start-pool images, "
              f"{spent:,d} queries in {time.time() - t:.1f}s "

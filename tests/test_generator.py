@@ -140,7 +140,7 @@ def test_transfer_set_soft_labels_pseudo_samples_against_each_other(tmp_path):
 
 def test_smooth_start_keeps_a_labelled_pool_that_joins_the_transfer_set(tmp_path):
     from db3_timm import create_labeler
-    from db3_timm.generators import build_transfer_set, reference_noise, smooth_noise
+    from db3_timm.generators import build_transfer_set, label_pseudo_samples, reference_noise, smooth_noise
 
     def roughness(x):  # neighbour difference relative to the spread of the pixels
         return float((x[..., 1:] - x[..., :-1]).abs().mean() / (x - x.mean()).abs().mean())
@@ -162,6 +162,9 @@ def test_smooth_start_keeps_a_labelled_pool_that_joins_the_transfer_set(tmp_path
     ds = build_transfer_set(pseudo, create_labeler("sd", oracle), tmp_path / "ts", progress=False)
     assert len(ds) == 12 + 300 and ds["label"] == pseudo.labels.tolist() + pseudo.pool_labels.tolist()
     assert oracle.queries - before == 12 + 300  # each row's own label; the pseudo references are not re-checked
+    images, labels, logits = label_pseudo_samples(pseudo, create_labeler("sd", oracle))  # the in-memory twin
+    assert torch.equal(images, torch.cat([pseudo.images, pseudo.pool_images])) and ds["label"] == labels.tolist()
+    assert torch.allclose(torch.tensor(ds["soft_logits"]), logits)
     with pytest.raises(ValueError, match="start must be one of .*'plaid'"):
         create_generator("zsdb3", oracle, start="plaid")
 

@@ -5,9 +5,10 @@ from .zsdb3 import (
     ZSDB3Generator,
     build_transfer_set,
     diversity_report,
+    label_pseudo_samples,
     reference_noise,
     smooth_noise,
 )
 
 __all__ = ["ZSDB3Generator", "PseudoSamples", "build_transfer_set", "diversity_report", "reference_noise", "smooth_noise",
-           "START_NOISE"]
+           "START_NOISE", "label_pseudo_samples"]

@@ -22,7 +22,7 @@ from ..boundary import PairQueries, minimize_boundary_distance
 from ..oracle import LabelOracle
 
 __all__ = ["ZSDB3Generator", "PseudoSamples", "reference_noise", "smooth_noise", "START_NOISE", "diversity_report",
-           "build_transfer_set"]
+           "build_transfer_set", "label_pseudo_samples"]
 
 
 def reference_noise(n: int, shape: Sequence[int], generator: torch.Generator, device: torch.device) -> torch.Tensor:
@@ -189,9 +189,9 @@ class ZSDB3Generator:
     def config(self) -> Dict[str, Any]:
         """Returns the settings that determine the output (for manifests and model cards)."""
         return {"generator": self.name, "num_classes": self.num_classes, "input_shape": list(self.input_shape),
-                "seed": self.seed, "start": self.start, "start_pool": self.start_pool, "init_batch": self.init_batch, "max_init_queries": self.max_init_queries,
-                "tol": self.tol, "mbd": self.mbd, "warm_start": self.warm_start,
-                "mixes": self.mixes}
+                "seed": self.seed, "start": self.start, "start_pool": self.start_pool, "init_batch": self.init_batch,
+                "max_init_queries": self.max_init_queries, "tol": self.tol, "mbd": self.mbd,
+                "warm_start": self.warm_start, "mixes": self.mixes}
 
     # ------------------------------------------------------------------ start
     def initial_samples(
@@ -403,7 +403,7 @@ class ZSDB3Generator:
             if on_iteration is not None:
                 on_iteration(it, stats)
         bar.close()
-        if self.mixes and not state.get("mixed", False):
+        if self.mixes and "mixes" not in state["queries"]:  # a finished run read back is not mixed again
             self._add_mixes(state, generator)
             state["rng"] = generator.get_state()
             if run is not None:
@@ -431,7 +431,6 @@ class ZSDB3Generator:
         state["pool_images"] = torch.cat([state["pool_images"], mixed])
         state["pool_labels"] = torch.cat([state["pool_labels"], self.oracle(mixed).to(state["pool_labels"].device)])
         state["queries"]["mixes"] = n
-        state["mixed"] = True
 
 
 _TENSORS = ("images", "labels", "steps", "warm", "robustness", "pool_images", "pool_labels")
@@ -472,7 +471,6 @@ class _RunState:
         save_file(tensors, str(tmp))
         os.replace(tmp, self.dir / "state.safetensors")
         info = {"meta": self.meta, "iteration": state["iteration"], "queries": state["queries"],
-                "mixed": state.get("mixed", False),
                 "warm_starts": state["warm_starts"], "missing": state["missing"],
                 "snapshots": sorted(state["snapshots"])}
         tmpj = self.dir / f".state-{os.getpid()}.json"
@@ -491,7 +489,6 @@ class _RunState:
             "queries": dict(saved["queries"]),
             "warm_starts": saved["warm_starts"],
             "missing": list(saved["missing"]),
-            "mixed": saved.get("mixed", False),
             "snapshots": {int(i): t[f"snapshot_{i}"].to(device) for i in saved["snapshots"]},
         }
 
@@ -500,6 +497,28 @@ class _RunState:
 def zsdb3(oracle: LabelOracle, **cfg: Any) -> ZSDB3Generator:
     """Builds the ZSDB3 zero-shot generator."""
     return ZSDB3Generator(oracle, **cfg)
+
+
+def label_pseudo_samples(
+    pseudo: PseudoSamples, labeler: Any, *, pool_labeler: str = "sd"
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """In-memory counterpart of :func:`build_transfer_set`: soft-labels the pseudo samples and the pool.
+
+    Returns:
+        ``(images, labels, soft_logits)``: pseudo-sample rows first, then pool rows.
+    """
+    from .._registry import create_labeler
+    from ..labelers.base import References
+
+    refs = References(pseudo.images, pseudo.labels, 0)  # the teacher's labels are known from the generation
+    soft = labeler.label(pseudo.images, refs)
+    images, labels, logits = pseudo.images, soft.labels, soft.logits
+    if pseudo.pool_images is not None and pseudo.pool_images.shape[0]:
+        pool = create_labeler(pool_labeler, labeler.oracle, num_classes=labeler.num_classes, seed=labeler.seed)
+        ps = pool.label(pseudo.pool_images, refs)
+        images = torch.cat([images, pseudo.pool_images])
+        labels, logits = torch.cat([labels, ps.labels]), torch.cat([logits, ps.logits])
+    return images, labels, logits
 
 
 def build_transfer_set(
