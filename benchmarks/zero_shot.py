@@ -76,8 +76,7 @@ def main() -> None:
     for i in args.schedules if args.schedules is not None else range(len(plan)):
         start, spc, iters, qpi, qpt, pool, mixes = plan[i]
         before, t = oracle.queries, time.perf_counter()
-        gen = create_generator("zsdb3", oracle, seed=0, start=start, start_pool=pool, mixes=mixes,
-                               max_init_queries=max(200_000, pool))
+        gen = create_generator("zsdb3", oracle, seed=0, start=start, start_pool=pool, mixes=mixes)
         pseudo = gen.generate(spc, iters, qpi, progress=False)
         gen_q = oracle.queries - before
         images, labels, logits = label_pseudo_samples(pseudo, create_labeler("mbd", oracle, queries_per_target=qpt))

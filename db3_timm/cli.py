@@ -206,7 +206,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         queries_per_iteration=args.queries_per_iteration, step=args.step, seed=args.seed,
         num_classes=args.num_classes, input_shape=args.input_shape,
         labeler=args.labeler or None, labeler_cfg=labeler_cfg, progress=not args.no_progress,
-        generator_cfg={"max_init_queries": max(args.max_init_queries, args.start_pool), "start": args.start,
+        generator_cfg={"max_init_queries": args.max_init_queries, "start": args.start,
                        "start_pool": args.start_pool, "mixes": args.mixes},
         step_growth=args.step_growth,
     )

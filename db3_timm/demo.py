@@ -86,8 +86,7 @@ def run_demo(
 
     # Zero-shot: no training image is used from here on; pseudo samples are grown from noise.
     before, t = oracle.queries, time.time()
-    gen = create_generator("zsdb3", oracle, seed=seed, start=zs_start, start_pool=zs_pool,
-                           max_init_queries=max(100_000, zs_pool))
+    gen = create_generator("zsdb3", oracle, seed=seed, start=zs_start, start_pool=zs_pool, max_init_queries=100_000)
     pseudo = gen.generate(zs_per_class, zs_iterations, zs_queries_per_iteration, progress=False)
     mbd = create_labeler("mbd", oracle, seed=seed, queries_per_target=queries_per_target)
     images, labels, logits = label_pseudo_samples(pseudo, mbd)

@@ -834,7 +834,6 @@ def _zero_shot_samples(accelerator: Any, oracle: Any, args: argparse.Namespace,
     if accelerator.is_main_process and not path.is_file():
         cfg = {"start": args.zero_shot_start, "start_pool": args.zero_shot_pool, "mixes": args.zero_shot_mixes,
                **(args.generator_kwargs or {})}
-        cfg.setdefault("max_init_queries", max(200_000, int(cfg["start_pool"])))
         gen = create_generator("zsdb3", oracle, seed=args.seed, **cfg)
         pseudo = gen.generate(args.zero_shot_samples_per_class, args.zero_shot_iterations,
                               args.zero_shot_queries_per_iteration, step=args.zero_shot_step, out_dir=folder / "state",
@@ -899,8 +898,8 @@ def prepare_transfer_set(accelerator: Any, oracle: Any, args: argparse.Namespace
 
     marker = {"data": args.data, "split": args.train_split, "limit": args.limit, "image_size": image_size,
               "val_split": args.val_split, "val_fraction": args.val_fraction, "seed": args.seed,
-              "zero_shot": bool(args.zero_shot), "zero_shot_start": args.zero_shot_start, "zero_shot_pool": args.zero_shot_pool,
-              "zero_shot_mixes": args.zero_shot_mixes}
+              "zero_shot": bool(args.zero_shot), "zero_shot_start": args.zero_shot_start,
+              "zero_shot_pool": args.zero_shot_pool, "zero_shot_mixes": args.zero_shot_mixes}
     extra: Dict[str, Any] = {}
     if args.zero_shot:
         from .labelers.base import References

@@ -131,7 +131,8 @@ class ZSDB3Generator:
         start_pool: also keep this many labelled start-search images (the search runs until it has
             them) as :attr:`PseudoSamples.pool_images`, extra transfer data at no extra query.
         init_batch: noise images per start-search round.
-        max_init_queries: cap on the start search; classes still empty then are reported and dropped.
+        max_init_queries: cap on the start search (raised to ``start_pool`` when smaller); classes still
+            empty then are reported and dropped.
         max_samples: samples processed together in a boundary search (bounds memory).
         mbd: options for :func:`~db3_timm.boundary.minimize_boundary_distance` (``probes``, ``delta``, ...).
         mixes: after the last iteration, add this many convex mixes ``l * a + (1 - l) * b`` (``l ~ U[0, 1)``)
@@ -173,11 +174,11 @@ class ZSDB3Generator:
         if start not in START_NOISE:
             raise ValueError(f"start must be one of {sorted(START_NOISE)}, got {start!r}")
         self.start = start
-        if int(start_pool) < 0 or int(start_pool) > int(max_init_queries):
-            raise ValueError(f"start_pool must be between 0 and max_init_queries={max_init_queries}, got {start_pool!r}")
+        if int(start_pool) < 0:
+            raise ValueError(f"start_pool must be >= 0, got {start_pool!r}")
         self.start_pool = int(start_pool)
         self.init_batch = int(init_batch)
-        self.max_init_queries = int(max_init_queries)
+        self.max_init_queries = max(int(max_init_queries), self.start_pool)
         self.max_samples = int(max_samples)
         self.tol = float(tol)
         self.mbd = dict(mbd or {})
