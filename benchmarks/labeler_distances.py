@@ -4,6 +4,8 @@ Side by side in one run, on the Fashion-MNIST LeNet-5 teacher (benchmarks/_commo
   * white-box minimum-norm targeted L2 distances (FMN + C&W, benchmarks/whitebox.py) for every
     (sample, other class) pair of N correctly classified training images;
   * our SD / BD / MBD distances at several budgets, as the median ratio to the white-box distance;
+  * with ``--prior ARCH``, MBD guided by a white-box surrogate: an ARCH model trained on the teacher's
+    labels of the reference images (answers the reference check already paid for, so no extra queries);
   * throughput: the labeler's oracle images/s divided by the bare teacher's forward images/s at
     the same batch size, and the share of wall time spent inside the teacher.
 
@@ -49,6 +51,8 @@ def main() -> None:
     ap.add_argument("--references", type=int, default=2000, help="training images serving as references")
     ap.add_argument("--labelers", nargs="+", default=["sd", "bd", "mbd"],
                     help="labeler names, optionally with settings as JSON: 'mbd{\"directions\": 2}'")
+    ap.add_argument("--prior", metavar="ARCH", help="also run mbd guided by an ARCH surrogate fitted on the references")
+    ap.add_argument("--prior-epochs", type=int, default=30)
     ap.add_argument("--out", default="benchmarks/results/labeler_distances.json")
     args = ap.parse_args()
 
@@ -76,10 +80,30 @@ def main() -> None:
         return out
 
     oracle._predict = timed
+    specs = list(args.labelers)
+    extra_labeler_cfg = {}
+    if args.prior:
+        import timm
+
+        from db3_timm.distill import fit
+
+        checked = create_labeler("sd", oracle).check_references(*refs)
+        t = time.time()
+        surrogate = fit(timm.create_model(args.prior, num_classes=10), checked.images, checked.labels,
+                        epochs=args.prior_epochs, seed=0)
+        with torch.no_grad():
+            test = load_image_dataset("fashion-mnist", "test")
+            agree = (PixelSpace(surrogate)(test.images).argmax(1) == PixelSpace(teacher)(test.images).argmax(1)).float().mean()
+        print(f"surrogate {args.prior} on {len(checked.labels)} teacher-labelled references: agrees with the teacher on "
+              f"{agree:.2%} of the test set ({time.time() - t:.0f}s)", flush=True)
+        extra_labeler_cfg["mbd+prior"] = {"prior": surrogate}
+        specs += ["mbd+prior" + spec[3:] for spec in args.labelers if spec.startswith("mbd")]
     rows = []
-    for spec in args.labelers:
+    for spec in specs:
         name, _, extra = spec.partition("{")
         extra_cfg = json.loads("{" + extra) if extra else {}
+        extra_cfg.update(extra_labeler_cfg.get(name, {}))
+        name = name.split("+")[0]
         for q in ([None] if name == "sd" else args.budgets):
             cfg = dict(extra_cfg) if q is None else {"queries_per_target": q, **extra_cfg}
             lab = create_labeler(name, oracle, **cfg)
@@ -97,7 +121,7 @@ def main() -> None:
                 "teacher_share": in_teacher[0] / wall,
             }
             rows.append(row)
-            print(f"{spec:4s} q/target {str(q):>5s}: median ratio {row['median_ratio']:.3f} (p90 {row['p90_ratio']:.3f}, "
+            print(f"{spec:9s} q/target {str(q):>5s}: median ratio {row['median_ratio']:.3f} (p90 {row['p90_ratio']:.3f}, "
                   f"min {row['min_ratio']:.3f}); {spent:,d} queries in {wall:.0f}s = {row['queries_per_s']:,.0f}/s, "
                   f"{row['teacher_share']:.0%} of the time in the teacher", flush=True)
 

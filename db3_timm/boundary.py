@@ -12,14 +12,14 @@ a point the teacher was actually asked about.
 from __future__ import annotations
 
 import math
-from typing import Optional, Tuple
+from typing import Callable, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 
 from .oracle import LabelOracle
 
-__all__ = ["PairQueries", "bisect_segments", "bisect_to_boundary", "estimate_normals", "minimize_boundary_distance", "random_starts"]
+__all__ = ["DirectionPrior", "PairQueries", "bisect_segments", "bisect_to_boundary", "estimate_normals", "minimize_boundary_distance", "random_starts"]
 
 
 class PairQueries:
@@ -192,6 +192,90 @@ def estimate_normals(
     return out
 
 
+class _Rotation:
+    """Per-pair state of the angle search that turns the boundary direction toward a proposal."""
+
+    def __init__(self, P: int, device: torch.device, max_angle: float):
+        # The first bracket, 3x the edge, spans every angle allowed.
+        self.edge = torch.full((P,), max_angle / 3, device=device)
+        self.max_angle = max_angle
+
+
+def _rotate(query, x0, adv, dist, lo_dist, theta, g, live, state: _Rotation, angle_checks: int, tol: float):
+    """Moves each live pair's boundary point toward unit proposal ``g`` (orthogonal to ``theta``) if that shortens it.
+
+    Angle search in the plane ``(theta, g)``: at radius ``dist`` the adversarial directions
+    ``cos(phi) theta + sin(phi) g`` form the interval ``[0, 2 alpha]`` (exact for a flat boundary), so
+    ``angle_checks`` bisection queries on its upper edge give the optimal blend ``alpha`` (the circle
+    search of SurFree / CGBA); the bracket starts at 3x the previous edge. The new distance is then
+    bracketed between ``dist * (1 - 2 (1 - cos phi))`` (one query) and ``dist`` and bisected to ``tol``.
+
+    Returns:
+        ``(adv, dist, lo_dist, gain)``: updated points, distances, verified-clean lower distances and
+        the relative distance gain per pair (0 where nothing improved).
+    """
+    P = x0.shape[0]
+    dev = x0.device
+    a_lo = torch.zeros(P, device=dev)
+    a_hi = (3.0 * state.edge).clamp(max=state.max_angle)
+    hi_seen = torch.zeros(P, dtype=torch.bool, device=dev)
+    for _ in range(angle_checks):
+        p = (live & (query.left() > 4)).nonzero().squeeze(1)
+        if not p.numel():
+            break
+        phi = 0.5 * (a_lo[p] + a_hi[p])
+        point = x0[p] + dist[p].unsqueeze(1) * (torch.cos(phi).unsqueeze(1) * theta[p] + torch.sin(phi).unsqueeze(1) * g[p])
+        ok = query(point.clamp(0.0, 1.0), p)
+        a_lo[p] = torch.where(ok, phi, a_lo[p])
+        a_hi[p] = torch.where(ok, a_hi[p], phi)
+        hi_seen[p] |= ~ok
+    found = live & (a_lo > 0)
+    state.edge = torch.where(found, a_lo, torch.where(live, 0.5 * state.edge, state.edge))
+    phi = torch.minimum(torch.where(hi_seen, 0.25 * (a_lo + a_hi), 0.5 * a_lo), a_lo)
+
+    def along(angle: torch.Tensor) -> torch.Tensor:
+        d = torch.cos(angle).unsqueeze(1) * theta + torch.sin(angle).unsqueeze(1) * g
+        return (x0 + dist.unsqueeze(1) * d).clamp(0.0, 1.0)
+
+    cand = along(phi)
+    # phi != a_lo has not been asked yet: verify it, falling back to the verified edge direction.
+    p = (found & (phi < a_lo) & (query.left() > 0)).nonzero().squeeze(1)
+    if p.numel():
+        ok = query(cand[p], p)
+        bad = p[~ok]
+        cand[bad] = along(a_lo)[bad]
+    # Distance bracket along the new direction: the flat-boundary prediction is dist * cos(phi).
+    lo_frac = (1.0 - 2.0 * (1.0 - torch.cos(phi)) - 2.0 * tol).clamp_min(0.0)
+    top = torch.ones(P, device=dev)
+    p = (found & (lo_frac > 0) & (query.left() > 0)).nonzero().squeeze(1)
+    if p.numel():
+        ok = query(torch.lerp(x0[p], cand[p], lo_frac[p].unsqueeze(1)), p)
+        top[p[ok]] = lo_frac[p[ok]]
+        lo_frac[p[ok]] = 0.0
+    cand = torch.lerp(x0, cand, top.unsqueeze(1))
+    seg = (cand - x0).norm(dim=1)
+    hi, lo = bisect_segments(query, x0, cand, found, tol, lo=lo_frac / top)
+    new = torch.lerp(x0, cand, hi.unsqueeze(1))
+    new_dist = (new - x0).norm(dim=1)
+    improved = found & (new_dist < dist)
+    gain = torch.where(improved, 1.0 - new_dist / dist.clamp_min(1e-12), torch.zeros_like(dist))
+    lo_dist = torch.where(improved, seg * lo, lo_dist)
+    adv = torch.where(improved.unsqueeze(1), new, adv)
+    dist = torch.where(improved, new_dist, dist)
+    return adv, dist, lo_dist, gain
+
+
+def _orthonormal(v: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    v = v - (v * theta).sum(1, keepdim=True) * theta
+    return v / v.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
+
+#: A direction prior: ``prior(images (M, C, H, W), origins (M,), targets (M,) or None)`` returns, per image,
+#: a direction (same shape) in which its pair's criterion should become adversarial fastest
+#: (see :mod:`db3_timm.priors`).
+DirectionPrior = Callable[[torch.Tensor, torch.Tensor, Optional[torch.Tensor]], torch.Tensor]
+
+
 def minimize_boundary_distance(
     query: PairQueries,
     x0: torch.Tensor,
@@ -207,6 +291,8 @@ def minimize_boundary_distance(
     angle_checks: int = 5,
     probe_scale: int = 1,
     full_res_every: int = 0,
+    prior: Optional[DirectionPrior] = None,
+    prior_stall: float = 0.01,
     progress=None,
 ) -> torch.Tensor:
     """Shrinks each pair's adversarial point toward the nearest boundary until its budget is spent.
@@ -214,16 +300,15 @@ def minimize_boundary_distance(
     The current best point ``x0 + dist * theta`` is on the boundary; ``theta`` is the running estimate of
     the boundary normal. One iteration per pair:
 
-    1. Probe the boundary point with ``probes * it**growth`` random directions drawn *orthogonal to theta*
+    1. With a ``prior``: rotate ``theta`` toward the prior's direction at the boundary point (the angle
+       search of step 3, about ``angle_checks + 8`` queries; a useless prior costs only those). Pairs
+       whose distance shrank by ``prior_stall`` or more skip steps 2-3 this iteration.
+    2. Probe the boundary point with ``probes * it**growth`` random directions drawn *orthogonal to theta*
        (what is already known), so every answer is about the residual of the normal; their centred
        signs give a unit residual direction ``g`` (HopSkipJump's Monte-Carlo estimate, restricted to the
        complement of ``theta``).
-    2. Angle search in the plane ``(theta, g)``: at radius ``dist`` the adversarial directions
-       ``cos(phi) theta + sin(phi) g`` form the interval ``[0, 2 alpha]`` (exact for a flat boundary), so
-       ``angle_checks`` bisection queries on its upper edge give the optimal blend ``alpha`` (the
-       circle search of SurFree / CGBA). The bracket starts at 3x the previous edge.
-    3. Bracket the new boundary distance between ``dist * (1 - 2 (1 - cos phi))`` (verified by one query)
-       and ``dist`` and bisect to ``tol``: a few queries instead of a full bisection from the sample.
+    3. Rotate ``theta`` toward ``g`` by an angle search in their plane, then re-bracket the distance
+       (see :func:`_rotate`): a few queries instead of a full bisection from the sample.
 
     With fresh orthogonal probes each iteration the residual angle shrinks geometrically
     (``sin^2 -> sin^2 * (1 - c^2)`` per iteration, ``c`` the probe estimate's accuracy) instead of the
@@ -243,6 +328,9 @@ def minimize_boundary_distance(
         full_res_every: from iteration ``2 * full_res_every`` on, every ``full_res_every``-th iteration
             switches probe resolution (``probe_scale`` <-> full) for a trial; the others use whichever gained
             more distance in its latest iteration (0: always ``probe_scale``).
+        prior: optional :data:`DirectionPrior` (e.g. a white-box surrogate's margin gradient) tried first
+            in every iteration.
+        prior_stall: relative distance gain below which a prior step counts as stalled.
         progress: optional callable ``(pairs_active)`` invoked once per iteration.
 
     Returns:
@@ -255,21 +343,42 @@ def minimize_boundary_distance(
     adv = torch.where(active.unsqueeze(1), torch.lerp(x0, adv, hi.unsqueeze(1)), adv)
     dist = (adv - x0).norm(dim=1)
     lo_dist = dist * lo / hi.clamp_min(1e-12)
-    edge = torch.full((P,), math.pi / 6, device=dev)
+    # A good prior can be far from theta: at radius dist the adversarial arc toward the normal spans
+    # 2 * acos(d_min / dist), which exceeds 90 degrees while dist > 1.41 d_min (typical of BD starts).
+    probe_turn, prior_turn = _Rotation(P, dev, math.pi / 2), _Rotation(P, dev, math.pi)
+    reserve = angle_checks + 8
     it = 0
     # Mean relative distance gain of the latest smooth (False) and full-resolution (True) iteration.
     gain = {False: math.inf, True: 0.0}
+
+    def live_pairs() -> torch.Tensor:
+        return active & (query.left() >= reserve + 8) & (dist > 0)
+
     while True:
         it += 1
-        reserve = angle_checks + 8
-        live = active & (query.left() >= reserve + 8) & (dist > 0)
+        live = live_pairs()
         if not bool(live.any()):
             break
         if progress is not None:
             progress(int(live.sum()))
+        theta = (adv - x0) / dist.clamp_min(1e-12).unsqueeze(1)
+        probing = live
+        if prior is not None:
+            p = live.nonzero().squeeze(1)
+            targets = None if query.targets is None else query.targets[p]
+            hint = prior(adv[p].view(-1, *query.image_shape), query.origins[p], targets)
+            direction = torch.zeros_like(adv)
+            direction[p] = hint.reshape(p.numel(), -1).to(adv.dtype)
+            adv, dist, lo_dist, prior_gain = _rotate(query, x0, adv, dist, lo_dist, theta, _orthonormal(direction, theta),
+                                                     live, prior_turn, angle_checks, tol)
+            # While the prior keeps paying (one rotation ~ angle_checks + 8 queries), random probes
+            # (dozens of queries) would only slow it down: probe only where it has stalled.
+            probing = live_pairs() & (prior_gain < prior_stall)
+            theta = (adv - x0) / dist.clamp_min(1e-12).unsqueeze(1)
+        if not bool(probing.any()):
+            continue
         want = torch.full((P,), min(max_probes, int(probes * it ** probe_growth)), device=dev)
         n_probes = torch.minimum(want, query.left() - reserve).clamp_min(0)
-        theta = (adv - x0) / dist.clamp_min(1e-12).unsqueeze(1)
         centre = x0 + (0.5 * (dist + lo_dist)).unsqueeze(1) * theta  # middle of the bracket
         # Smooth probes converge fastest early on, but cannot see the normal's fine detail, so on their
         # own the distance stalls (LeNet/Fashion-MNIST: 1.39x white-box at 4k queries, 1.34x at 16k).
@@ -277,58 +386,11 @@ def minimize_boundary_distance(
         # gained more, and try the other one every `full_res_every`-th iteration.
         explore = full_res_every > 0 and it % full_res_every == 0 and it > full_res_every
         full = explore != (gain[True] > gain[False])
-        g = estimate_normals(query, centre, live, n_probes, delta * dist, generator, orthogonal_to=theta,
+        g = estimate_normals(query, centre, probing, n_probes, delta * dist, generator, orthogonal_to=theta,
                              probe_scale=1 if full else probe_scale)
-        g = g - (g * theta).sum(1, keepdim=True) * theta
-        g = g / g.norm(dim=1, keepdim=True).clamp_min(1e-12)
-
-        # Angle search: which blends of theta and g are adversarial at the current distance.
-        a_lo = torch.zeros(P, device=dev)
-        a_hi = (3.0 * edge).clamp(max=math.pi / 2)
-        hi_seen = torch.zeros(P, dtype=torch.bool, device=dev)
-        for _ in range(angle_checks):
-            p = (live & (query.left() > 4)).nonzero().squeeze(1)
-            if not p.numel():
-                break
-            phi = 0.5 * (a_lo[p] + a_hi[p])
-            point = x0[p] + dist[p].unsqueeze(1) * (torch.cos(phi).unsqueeze(1) * theta[p] + torch.sin(phi).unsqueeze(1) * g[p])
-            ok = query(point.clamp(0.0, 1.0), p)
-            a_lo[p] = torch.where(ok, phi, a_lo[p])
-            a_hi[p] = torch.where(ok, a_hi[p], phi)
-            hi_seen[p] |= ~ok
-        found = live & (a_lo > 0)
-        edge = torch.where(found, a_lo, 0.5 * edge)
-        phi = torch.minimum(torch.where(hi_seen, 0.25 * (a_lo + a_hi), 0.5 * a_lo), a_lo)
-
-        def along(angle: torch.Tensor) -> torch.Tensor:
-            d = torch.cos(angle).unsqueeze(1) * theta + torch.sin(angle).unsqueeze(1) * g
-            return (x0 + dist.unsqueeze(1) * d).clamp(0.0, 1.0)
-
-        cand = along(phi)
-        # phi != a_lo has not been asked yet: verify it, falling back to the verified edge direction.
-        p = (found & (phi < a_lo) & (query.left() > 0)).nonzero().squeeze(1)
-        if p.numel():
-            ok = query(cand[p], p)
-            bad = p[~ok]
-            cand[bad] = along(a_lo)[bad]
-        # Distance bracket along the new direction: the flat-boundary prediction is dist * cos(phi).
-        lo_frac = (1.0 - 2.0 * (1.0 - torch.cos(phi)) - 2.0 * tol).clamp_min(0.0)
-        top = torch.ones(P, device=dev)
-        p = (found & (lo_frac > 0) & (query.left() > 0)).nonzero().squeeze(1)
-        if p.numel():
-            ok = query(torch.lerp(x0[p], cand[p], lo_frac[p].unsqueeze(1)), p)
-            top[p[ok]] = lo_frac[p[ok]]
-            lo_frac[p[ok]] = 0.0
-        cand = torch.lerp(x0, cand, top.unsqueeze(1))
-        seg = (cand - x0).norm(dim=1)
-        hi, lo = bisect_segments(query, x0, cand, found, tol, lo=lo_frac / top)
-        new = torch.lerp(x0, cand, hi.unsqueeze(1))
-        new_dist = (new - x0).norm(dim=1)
-        improved = found & (new_dist < dist)
-        gain[full] = float((1 - torch.where(improved, new_dist, dist) / dist.clamp_min(1e-12))[live].mean())
-        lo_dist = torch.where(improved, seg * lo, lo_dist)
-        adv = torch.where(improved.unsqueeze(1), new, adv)
-        dist = torch.where(improved, new_dist, dist)
+        adv, dist, lo_dist, step = _rotate(query, x0, adv, dist, lo_dist, theta, _orthonormal(g, theta),
+                                           probing, probe_turn, angle_checks, tol)
+        gain[full] = float(step[probing].mean())
     return adv
 
 

@@ -60,22 +60,30 @@ def _labeler_name(text: str) -> str:
     return text
 
 
-def _teacher_spec(text: str) -> str:
-    if text.startswith("local-dir:"):
-        folder = text.split(":", 1)[1]
-        if not Path(folder).expanduser().is_dir():
-            raise argparse.ArgumentTypeError(f"teacher folder not found: {folder!r} (from {text!r})")
-        return "local-dir:" + str(Path(folder).expanduser())
-    if ":" not in text:
-        import timm
+def _model_spec(role: str) -> Callable[[str], str]:
+    """Returns an argparse type accepting a registered timm name, ``local-dir:PATH`` or ``hf-hub:ID`` for ``role``."""
 
-        from . import models as _models  # noqa: F401  (registers the paper architectures)
+    def parse(text: str) -> str:
+        if text.startswith("local-dir:"):
+            folder = text.split(":", 1)[1]
+            if not Path(folder).expanduser().is_dir():
+                raise argparse.ArgumentTypeError(f"{role} folder not found: {folder!r} (from {text!r})")
+            return "local-dir:" + str(Path(folder).expanduser())
+        if ":" not in text:
+            import timm
 
-        if not timm.is_model(text):
-            raise argparse.ArgumentTypeError(
-                f"unknown timm model {text!r}; pass a registered name, local-dir:PATH or hf-hub:ORG/NAME"
-            )
-    return text
+            from . import models as _models  # noqa: F401  (registers the paper architectures)
+
+            if not timm.is_model(text):
+                raise argparse.ArgumentTypeError(
+                    f"unknown timm model {text!r}; pass a registered name, local-dir:PATH or hf-hub:ORG/NAME"
+                )
+        return text
+
+    return parse
+
+
+_teacher_spec = _model_spec("teacher")
 
 
 def _existing_file(text: str) -> str:
@@ -133,10 +141,19 @@ def _cmd_label(args: argparse.Namespace) -> int:
     cfg = {"seed": args.seed}
     if args.queries_per_target is not None:
         cfg["queries_per_target"] = args.queries_per_target  # only when asked: the labeler rejects unknown options
+    if args.prior is not None:
+        from .oracle import create_timm_model
+
+        try:
+            cfg["prior"] = create_timm_model(args.prior, args.prior_checkpoint, num_classes=oracle.num_classes,
+                                             device=device)
+        except (OSError, ValueError, RuntimeError) as err:
+            error(f"argument --prior: cannot load {args.prior!r}: {err}")
     try:
         labeler = create_labeler(args.labeler, oracle, **cfg)
     except (TypeError, ValueError) as err:
-        error(f"argument --labeler: cannot build {args.labeler!r} with {cfg}: {err}")
+        shown = {**cfg, "prior": args.prior} if "prior" in cfg else cfg
+        error(f"argument --labeler: cannot build {args.labeler!r} with {shown}: {err}")
 
     references = dataset_labels = None
     if args.references_per_class > 0:
@@ -331,6 +348,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="query budget per (sample, target class) for labelers that search boundaries")
     p.add_argument("--references-per-class", type=_int_at_least(0), default=10, metavar="K",
                    help="the first K images of each class serve as references (teacher-checked once); 0: none")
+    p.add_argument("--prior", type=_model_spec("prior"), metavar="NAME_OR_local-dir:PATH",
+                   help="white-box surrogate whose gradients guide mbd's boundary search (e.g. a student trained "
+                        "on the teacher's hard labels, saved with `db3_timm.hub.save_student`)")
+    p.add_argument("--prior-checkpoint", type=_existing_file, metavar="FILE", help="surrogate weights")
     p.add_argument("--shard-size", type=_int_at_least(1), default=512, metavar="N")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--budget", type=_int_at_least(0), metavar="Q",

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 __all__ = [
     "LabelOracle",
+    "create_timm_model",
     "QueryBudgetExceeded",
     "HubUnavailableError",
     "load_checkpoint_state_dict",
@@ -331,27 +332,8 @@ class LabelOracle:
         Returns:
             A :class:`LabelOracle` around the model with timm's preprocessing.
         """
-        import timm
-
-        # Importing registers our paper architectures so their names resolve here.
-        from . import models as _models  # noqa: F401
-
-        if num_classes is not None:
-            model_kwargs["num_classes"] = num_classes
-        if in_chans is not None:
-            model_kwargs["in_chans"] = in_chans
-        source = name.split(":", 1)[0] if ":" in name else ""
-        if source == "hf-hub":
-            model = _create_from_hub(name, **model_kwargs)
-        else:
-            if source == "local-dir" and not Path(name.split(":", 1)[1]).is_dir():
-                raise FileNotFoundError(f"local-dir teacher folder not found: {name.split(':', 1)[1]!r}")
-            model = timm.create_model(name, pretrained=pretrained or source == "local-dir", **model_kwargs)
-        if checkpoint is not None:
-            state = load_checkpoint_state_dict(checkpoint)
-            model.load_state_dict(state, strict=True)
-        if device is not None:
-            model = model.to(device)
+        model = create_timm_model(name, checkpoint, num_classes=num_classes, in_chans=in_chans,
+                                  pretrained=pretrained, device=device, **model_kwargs)
         return cls.from_timm_model(
             model,
             budget=budget,
@@ -470,3 +452,51 @@ def load_checkpoint_state_dict(path: Union[str, os.PathLike]) -> Dict[str, torch
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"{str(path)!r} does not hold a state dict of tensors")
     return {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+
+
+def create_timm_model(
+    name: str,
+    checkpoint: Optional[Union[str, os.PathLike]] = None,
+    *,
+    num_classes: Optional[int] = None,
+    in_chans: Optional[int] = None,
+    pretrained: bool = False,
+    device: Optional[Union[str, torch.device]] = None,
+    **model_kwargs: Any,
+) -> nn.Module:
+    """Builds a timm model from a registered name, ``local-dir:PATH`` or ``hf-hub:org/name``, in eval mode.
+
+    Args:
+        name: timm model name, ``local-dir:PATH`` (a folder written by ``timm.models.save_for_hf``, e.g. a
+            student saved by :func:`db3_timm.hub.save_student`) or ``hf-hub:org/name``.
+        checkpoint: optional local ``.safetensors`` / ``.pt`` / ``.pth`` weights, loaded with
+            ``weights_only=True`` (no arbitrary unpickling).
+        num_classes, in_chans: passed to ``timm.create_model``.
+        pretrained: ask timm for pretrained weights of a registered name (needs the Hub).
+        device: where the model lives (default: CPU).
+        **model_kwargs: passed on to ``timm.create_model``.
+
+    Returns:
+        The model, with its ``pretrained_cfg`` (mean, std, input size) as timm resolved it.
+    """
+    import timm
+
+    # Importing registers our paper architectures so their names resolve here.
+    from . import models as _models  # noqa: F401
+
+    if num_classes is not None:
+        model_kwargs["num_classes"] = num_classes
+    if in_chans is not None:
+        model_kwargs["in_chans"] = in_chans
+    source = name.split(":", 1)[0] if ":" in name else ""
+    if source == "hf-hub":
+        model = _create_from_hub(name, **model_kwargs)
+    else:
+        if source == "local-dir" and not Path(name.split(":", 1)[1]).is_dir():
+            raise FileNotFoundError(f"local-dir model folder not found: {name.split(':', 1)[1]!r}")
+        model = timm.create_model(name, pretrained=pretrained or source == "local-dir", **model_kwargs)
+    if checkpoint is not None:
+        model.load_state_dict(load_checkpoint_state_dict(checkpoint), strict=True)
+    if device is not None:
+        model = model.to(device)
+    return model.eval()

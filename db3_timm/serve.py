@@ -310,17 +310,16 @@ def load_timm_teacher(
     num_classes: Optional[int] = None,
     device: Optional[Union[str, torch.device]] = None,
 ) -> Tuple[nn.Module, Dict[str, Any]]:
-    """Builds a timm model (name, ``local-dir:PATH`` or ``hf-hub:ID``) like :meth:`LabelOracle.from_timm`.
+    """Builds a timm model (name, ``local-dir:PATH`` or ``hf-hub:ID``) with :func:`~db3_timm.oracle.create_timm_model`.
 
     Returns:
         ``(model, data_config)`` with timm's resolved ``mean``, ``std`` and ``input_size``.
     """
     from timm.data import resolve_model_data_config
 
-    from .oracle import LabelOracle
+    from .oracle import create_timm_model
 
-    oracle = LabelOracle.from_timm(name, checkpoint, num_classes=num_classes, device=device)
-    model = oracle._predict.model
+    model = create_timm_model(name, checkpoint, num_classes=num_classes, device=device)
     return model, resolve_model_data_config(model)
 
 

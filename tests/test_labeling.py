@@ -363,6 +363,23 @@ def test_cli_label_end_to_end(tmp_path, local_teacher, capsys):
     assert "queries: 60 total" in capsys.readouterr().out
 
 
+def test_cli_prior_guides_mbd(tmp_path, local_teacher, capsys):
+    pytest.importorskip("sklearn", reason="the digits data set needs scikit-learn")
+    from db3_timm.cli import main
+
+    argv = ["label", "--teacher", f"local-dir:{local_teacher}", "--data", "digits", "--limit", "12", "--labeler", "mbd",
+            "--queries-per-target", "60", "--references-per-class", "3", "--no-progress"]
+    assert main(argv + ["--out", str(tmp_path / "plain")]) == 0
+    # The teacher's own weights as the white-box surrogate: a perfect prior.
+    assert main(argv + ["--prior", f"local-dir:{local_teacher}", "--out", str(tmp_path / "prior")]) == 0
+    plain, guided = (load_labeled_dataset(tmp_path / d).with_format("torch")[:] for d in ("plain", "prior"))
+    assert read_manifest(tmp_path / "prior")["config"]["labeler"]["prior"] == "LeNet5"
+    assert torch.equal(plain["label"], guided["label"]) and (guided["queries"] <= 1 + 9 * 60).all()
+    d_plain, d_guided = plain["distances"], guided["distances"]
+    found = torch.isfinite(d_plain) & torch.isfinite(d_guided) & (d_plain > 0)
+    assert (d_guided[found] / d_plain[found]).median() < 0.8
+
+
 @pytest.mark.parametrize(
     "extra, message",
     [
@@ -372,6 +389,8 @@ def test_cli_label_end_to_end(tmp_path, local_teacher, capsys):
         (["--budget", "-1"], "argument --budget: must be at least 0, got '-1'"),
         (["--data", "no-such-data"], "argument --data: cannot load 'no-such-data'"),
         (["--queries-per-target", "5"], "argument --labeler: cannot build 'sd'"),
+        (["--prior", "nope"], "argument --prior: unknown timm model 'nope'"),
+        (["--prior", "lenet5_fifth"], "argument --labeler: cannot build 'sd' with {'seed': 0, 'prior': 'lenet5_fifth'}"),
     ],
 )
 def test_cli_bad_values_are_argparse_errors(tmp_path, local_teacher, capsys, extra, message):

