@@ -6,6 +6,8 @@ Side by side in one run, on the Fashion-MNIST LeNet-5 teacher (benchmarks/_commo
   * our SD / BD / MBD distances at several budgets, as the median ratio to the white-box distance;
   * with ``--prior ARCH``, MBD guided by a white-box surrogate: an ARCH model trained on the teacher's
     labels of the reference images (answers the reference check already paid for, so no extra queries);
+  * optionally the DB3KD paper's reference refinement, Sign-OPT from the same BD starts
+    (``--labelers mbd signopt``, benchmarks/reference_signopt.py);
   * throughput: the labeler's oracle images/s divided by the bare teacher's forward images/s at
     the same batch size, and the share of wall time spent inside the teacher.
 
@@ -23,10 +25,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import correct_subset, fmnist_teacher, machine_info  # noqa: E402
+from reference_signopt import ReferenceSignOPTLabeler  # noqa: E402
 from whitebox import PixelSpace, min_norm_targeted  # noqa: E402
 
 from db3_timm import LabelOracle, create_labeler  # noqa: E402
 from db3_timm.data import load_image_dataset  # noqa: E402
+
+#: Labelers that live in the benchmarks, not in the library registry.
+BENCHMARK_LABELERS = {"signopt": ReferenceSignOPTLabeler}
 
 
 def bare_forward_rate(model: torch.nn.Module, batch: int, seconds: float = 3.0) -> float:
@@ -50,7 +56,8 @@ def main() -> None:
     ap.add_argument("--budgets", type=int, nargs="+", default=[250, 500, 1000, 2000, 4000])
     ap.add_argument("--references", type=int, default=2000, help="training images serving as references")
     ap.add_argument("--labelers", nargs="+", default=["sd", "bd", "mbd"],
-                    help="labeler names, optionally with settings as JSON: 'mbd{\"directions\": 2}'")
+                    help="labeler names (registered, or 'signopt' for the reference Sign-OPT), optionally with "
+                         "settings as JSON: 'mbd{\"directions\": 2}'")
     ap.add_argument("--prior", metavar="ARCH", help="also run mbd guided by an ARCH surrogate fitted on the references")
     ap.add_argument("--prior-epochs", type=int, default=30)
     ap.add_argument("--out", default="benchmarks/results/labeler_distances.json")
@@ -106,7 +113,7 @@ def main() -> None:
         name = name.split("+")[0]
         for q in ([None] if name == "sd" else args.budgets):
             cfg = dict(extra_cfg) if q is None else {"queries_per_target": q, **extra_cfg}
-            lab = create_labeler(name, oracle, **cfg)
+            lab = BENCHMARK_LABELERS[name](oracle, **cfg) if name in BENCHMARK_LABELERS else create_labeler(name, oracle, **cfg)
             checked = lab.check_references(*refs)
             before, in_teacher[0] = oracle.queries, 0.0
             t = time.perf_counter()
