@@ -36,7 +36,7 @@ class MinimalBoundaryDistanceLabeler(BoundaryDistanceLabeler):
             It helps as much as the surrogate resembles the teacher: LeNet-5 surrogates fitted on 2,000
             teacher-labelled references shortened the median distance at 100 / 250 / 1,000 queries per
             target by 20 / 16 / 3 % for a 4-epoch Fashion-MNIST teacher (91 % agreement) but only by
-            4 / 3 / 0 % for the 91.9 % benchmark teacher (86 % agreement).
+            4 / 3 / -1 % for the 91.9 % benchmark teacher (86 % agreement).
         **kwargs: :class:`BoundaryDistanceLabeler` options.
     """
 
