@@ -757,6 +757,10 @@ def add_transfer_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--queries-per-target", type=_positive_int, metavar="Q",
                    help="query budget per (sample, target class) for labelers that search boundaries")
     g.add_argument("--labeler-kwargs", type=_json_arg, default={}, metavar="JSON", help="more labeler options")
+    g.add_argument("--prior", metavar="NAME_OR_local-dir:PATH",
+                   help="white-box surrogate guiding mbd's boundary search, e.g. a student trained on the teacher's "
+                        "hard labels (see db3_timm.priors)")
+    g.add_argument("--prior-checkpoint", metavar="FILE", help="surrogate weights (.safetensors/.pt)")
     g.add_argument("--references-per-class", type=int, default=10, metavar="K",
                    help="the first K training images of each class serve as references (teacher-checked once)")
     g.add_argument("--shard-size", type=_positive_int, default=512, metavar="N")
@@ -885,6 +889,11 @@ def prepare_transfer_set(accelerator: Any, oracle: Any, args: argparse.Namespace
         cfg.setdefault("seed", args.seed)
         if args.queries_per_target is not None:
             cfg["queries_per_target"] = args.queries_per_target
+        if getattr(args, "prior", None):
+            from .oracle import create_timm_model
+
+            cfg["prior"] = create_timm_model(args.prior, args.prior_checkpoint, num_classes=oracle.num_classes,
+                                             device=oracle.device)
         return create_labeler(args.labeler, oracle, **cfg)
 
     progress = not args.no_progress

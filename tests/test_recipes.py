@@ -202,6 +202,22 @@ def test_distill_from_a_prelabelled_transfer_dir(teacher, in_process, tmp_path):
     assert read_manifest(labels)["queries"]["total"] == spent  # used as is: nothing relabelled
 
 
+def test_distill_labels_with_a_surrogate_prior(teacher, in_process, tmp_path):
+    from db3_timm.labeling import read_manifest
+
+    out = tmp_path / "d"
+    # The teacher's own weights as the white-box surrogate, so the prior is exercised end to end.
+    assert _recipe("distill").main(["--config", DIGITS, "--teacher", f"local-dir:{teacher / 'model'}", "--output-dir",
+                                    str(out), "--limit", "40", "--labeler", "mbd", "--queries-per-target", "30",
+                                    "--prior", f"local-dir:{teacher / 'model'}", "--epochs", "1", "--batch-size", "10",
+                                    "--no-eval-teacher", "--test-limit", "20", "--no-progress"]) == 0
+    r = _results(out)
+    assert "labelled with 'mbd'" in r["transfer"]["source"]
+    manifest = read_manifest(out / "transfer")
+    assert manifest["config"]["labeler"]["prior"] == "LeNet5" and manifest["complete"]
+    assert r["transfer"]["queries"] <= r["transfer"]["rows"] * (1 + 9 * 30) + 10 * 10
+
+
 # ---------------------------------------------------------------------- guard, zero-shot, config handling
 def test_guard_names_the_fix(monkeypatch, in_process, capsys, tmp_path):
     class _OneProcess:
