@@ -87,8 +87,7 @@ def main() -> None:
         return out
 
     oracle._predict = timed
-    specs = list(args.labelers)
-    extra_labeler_cfg = {}
+    specs, surrogate = list(args.labelers), None
     if args.prior:
         import timm
 
@@ -103,14 +102,13 @@ def main() -> None:
             agree = (PixelSpace(surrogate)(test.images).argmax(1) == PixelSpace(teacher)(test.images).argmax(1)).float().mean()
         print(f"surrogate {args.prior} on {len(checked.labels)} teacher-labelled references: agrees with the teacher on "
               f"{agree:.2%} of the test set ({time.time() - t:.0f}s)", flush=True)
-        extra_labeler_cfg["mbd+prior"] = {"prior": surrogate}
         specs += ["mbd+prior" + spec[3:] for spec in args.labelers if spec.startswith("mbd")]
     rows = []
     for spec in specs:
         name, _, extra = spec.partition("{")
         extra_cfg = json.loads("{" + extra) if extra else {}
-        extra_cfg.update(extra_labeler_cfg.get(name, {}))
-        name = name.split("+")[0]
+        if name == "mbd+prior":
+            name, extra_cfg["prior"] = "mbd", surrogate
         for q in ([None] if name == "sd" else args.budgets):
             cfg = dict(extra_cfg) if q is None else {"queries_per_target": q, **extra_cfg}
             lab = BENCHMARK_LABELERS[name](oracle, **cfg) if name in BENCHMARK_LABELERS else create_labeler(name, oracle, **cfg)

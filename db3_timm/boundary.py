@@ -371,8 +371,8 @@ def minimize_boundary_distance(
         theta = (adv - x0) / dist.clamp_min(1e-12).unsqueeze(1)
         probing = live
         # A prior that stopped paying is retried only every 4th iteration (it costs ~13 queries a try).
-        asking = live & ((prior_gain >= prior_stall) | (it % 4 == 1)) if prior is not None else None
-        if asking is not None and bool(asking.any()):
+        asking = live & ((prior_gain >= prior_stall) | (it % 4 == 1))
+        if prior is not None and bool(asking.any()):
             p = asking.nonzero().squeeze(1)
             targets = None if query.targets is None else query.targets[p]
             hint = prior(adv[p].view(-1, *query.image_shape), query.origins[p], targets)

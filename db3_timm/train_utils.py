@@ -889,7 +889,7 @@ def prepare_transfer_set(accelerator: Any, oracle: Any, args: argparse.Namespace
         cfg.setdefault("seed", args.seed)
         if args.queries_per_target is not None:
             cfg["queries_per_target"] = args.queries_per_target
-        if getattr(args, "prior", None):
+        if args.prior:
             from .oracle import create_timm_model
 
             cfg["prior"] = create_timm_model(args.prior, args.prior_checkpoint, num_classes=oracle.num_classes,
