@@ -469,6 +469,7 @@ def label_dataset(
     *,
     references: Any = None,
     dataset_labels: Optional[torch.Tensor] = None,
+    teacher_labels: Optional[torch.Tensor] = None,
     shard_size: int = 512,
     seed: int = 0,
     accelerator: Any = None,
@@ -490,6 +491,8 @@ def label_dataset(
             or an already checked :class:`~db3_timm.labelers.base.References`. Candidates are checked with
             the teacher once (``labeler.check_references``), by the main process.
         dataset_labels: the dataset labels of a ``references`` tensor (disagreeing references are dropped).
+        teacher_labels: ``(N,)`` the teacher's labels of ``images`` when it has answered them already (pseudo
+            samples and start pools are labelled as they are drawn): saves one query per image.
         shard_size: rows per shard (the unit of resumption and of work split).
         seed: the run seed; shard ``k`` uses :func:`shard_generator` ``(seed, k)``.
         accelerator: an ``accelerate.Accelerator`` or ``PartialState``; by default an initialised
@@ -510,6 +513,13 @@ def label_dataset(
         raise ValueError("images is empty; nothing to label")
     if isinstance(shard_size, bool) or not isinstance(shard_size, int) or shard_size < 1:
         raise ValueError(f"shard_size must be a positive int, got {shard_size!r}")
+    if teacher_labels is not None:
+        if not isinstance(teacher_labels, torch.Tensor) or teacher_labels.shape != images.shape[:1] \
+                or teacher_labels.is_floating_point():
+            raise ValueError(f"teacher_labels must be an integer tensor of shape ({images.shape[0]},), got "
+                             f"{getattr(teacher_labels, 'dtype', type(teacher_labels).__name__)} of shape "
+                             f"{tuple(getattr(teacher_labels, 'shape', ()))}")
+        teacher_labels = teacher_labels.detach().cpu().long()
     images = images.detach().cpu()
     out = Path(out_dir)
     state = _resolve_state(accelerator) or _SingleProcess()
@@ -525,6 +535,8 @@ def label_dataset(
     else:
         ref_fp = None
     config = _config(labeler, images, seed, shard_size, ref_kind, ref_fp)
+    if teacher_labels is not None:  # only then, so that earlier runs' configs still match
+        config["teacher_labels_fingerprint"] = _tensor_fingerprint(teacher_labels)
     digest = _digest(config)
     n = int(images.shape[0])
     num_shards = math.ceil(n / shard_size)
@@ -632,7 +644,8 @@ def label_dataset(
             before, t_shard = oracle.queries, time.monotonic()
             try:
                 soft = labeler.label(
-                    images[start:stop], refs, generator=torch.Generator(device="cpu").manual_seed(g_seed)
+                    images[start:stop], refs, labels=None if teacher_labels is None else teacher_labels[start:stop],
+                    generator=torch.Generator(device="cpu").manual_seed(g_seed),
                 )
                 index = torch.arange(start, stop, dtype=torch.long)
                 spent = oracle.queries - before

@@ -826,10 +826,11 @@ def _rows_from_transfer(ds: Any, args: argparse.Namespace, load_split: Callable[
 
 
 def _zero_shot_samples(accelerator: Any, oracle: Any, args: argparse.Namespace,
-                       folder: Path) -> Tuple[torch.Tensor, torch.Tensor, Dict[str, int], torch.Tensor]:
-    """Pseudo samples, their teacher labels, the generation's query counts and the start pool's images from
-    ``create_generator('zsdb3', oracle)``, grown by the main process only (they cost queries), resumable in
-    ``folder/state`` and kept in ``folder/pseudo.safetensors`` (+ ``queries.json``)."""
+                       folder: Path) -> Tuple[torch.Tensor, torch.Tensor, Dict[str, int], torch.Tensor, Optional[torch.Tensor]]:
+    """Pseudo samples, their teacher labels, the generation's query counts and the start pool's images and
+    teacher labels from ``create_generator('zsdb3', oracle)``, grown by the main process only (they cost
+    queries), resumable in ``folder/state`` and kept in ``folder/pseudo.safetensors`` (+ ``queries.json``).
+    The pool's labels are ``None`` for a file written before they were kept."""
     from safetensors.torch import load_file, save_file
 
     from . import create_generator
@@ -847,13 +848,15 @@ def _zero_shot_samples(accelerator: Any, oracle: Any, args: argparse.Namespace,
         save_file({"images": pseudo.images.detach().float().cpu().contiguous(),
                    "labels": pseudo.labels.detach().long().cpu().contiguous(),
                    "pool_images": (pseudo.pool_images if pseudo.pool_images is not None else pseudo.images[:0])
-                   .detach().float().cpu().contiguous()}, str(tmp))
+                   .detach().float().cpu().contiguous(),
+                   "pool_labels": (pseudo.pool_labels if pseudo.pool_labels is not None else pseudo.labels[:0])
+                   .detach().long().cpu().contiguous()}, str(tmp))
         (folder / "queries.json").write_text(json.dumps({k: int(v) for k, v in dict(pseudo.queries).items()}) + "\n")
         os.replace(tmp, path)  # last: marks the generation finished
     accelerator.wait_for_everyone()
     saved = load_file(str(path))
     queries = json.loads((folder / "queries.json").read_text()) if (folder / "queries.json").is_file() else {}
-    return saved["images"], saved["labels"], queries, saved.get("pool_images", saved["images"][:0])
+    return saved["images"], saved["labels"], queries, saved.get("pool_images", saved["images"][:0]), saved.get("pool_labels")
 
 
 def prepare_transfer_set(accelerator: Any, oracle: Any, args: argparse.Namespace, *,
@@ -913,8 +916,8 @@ def prepare_transfer_set(accelerator: Any, oracle: Any, args: argparse.Namespace
     if args.zero_shot:
         from .labelers.base import References
 
-        images, labels, extra["generation_queries"], pool_images = _zero_shot_samples(accelerator, oracle, args,
-                                                                                       out / "zero_shot")
+        images, labels, extra["generation_queries"], pool_images, pool_labels = _zero_shot_samples(
+            accelerator, oracle, args, out / "zero_shot")
         real_val = None
         if args.val_split:
             val = load_split(args.val_split)
@@ -956,8 +959,9 @@ def prepare_transfer_set(accelerator: Any, oracle: Any, args: argparse.Namespace
         folder.mkdir(parents=True, exist_ok=True)
         (folder / RECIPE_MARKER).write_text(json.dumps(marker, indent=2) + "\n")
     accelerator.wait_for_everyone()
+    # Pseudo samples were labelled by the teacher as they were drawn: no query asks again.
     ds = label_dataset(labeler(), images, folder, references=refs, dataset_labels=dataset_labels,
-                       shard_size=args.shard_size, seed=args.seed, accelerator=accelerator, progress=progress)
+                       teacher_labels=labels if args.zero_shot else None, shard_size=args.shard_size, seed=args.seed, accelerator=accelerator, progress=progress)
     queries = read_manifest(folder)["queries"]["total"]
     source = (f"{len(ds)} zero-shot pseudo samples (zsdb3, {args.zero_shot_iterations} iterations)" if args.zero_shot else
               f"{len(ds)} images of {args.data} split {args.train_split!r}") + f", labelled with {args.labeler!r} -> {folder}"
@@ -967,7 +971,7 @@ def prepare_transfer_set(accelerator: Any, oracle: Any, args: argparse.Namespace
         # The start pool: many cheap teacher-labelled images, soft-labelled by distance to the pseudo samples.
         pool_refs = References(images, labels, 0)
         pool_ds = label_dataset(create_labeler("sd", oracle, seed=args.seed), pool_images, folder / "pool",
-                                references=pool_refs, shard_size=args.shard_size, seed=args.seed,
+                                references=pool_refs, teacher_labels=pool_labels, shard_size=args.shard_size, seed=args.seed,
                                 accelerator=accelerator, progress=progress)
         ds = datasets.concatenate_datasets([ds, pool_ds])
         queries += read_manifest(folder / "pool")["queries"]["total"]

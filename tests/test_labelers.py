@@ -148,3 +148,19 @@ def test_bad_configuration_is_named():
         create_labeler("mbd", oracle, queries_per_target=0)
     with pytest.raises(ValueError, match="needs references"):
         create_labeler("sd", oracle).label(torch.rand(2, 1, 4, 4))
+
+
+@pytest.mark.parametrize("name", ["sd", "bd", "mbd"])
+def test_known_teacher_labels_skip_the_label_query_and_change_nothing_else(name):
+    oracle, w, b, x, refs = affine_problem(num_classes=3, n=8)
+    cfg = {} if name == "sd" else {"queries_per_target": 80, **(FULL_RES if name == "mbd" else {})}
+    checked = create_labeler(name, oracle).check_references(refs)
+    plain = create_labeler(name, oracle, **cfg).label(x, checked)
+    before = oracle.queries
+    known = create_labeler(name, oracle, **cfg).label(x, checked, labels=plain.labels)
+    assert oracle.queries - before == int(known.queries.sum()) == int(plain.queries.sum()) - x.shape[0]
+    assert torch.equal(known.distances, plain.distances) and torch.equal(known.logits, plain.logits)
+    with pytest.raises(ValueError, match=r"labels must be an integer tensor of shape \(8,\)"):
+        create_labeler(name, oracle).label(x, checked, labels=plain.labels[:3])
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 3\), got values in \[0, 7\]"):
+        create_labeler(name, oracle).label(x, checked, labels=torch.full((8,), 7).index_fill(0, torch.tensor([0]), 0))

@@ -139,6 +139,27 @@ def test_prechecked_references_cost_nothing(tmp_path):
     assert m["queries"]["total"] == oracle.queries - before == N
 
 
+def test_known_teacher_labels_save_one_query_per_image(tmp_path):
+    x, refs, ref_labels = _data()
+    oracle = _oracle()
+    checked = _labeler(oracle).check_references(refs, ref_labels)
+    plain = label_dataset(_labeler(oracle), x, tmp_path / "plain", references=checked, shard_size=SHARD, progress=False)
+    known = torch.tensor(plain["label"])
+    before = oracle.queries
+    ds = label_dataset(_labeler(oracle), x, tmp_path / "known", references=checked, teacher_labels=known,
+                       shard_size=SHARD, progress=False)
+    assert read_manifest(tmp_path / "known")["queries"]["total"] == oracle.queries - before
+    assert read_manifest(tmp_path / "plain")["queries"]["total"] - (oracle.queries - before) == N
+    a, b = _columns(plain), _columns(ds)
+    assert torch.equal(a["soft_logits"], b["soft_logits"]) and torch.equal(a["queries"] - 1, b["queries"])
+    # Other labels are another run: resuming into this folder with them is refused.
+    with pytest.raises(ConfigMismatchError, match="teacher_labels_fingerprint"):
+        label_dataset(_labeler(oracle), x, tmp_path / "known", references=checked, teacher_labels=(known + 1) % 3,
+                      shard_size=SHARD, progress=False)
+    with pytest.raises(ValueError, match=rf"teacher_labels must be an integer tensor of shape \({N},\)"):
+        label_dataset(_labeler(oracle), x, tmp_path / "bad", teacher_labels=known[:-1], progress=False)
+
+
 def test_shard_seed_is_a_fixed_function_of_seed_and_shard():
     assert shard_seed(0, 0) == 6017775124710473527  # pinned: changing it would change every labelled dataset
     seeds = {shard_seed(s, k) for s in range(4) for k in range(64)}

@@ -276,6 +276,7 @@ def test_zero_shot_trains_on_the_registered_generator(monkeypatch, in_process, t
     assert calls == [{"seed": 0, "start": "smooth", "start_pool": 15, "mixes": 5, "max_init_queries": 99}, (4, 2, 500, 0.5)]
     r = _results(out)
     assert r["transfer"]["generation_queries"] == {"init": 60, "iterations": 0}
+    assert r["transfer"]["queries"] == 0  # every label is known from the generation, and sd asks nothing more
     assert r["transfer"]["rows"] == 36 + 20 and "zero-shot pseudo samples (zsdb3, 2 iterations)" in r["transfer"]["source"]
     assert "20 start-pool / mixed images labelled with 'sd'" in r["transfer"]["source"]
     assert r["validation"]["source"] == "4 held-out pseudo samples (seed 0)" and r["validation"]["labels"].startswith("teacher")

@@ -512,11 +512,11 @@ def label_pseudo_samples(
     from ..labelers.base import References
 
     refs = References(pseudo.images, pseudo.labels, 0)  # the teacher's labels are known from the generation
-    soft = labeler.label(pseudo.images, refs)
+    soft = labeler.label(pseudo.images, refs, labels=pseudo.labels)
     images, labels, logits = pseudo.images, soft.labels, soft.logits
     if pseudo.pool_images is not None and pseudo.pool_images.shape[0]:
         pool = create_labeler(pool_labeler, labeler.oracle, num_classes=labeler.num_classes, seed=labeler.seed)
-        ps = pool.label(pseudo.pool_images, refs)
+        ps = pool.label(pseudo.pool_images, refs, labels=pseudo.pool_labels)
         images = torch.cat([images, pseudo.pool_images])
         labels, logits = torch.cat([labels, ps.labels]), torch.cat([logits, ps.logits])
     return images, labels, logits
@@ -533,7 +533,7 @@ def build_transfer_set(
     """Soft-labels pseudo samples with any labeler, the other classes' pseudo samples serving as references.
 
     The start pool (``start_pool``), if any, is labelled too, with ``pool_labeler`` (by default ``sd``:
-    one query per image and distances to the pseudo samples), so the pool's many cheap images and the
+    distances to the pseudo samples, no queries: the pool's labels are known from the generation), so the pool's many cheap images and the
     pseudo samples' costly boundary distances end up in one transfer set.
 
     Args:
@@ -551,13 +551,14 @@ def build_transfer_set(
     from ..labelers.base import References
     from ..labeling import label_dataset
 
-    # The pseudo samples' labels are the teacher's answers already: no query re-checks them.
+    # The pseudo samples' and the pool's labels are the teacher's answers already: no query asks them again.
     refs = References(pseudo.images, pseudo.labels, 0)
-    ds = label_dataset(labeler, pseudo.images, out_dir, references=refs, **label_kwargs)
+    ds = label_dataset(labeler, pseudo.images, out_dir, references=refs, teacher_labels=pseudo.labels, **label_kwargs)
     if pseudo.pool_images is None or pseudo.pool_images.shape[0] == 0:
         return ds
     import datasets
 
     pool = create_labeler(pool_labeler, labeler.oracle, num_classes=labeler.num_classes, seed=labeler.seed)
-    pool_ds = label_dataset(pool, pseudo.pool_images, Path(out_dir) / "pool", references=refs, **label_kwargs)
+    pool_ds = label_dataset(pool, pseudo.pool_images, Path(out_dir) / "pool", references=refs,
+                            teacher_labels=pseudo.pool_labels, **label_kwargs)
     return datasets.concatenate_datasets([ds, pool_ds])

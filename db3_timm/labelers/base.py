@@ -100,7 +100,14 @@ class Labeler:
         images, labels = refs
         return self.check_references(images, labels)
 
-    def label(self, x: torch.Tensor, references: ReferenceArg = None, *, generator: Optional[torch.Generator] = None) -> SoftLabels:
+    def label(
+        self,
+        x: torch.Tensor,
+        references: ReferenceArg = None,
+        *,
+        labels: Optional[torch.Tensor] = None,
+        generator: Optional[torch.Generator] = None,
+    ) -> SoftLabels:
         """Soft-labels a batch with label queries only.
 
         Args:
@@ -108,6 +115,8 @@ class Labeler:
             references: images of other classes: a :class:`References` (already checked), a tensor, or
                 ``(images, labels)``; their labels are checked with the teacher and only images it assigns
                 to class ``t`` serve class ``t``.
+            labels: the teacher's labels of ``x`` when it has already answered them (e.g. pseudo samples,
+                which are labelled as they are drawn): saves one query per image. Never dataset labels.
             generator: random source (default: seeded from ``seed``).
 
         Returns:
@@ -116,17 +125,29 @@ class Labeler:
         if generator is None:
             generator = torch.Generator(device=x.device).manual_seed(self.seed)
         refs = self._resolve_references(references)
-        labels = self.oracle(x)
+        if labels is None:
+            labels, own_query = self.oracle(x), 1
+        else:
+            labels, own_query = self._known_labels(labels, x), 0
         distances, queries, info = self._distances(x, labels, refs, generator)
         distances = distances.scatter(1, labels.view(-1, 1), 0.0)
         return SoftLabels(
             labels=labels,
             distances=distances,
             logits=distances_to_logits(distances, labels, self.rule),
-            queries=queries + 1,
+            queries=queries + own_query,
             reference_queries=(refs.queries if refs is not None and not isinstance(references, References) else 0),
             info=info,
         )
+
+    def _known_labels(self, labels: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        if not isinstance(labels, torch.Tensor) or labels.shape != (x.shape[0],) or labels.is_floating_point():
+            raise ValueError(f"labels must be an integer tensor of shape ({x.shape[0]},) (the teacher's answers for x), "
+                             f"got {getattr(labels, 'dtype', type(labels).__name__)} of shape {tuple(getattr(labels, 'shape', ()))}")
+        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
+            raise ValueError(f"labels must lie in [0, {self.num_classes}), got values in "
+                             f"[{int(labels.min())}, {int(labels.max())}]")
+        return labels.to(device=x.device, dtype=torch.long)
 
     def _distances(
         self, x: torch.Tensor, labels: torch.Tensor, refs: Optional[References], generator: torch.Generator
