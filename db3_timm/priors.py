@@ -9,7 +9,7 @@ no queries; the search only tries it and keeps what verifiably shortens the dist
 """
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Callable, Dict, Optional
 
 import torch
 import torch.nn as nn
@@ -45,6 +45,14 @@ class SurrogatePrior:
         self.model = model.eval()
         self.normalize = normalize or (lambda x: x)
         self.max_batch_size = int(max_batch_size)
+
+    def describe(self) -> Dict[str, str]:
+        """Returns the surrogate's class name and a fingerprint of its weights (what makes a labelling run reproducible)."""
+        from .labeling import _tensor_fingerprint
+
+        state = self.model.state_dict()
+        return {"model": type(self.model).__name__,
+                "weights": _tensor_fingerprint(*(state[k] for k in sorted(state)))}
 
     def __call__(self, points: torch.Tensor, origins: torch.Tensor, targets: Optional[torch.Tensor]) -> torch.Tensor:
         """Returns ``(M, C, H, W)`` margin gradients at the images ``points (M, C, H, W)``."""

@@ -394,7 +394,7 @@ def test_cli_prior_guides_mbd(tmp_path, local_teacher, capsys):
     # The teacher's own weights as the white-box surrogate: a perfect prior.
     assert main(argv + ["--prior", f"local-dir:{local_teacher}", "--out", str(tmp_path / "prior")]) == 0
     plain, guided = (load_labeled_dataset(tmp_path / d).with_format("torch")[:] for d in ("plain", "prior"))
-    assert read_manifest(tmp_path / "prior")["config"]["labeler"]["prior"] == "LeNet5"
+    assert read_manifest(tmp_path / "prior")["config"]["labeler"]["prior"]["model"] == "LeNet5"
     assert torch.equal(plain["label"], guided["label"]) and (guided["queries"] <= 1 + 9 * 60).all()
     d_plain, d_guided = plain["distances"], guided["distances"]
     found = torch.isfinite(d_plain) & torch.isfinite(d_guided) & (d_plain > 0)

@@ -60,4 +60,21 @@ def test_a_misleading_prior_costs_queries_not_correctness():
     got = out.distances.gather(1, other).squeeze(1)
     assert torch.all(got >= truth * (1 - 1e-6))
     assert got.sum() < 0.8 * bd.distances.gather(1, other).sum()
-    assert create_labeler("mbd", oracle, prior=wrong).config()["prior"] == "Affine"
+
+
+def test_the_manifest_names_the_prior_by_its_weights_and_refuses_another_on_resume(tmp_path):
+    import pytest
+
+    from db3_timm.labeling import ConfigMismatchError, label_dataset, read_manifest
+
+    oracle, w, b, x, refs = affine_problem(shape=(1, 8, 8), n=6)
+    right, wrong = Affine(w, b), Affine(-w, -b)
+    cfg = create_labeler("mbd", oracle, prior=right).config()["prior"]
+    assert cfg["model"] == "Affine" and cfg["weights"].startswith("sha256:")
+    assert create_labeler("mbd", oracle, prior=Affine(w, b)).config()["prior"] == cfg  # same weights, same run
+    assert create_labeler("mbd", oracle, prior=wrong).config()["prior"]["weights"] != cfg["weights"]
+    kw = dict(references=refs, shard_size=3, progress=False)
+    label_dataset(create_labeler("mbd", oracle, queries_per_target=40, prior=right), x[:3], tmp_path, **kw)
+    assert read_manifest(tmp_path)["config"]["labeler"]["prior"] == cfg
+    with pytest.raises(ConfigMismatchError, match="labeler.prior.weights"):
+        label_dataset(create_labeler("mbd", oracle, queries_per_target=40, prior=wrong), x[:3], tmp_path, **kw)

@@ -214,7 +214,7 @@ def test_distill_labels_with_a_surrogate_prior(teacher, in_process, tmp_path):
     r = _results(out)
     assert "labelled with 'mbd'" in r["transfer"]["source"]
     manifest = read_manifest(out / "transfer")
-    assert manifest["config"]["labeler"]["prior"] == "LeNet5" and manifest["complete"]
+    assert manifest["config"]["labeler"]["prior"]["model"] == "LeNet5" and manifest["complete"]
     assert r["transfer"]["queries"] <= r["transfer"]["rows"] * (1 + 9 * 30) + 10 * 10
 
 

@@ -72,7 +72,9 @@ class MinimalBoundaryDistanceLabeler(BoundaryDistanceLabeler):
         cfg = super().config()
         cfg.update(self.opt)
         if self.prior is not None:
-            cfg["prior"] = type(getattr(self.prior, "model", self.prior)).__name__
+            # Compared on resume: another surrogate (other weights) would mix two searches in one dataset.
+            describe = getattr(self.prior, "describe", None)
+            cfg["prior"] = describe() if describe is not None else {"callable": getattr(self.prior, "__qualname__", type(self.prior).__name__)}
         return cfg
 
     def _search(self, x, pairs, refs, query, generator):
