@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from .version import __version__
 
@@ -35,6 +36,17 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     run_demo(out_dir=args.out, seed=args.seed, device=args.device)
     return 0
+
+
+def _json_object(text: str) -> Dict[str, Any]:
+    """argparse ``type``: a JSON object (the extra keyword arguments of a component)."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise argparse.ArgumentTypeError(f"must be a JSON object, got {text!r} ({err.msg})") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"must be a JSON object such as '{{\"momentum\": 0.5}}', got {text!r}")
+    return value
 
 
 def _int_at_least(minimum: int) -> Callable[[str], int]:
@@ -138,7 +150,7 @@ def _cmd_label(args: argparse.Namespace) -> int:
             f"argument --data: {args.data!r} has {data.images.shape[1]} channel(s) but teacher {args.teacher!r} "
             f"expects {oracle.input_size[0]}"
         )
-    cfg = {"seed": args.seed}
+    cfg = {"seed": args.seed, **args.labeler_kwargs}
     if args.queries_per_target is not None:
         cfg["queries_per_target"] = args.queries_per_target  # only when asked: the labeler rejects unknown options
     if args.prior is not None:
@@ -346,6 +358,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labeler", default="mbd", type=_labeler_name, help="registered labeler (see `db3 list labelers`)")
     p.add_argument("--queries-per-target", type=_int_at_least(1), metavar="Q",
                    help="query budget per (sample, target class) for labelers that search boundaries")
+    p.add_argument("--labeler-kwargs", type=_json_object, default={}, metavar="JSON",
+                   help="more labeler options, e.g. '{\"momentum\": 0.5, \"probes\": 40}' (see the labeler's docstring)")
     p.add_argument("--references-per-class", type=_int_at_least(0), default=10, metavar="K",
                    help="the first K images of each class serve as references (teacher-checked once); 0: none")
     p.add_argument("--prior", type=_model_spec("prior"), metavar="NAME_OR_local-dir:PATH",

@@ -390,7 +390,9 @@ def test_cli_prior_guides_mbd(tmp_path, local_teacher, capsys):
 
     argv = ["label", "--teacher", f"local-dir:{local_teacher}", "--data", "digits", "--limit", "12", "--labeler", "mbd",
             "--queries-per-target", "60", "--references-per-class", "3", "--no-progress"]
-    assert main(argv + ["--out", str(tmp_path / "plain")]) == 0
+    assert main(argv + ["--labeler-kwargs", '{"momentum": 0.5, "probes": 40}', "--out", str(tmp_path / "plain")]) == 0
+    labeler_cfg = read_manifest(tmp_path / "plain")["config"]["labeler"]
+    assert labeler_cfg["momentum"] == 0.5 and labeler_cfg["probes"] == 40 and labeler_cfg["queries_per_target"] == 60
     # The teacher's own weights as the white-box surrogate: a perfect prior.
     assert main(argv + ["--prior", f"local-dir:{local_teacher}", "--out", str(tmp_path / "prior")]) == 0
     plain, guided = (load_labeled_dataset(tmp_path / d).with_format("torch")[:] for d in ("plain", "prior"))
@@ -412,6 +414,9 @@ def test_cli_prior_guides_mbd(tmp_path, local_teacher, capsys):
         (["--queries-per-target", "5"], "argument --labeler: cannot build 'sd'"),
         (["--prior", "nope"], "argument --prior: unknown timm model 'nope'"),
         (["--prior", "lenet5_fifth"], "argument --labeler: cannot build 'sd' with {'seed': 0, 'prior': 'lenet5_fifth'}"),
+        (["--labeler-kwargs", "{momentum: 1}"], "argument --labeler-kwargs: must be a JSON object, got '{momentum: 1}'"),
+        (["--labeler-kwargs", "[1]"], "argument --labeler-kwargs: must be a JSON object such as"),
+        (["--labeler-kwargs", '{"momentun": 0}'], "argument --labeler: cannot build 'sd' with {'seed': 0, 'momentun': 0}"),
     ],
 )
 def test_cli_bad_values_are_argparse_errors(tmp_path, local_teacher, capsys, extra, message):
