@@ -229,6 +229,14 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     except (OSError, ValueError, RuntimeError) as err:
         args.parser_error(f"argument --teacher: cannot load {args.teacher!r}: {err}")
     labeler_cfg = {"queries_per_target": args.queries_per_target} if args.queries_per_target and args.labeler != "sd" else {}
+    labeler_cfg.update(args.labeler_kwargs)
+    if args.labeler:
+        from . import create_labeler
+
+        try:  # before the generation spends its queries, not after
+            create_labeler(args.labeler, oracle, **labeler_cfg)
+        except (KeyError, TypeError, ValueError) as err:
+            args.parser_error(f"argument --labeler: cannot build {args.labeler!r} with {labeler_cfg}: {err}")
     t0 = time.monotonic()
     summary = run_zero_shot(
         oracle, args.out, samples_per_class=args.samples_per_class, iterations=args.iterations,
@@ -400,6 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cap on the noise search for starting samples; classes never answered are reported")
     p.add_argument("--labeler", default="mbd", help="labeler for the transfer set ('' to skip labelling)")
     p.add_argument("--queries-per-target", type=_int_at_least(1), default=200, metavar="Q")
+    p.add_argument("--labeler-kwargs", type=_json_object, default={}, metavar="JSON", help="more labeler options")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--budget", type=_int_at_least(0), metavar="Q", help="cap on the oracle queries of this run")
     p.add_argument("--device", default=None)

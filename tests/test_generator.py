@@ -196,3 +196,8 @@ def test_db3_generate_cli_writes_figures_and_transfer_set(tmp_path):
     assert (out / "transfer" / "pool" / "manifest.json").is_file()
     bad = subprocess.run(cmd[:-2] + ["--input-shape", "1,8", "--out", str(out)], capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "expected C,H,W" in bad.stderr
+    # A labeler option it does not take is reported before the generation spends anything.
+    bad = subprocess.run(cmd[:-2] + ["--labeler-kwargs", '{"probes": 40}', "--out", str(tmp_path / "zs2")],
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "argument --labeler: cannot build 'sd' with {'probes': 40}" in bad.stderr
+    assert not (tmp_path / "zs2").exists()
