@@ -1,3 +1,4 @@
+import pytest
 import torch
 import torch.nn as nn
 
@@ -33,12 +34,13 @@ def test_surrogate_prior_is_the_margin_gradient():
     assert torch.allclose(prior(x, y, None).flatten(1), w[second] - w[y], atol=1e-5)
 
 
-def test_a_perfect_prior_reaches_the_minimum_on_a_small_budget():
+@pytest.mark.parametrize("prior_stall", [0.01, 0.0])  # 0: the prior alone, no random probes
+def test_a_perfect_prior_reaches_the_minimum_on_a_small_budget(prior_stall):
     oracle, w, b, x, refs = affine_problem(shape=(1, 8, 8), n=10)
     kwargs = dict(queries_per_target=120, probe_scale=1)
     plain = create_labeler("mbd", oracle, **kwargs).label(x, refs)
     before = oracle.queries
-    guided = create_labeler("mbd", oracle, prior=Affine(w, b), **kwargs).label(x, refs)
+    guided = create_labeler("mbd", oracle, prior=Affine(w, b), prior_stall=prior_stall, **kwargs).label(x, refs)
     assert oracle.queries - before == int(guided.queries.sum()) + guided.reference_queries
     assert (guided.queries <= 1 + 120).all()
     truth = pairwise_truth(w, b, x, guided.labels, 1 - guided.labels)
@@ -63,8 +65,6 @@ def test_a_misleading_prior_costs_queries_not_correctness():
 
 
 def test_the_manifest_names_the_prior_by_its_weights_and_refuses_another_on_resume(tmp_path):
-    import pytest
-
     from db3_timm.labeling import ConfigMismatchError, label_dataset, read_manifest
 
     oracle, w, b, x, refs = affine_problem(shape=(1, 8, 8), n=6)
