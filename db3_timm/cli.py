@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, List, Optional, Tuple
 
+from ._argtypes import json_object
 from .version import __version__
 
 __all__ = ["main", "build_parser"]
@@ -36,17 +36,6 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     run_demo(out_dir=args.out, seed=args.seed, device=args.device)
     return 0
-
-
-def _json_object(text: str) -> Dict[str, Any]:
-    """argparse ``type``: a JSON object (the extra keyword arguments of a component)."""
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise argparse.ArgumentTypeError(f"must be a JSON object, got {text!r} ({err.msg})") from None
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError(f"must be a JSON object such as '{{\"momentum\": 0.5}}', got {text!r}")
-    return value
 
 
 def _int_at_least(minimum: int) -> Callable[[str], int]:
@@ -366,7 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labeler", default="mbd", type=_labeler_name, help="registered labeler (see `db3 list labelers`)")
     p.add_argument("--queries-per-target", type=_int_at_least(1), metavar="Q",
                    help="query budget per (sample, target class) for labelers that search boundaries")
-    p.add_argument("--labeler-kwargs", type=_json_object, default={}, metavar="JSON",
+    p.add_argument("--labeler-kwargs", type=json_object, default={}, metavar="JSON",
                    help="more labeler options, e.g. '{\"momentum\": 0.5, \"probes\": 40}' (see the labeler's docstring)")
     p.add_argument("--references-per-class", type=_int_at_least(0), default=10, metavar="K",
                    help="the first K images of each class serve as references (teacher-checked once); 0: none")
@@ -408,7 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cap on the noise search for starting samples; classes never answered are reported")
     p.add_argument("--labeler", default="mbd", help="labeler for the transfer set ('' to skip labelling)")
     p.add_argument("--queries-per-target", type=_int_at_least(1), default=200, metavar="Q")
-    p.add_argument("--labeler-kwargs", type=_json_object, default={}, metavar="JSON", help="more labeler options")
+    p.add_argument("--labeler-kwargs", type=json_object, default={}, metavar="JSON", help="more labeler options")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--budget", type=_int_at_least(0), metavar="Q", help="cap on the oracle queries of this run")
     p.add_argument("--device", default=None)

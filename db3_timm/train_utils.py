@@ -35,6 +35,7 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Seque
 import torch
 import torch.nn as nn
 
+from ._argtypes import json_object
 from .labeling import DistributedSetupError
 
 __all__ = [
@@ -154,16 +155,6 @@ def require_args(parser: argparse.ArgumentParser, args: argparse.Namespace, *nam
     if missing:
         flags = ", ".join("--" + n.replace("_", "-") for n in missing)
         parser.error(f"the following arguments are required (on the command line or in --config): {flags}")
-
-
-def _json_arg(text: str) -> Dict[str, Any]:
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise argparse.ArgumentTypeError(f"must be a JSON object, got {text!r} ({err})") from None
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError(f"must be a JSON object, got {text!r}")
-    return value
 
 
 def _positive_int(text: str) -> int:
@@ -756,7 +747,7 @@ def add_transfer_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--labeler", default="mbd", help="registered labeler for on-the-fly labelling (sd, bd, mbd, ...)")
     g.add_argument("--queries-per-target", type=_positive_int, metavar="Q",
                    help="query budget per (sample, target class) for labelers that search boundaries")
-    g.add_argument("--labeler-kwargs", type=_json_arg, default={}, metavar="JSON", help="more labeler options")
+    g.add_argument("--labeler-kwargs", type=json_object, default={}, metavar="JSON", help="more labeler options")
     g.add_argument("--prior", metavar="NAME_OR_local-dir:PATH",
                    help="white-box surrogate guiding mbd's boundary search, e.g. a student trained on the teacher's "
                         "hard labels (see db3_timm.priors)")
@@ -773,7 +764,7 @@ def add_transfer_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--zero-shot-queries-per-iteration", type=_positive_int, default=500, metavar="Q",
                    help="per-sample query budget of one iteration (at least 20)")
     g.add_argument("--zero-shot-step", type=float, default=0.5, help="initial L2 length of a push-away move")
-    g.add_argument("--generator-kwargs", type=_json_arg, default={}, metavar="JSON",
+    g.add_argument("--generator-kwargs", type=json_object, default={}, metavar="JSON",
                    help="--zero-shot: more generator options, e.g. '{\"max_init_queries\": 100000}'")
     g.add_argument("--zero-shot-start", choices=["reference", "smooth"], default="smooth",
                    help="start noise of the generator: low-frequency noise (default) or the paper's per-pixel noise")
