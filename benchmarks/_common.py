@@ -222,3 +222,21 @@ def correct_subset(
     idx = torch.cat(picked)
     out = (images[idx], labels[idx])
     return (*out, idx) if return_index else out
+
+
+def distance_setup(samples: int, references: int):
+    """The distance benchmarks' shared set-up: prints the machine and teacher, then splits Fashion-MNIST train.
+
+    Returns:
+        ``(teacher, acc, refs, x, y)``: the LeNet-5 teacher and its test accuracy, ``refs = (images, labels)``
+        (the last ``references`` training images) and ``samples`` correctly classified images from the rest.
+    """
+    from db3_timm.data import load_image_dataset
+
+    print(machine_info(), flush=True)
+    teacher, acc = fmnist_teacher()
+    print(f"teacher lenet5 on Fashion-MNIST: test accuracy {acc:.2%}")
+    train = load_image_dataset("fashion-mnist", "train")
+    refs = (train.images[-references:], train.labels[-references:])
+    x, y = correct_subset(teacher, train.images[:-references], train.labels[:-references], samples, seed=0)
+    return teacher, acc, refs, x, y

@@ -29,12 +29,11 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import correct_subset, fmnist_teacher, machine_info  # noqa: E402
+from _common import distance_setup, machine_info  # noqa: E402
 from whitebox import PixelSpace, min_norm_targeted  # noqa: E402
 
 from db3_timm import LabelOracle, create_labeler  # noqa: E402
 from db3_timm.boundary import PairQueries, bisect_to_boundary, minimize_boundary_distance  # noqa: E402
-from db3_timm.data import load_image_dataset  # noqa: E402
 from db3_timm.labelers.bd import BoundaryDistanceLabeler, PairBatch  # noqa: E402
 from db3_timm.labelers.mbd import MinimalBoundaryDistanceLabeler  # noqa: E402
 from db3_timm.labelers.sd import nearest_by_class  # noqa: E402
@@ -75,12 +74,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
 
-    print(machine_info(), flush=True)
-    teacher, acc = fmnist_teacher()
-    print(f"teacher lenet5 on Fashion-MNIST: test accuracy {acc:.2%}")
-    train = load_image_dataset("fashion-mnist", "train")
-    refs = (train.images[-args.references:], train.labels[-args.references:])
-    x, y = correct_subset(teacher, train.images[:-args.references], train.labels[:-args.references], args.samples, seed=0)
+    teacher, acc, refs, x, y = distance_setup(args.samples, args.references)
     oracle = LabelOracle.from_timm_model(teacher, max_batch_size=4096)
     pairs = PairBatch(x, y, 10)
     wb, details = min_norm_targeted(PixelSpace(teacher), x[pairs.sample], pairs.target, return_details=True)

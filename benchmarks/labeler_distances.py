@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import correct_subset, fmnist_teacher, machine_info  # noqa: E402
+from _common import distance_setup, machine_info  # noqa: E402
 from reference_signopt import ReferenceSignOPTLabeler  # noqa: E402
 from whitebox import PixelSpace, min_norm_targeted  # noqa: E402
 
@@ -63,12 +63,7 @@ def main() -> None:
     ap.add_argument("--out", default="benchmarks/results/labeler_distances.json")
     args = ap.parse_args()
 
-    print(machine_info(), flush=True)
-    teacher, acc = fmnist_teacher()
-    print(f"teacher lenet5 on Fashion-MNIST: test accuracy {acc:.2%}")
-    train = load_image_dataset("fashion-mnist", "train")
-    refs = (train.images[-args.references:], train.labels[-args.references:])
-    x, y = correct_subset(teacher, train.images[:-args.references], train.labels[:-args.references], args.samples, seed=0)
+    teacher, acc, refs, x, y = distance_setup(args.samples, args.references)
     others = torch.ones(len(y), 10, dtype=torch.bool).scatter_(1, y[:, None], False)
     pair_sample, pair_target = others.nonzero(as_tuple=True)
 

@@ -415,9 +415,10 @@ def minimize_boundary_distance(
             adv, dist, lo_dist, step = _rotate(query, x0, adv, dist, lo_dist, theta, _orthonormal(g, theta),
                                                probing, probe_turn, angle_checks, fine_tol if fine else tol)
             gain[full] = float(step[probing].mean())
-        theta = (adv - x0) / dist.clamp_min(1e-12).unsqueeze(1)
-        moved = (theta - theta_before).norm(dim=1, keepdim=True) > 1e-9
-        last_step = torch.where(moved, _orthonormal(theta - theta_before, theta), last_step)
+        if momentum:
+            theta = (adv - x0) / dist.clamp_min(1e-12).unsqueeze(1)
+            moved = (theta - theta_before).norm(dim=1, keepdim=True) > 1e-9
+            last_step = torch.where(moved, _orthonormal(theta - theta_before, theta), last_step)
     return adv
 
 
