@@ -37,7 +37,7 @@ from db3_timm.boundary import PairQueries, bisect_to_boundary, minimize_boundary
 from db3_timm.labelers.bd import BoundaryDistanceLabeler, PairBatch  # noqa: E402
 from db3_timm.labelers.mbd import MinimalBoundaryDistanceLabeler  # noqa: E402
 from db3_timm.labelers.sd import nearest_by_class  # noqa: E402
-from db3_timm.priors import SurrogatePrior  # noqa: E402
+from db3_timm.labelers.prior import SurrogatePrior  # noqa: E402
 
 
 class HalfSpaceQueries(PairQueries):

@@ -1,7 +1,7 @@
-"""db3-timm: decision-based black-box knowledge distillation for the timm ecosystem.
+"""db3-timm: distil a timm student from a teacher that answers only class labels.
 
 Importing the package registers the paper's architectures as timm models
-(``timm.create_model('lenet5_half')``) and the built-in DB3 components.
+(``timm.create_model('lenet5_half')``) and the built-in soft-labelers and generators.
 """
 from . import generators, labelers, models
 from ._registry import (
@@ -14,36 +14,32 @@ from ._registry import (
     register_generator,
     register_labeler,
 )
+from ._distributed import DistributedSetupError
+from .data import ImageData, load_image_dataset
+from .hub import StudentCard, push_student, save_student
 from .labelers import References, SoftLabels, distances_to_logits
-from .oracle import HubUnavailableError, LabelOracle, QueryBudgetExceeded, load_checkpoint_state_dict
+from .oracle import HubUnavailableError, LabelOracle, QueryBudgetExceeded, create_timm_model, load_checkpoint_state_dict
+from .pipeline import BudgetTooSmallError, DistillConfig, DistillResult, QueryPlan, distill_student, plan_queries
+from .training import DB3DistillationTask, TrainConfig, evaluate, fit, kd_loss
+from .transfer.build import LabelingConfig, TransferSet, ZeroShotConfig, load_transfer_set
+from .transfer.export import export_parquet
+from .transfer.label import label_dataset, load_labeled_dataset
 from .version import __version__
 
 __all__ = [
     "__version__",
-    "LabelOracle",
-    "QueryBudgetExceeded",
-    "HubUnavailableError",
-    "load_checkpoint_state_dict",
-    "register_labeler",
-    "create_labeler",
-    "list_labelers",
-    "is_labeler",
-    "register_generator",
-    "create_generator",
-    "list_generators",
-    "is_generator",
-    "SoftLabels",
-    "References",
-    "distances_to_logits",
-    "load_image_dataset",
+    # the front door
+    "distill_student", "plan_queries", "DistillConfig", "DistillResult", "QueryPlan", "BudgetTooSmallError",
+    "LabelingConfig", "ZeroShotConfig", "TrainConfig",
+    # the teacher
+    "LabelOracle", "QueryBudgetExceeded", "HubUnavailableError", "DistributedSetupError", "create_timm_model", "load_checkpoint_state_dict",
+    # components
+    "register_labeler", "create_labeler", "list_labelers", "is_labeler",
+    "register_generator", "create_generator", "list_generators", "is_generator",
+    "SoftLabels", "References", "distances_to_logits",
+    # data and transfer sets
+    "ImageData", "load_image_dataset", "label_dataset", "load_labeled_dataset", "TransferSet", "load_transfer_set",
+    "export_parquet",
+    # students
+    "DB3DistillationTask", "kd_loss", "fit", "evaluate", "StudentCard", "save_student", "push_student",
 ]
-
-
-def __getattr__(name: str):
-    # The data module pulls in `datasets` (pyarrow, pandas); import it only when asked for,
-    # so `--device-modules db3_timm` in timm's train script stays cheap.
-    if name in ("load_image_dataset", "ImageData", "data"):
-        from . import data
-
-        return data if name == "data" else getattr(data, name)
-    raise AttributeError(f"module 'db3_timm' has no attribute {name!r}")

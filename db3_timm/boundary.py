@@ -12,14 +12,15 @@ a point the teacher was actually asked about.
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional, Tuple
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 
 from .oracle import LabelOracle
 
-__all__ = ["DirectionPrior", "PairQueries", "bisect_segments", "bisect_to_boundary", "estimate_normals", "minimize_boundary_distance", "random_starts"]
+__all__ = ["BoundarySearchConfig", "PLAIN_SEARCH", "DirectionPrior", "PairQueries", "bisect_segments", "bisect_to_boundary", "estimate_normals", "minimize_boundary_distance", "random_starts"]
 
 
 class PairQueries:
@@ -272,8 +273,171 @@ def _orthonormal(v: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
 
 #: A direction prior: ``prior(images (M, C, H, W), origins (M,), targets (M,) or None)`` returns, per image,
 #: a direction (same shape) in which its pair's criterion should become adversarial fastest
-#: (see :mod:`db3_timm.priors`).
+#: (see :mod:`db3_timm.labelers.prior`).
 DirectionPrior = Callable[[torch.Tensor, torch.Tensor, Optional[torch.Tensor]], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class BoundarySearchConfig:
+    """Settings of :func:`minimize_boundary_distance`, checked on construction and serialisable (``asdict``).
+
+    The defaults are the ``mbd`` labeler's; :data:`PLAIN_SEARCH` is the plain search ``zsdb3`` uses.
+
+    Attributes:
+        tol: relative tolerance of every bisection.
+        probes, max_probes, probe_growth: probes per iteration grow as ``probes * it**probe_growth``, capped.
+        delta: probe radius relative to the current distance.
+        angle_checks: bisection queries of the plane angle search.
+        probe_scale: probes drawn on a ``probe_scale`` times coarser grid (see :func:`estimate_normals`).
+        full_res_every: from iteration ``2 * full_res_every`` on, every ``full_res_every``-th iteration
+            switches probe resolution (``probe_scale`` <-> full) for a trial; the others use whichever gained
+            more distance in its latest iteration (0: always ``probe_scale``).
+        fine_after: once the probing pairs have spent this many queries on average, probe at full resolution
+            with radius ``fine_delta`` and bisect to ``fine_tol`` (0: never).
+        fine_delta, fine_tol: the probe radius and tolerance of that fine regime.
+        momentum: weight of the previous iteration's step direction added to the unit probe estimate
+            (a heavy-ball average over iterations; 0: off).
+        prior_stall: relative distance gain below which a prior step counts as stalled and random probes
+            take over (0: walk the prior alone).
+    """
+
+    tol: float = 1e-3
+    probes: int = 60
+    max_probes: int = 300
+    probe_growth: float = 0.5
+    delta: float = 0.05
+    angle_checks: int = 5
+    probe_scale: int = 2
+    full_res_every: int = 3
+    fine_after: int = 1500
+    fine_delta: float = 0.01
+    fine_tol: float = 1e-5
+    momentum: float = 0.25
+    prior_stall: float = 0.01
+
+    def __post_init__(self) -> None:
+        def check(name: str, ok: bool, expected: str) -> None:
+            if not ok:
+                raise ValueError(f"boundary search option {name}={getattr(self, name)!r}: expected {expected}")
+
+        for name in ("probes", "max_probes", "angle_checks", "probe_scale", "full_res_every", "fine_after"):
+            value = getattr(self, name)
+            check(name, isinstance(value, int) and not isinstance(value, bool), "an integer")
+        for name in ("tol", "probe_growth", "delta", "fine_delta", "fine_tol", "momentum", "prior_stall"):
+            value = getattr(self, name)
+            check(name, isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value),
+                  "a finite number")
+        check("tol", 0 < self.tol < 1, "a number in (0, 1)")
+        check("fine_tol", 0 < self.fine_tol < 1, "a number in (0, 1)")
+        check("probes", self.probes >= 1, "at least 1")
+        check("max_probes", self.max_probes >= self.probes, f"at least probes ({self.probes})")
+        check("probe_growth", self.probe_growth >= 0, "at least 0")
+        check("delta", 0 < self.delta <= 1, "a number in (0, 1]")
+        check("fine_delta", 0 < self.fine_delta <= 1, "a number in (0, 1]")
+        check("angle_checks", self.angle_checks >= 1, "at least 1")
+        check("probe_scale", self.probe_scale >= 1, "at least 1")
+        check("full_res_every", self.full_res_every >= 0, "at least 0")
+        check("fine_after", self.fine_after >= 0, "at least 0")
+        check("momentum", self.momentum >= 0, "at least 0")
+        check("prior_stall", self.prior_stall >= 0, "at least 0")
+
+    @classmethod
+    def from_dict(cls, options: Mapping[str, Any], base: Optional["BoundarySearchConfig"] = None) -> "BoundarySearchConfig":
+        """Returns ``base`` (default: the defaults) with ``options`` replaced; unknown keys are a ``TypeError`` naming them."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise TypeError(f"unknown boundary search option(s) {unknown}; known: {sorted(known)}")
+        return replace(base or cls(), **dict(options))
+
+    def to_dict(self) -> Dict[str, Any]:
+        """Returns the options as a plain dict (for manifests and model cards)."""
+        return asdict(self)
+
+
+#: The plain search (full-resolution probes, no fine regime, no momentum, tolerance 1e-2) that ``zsdb3`` uses.
+PLAIN_SEARCH = BoundarySearchConfig(tol=1e-2, probe_scale=1, full_res_every=0, fine_after=0, momentum=0.0)
+
+
+class _SearchState:
+    """Per-pair state of :func:`minimize_boundary_distance`: the best point, its distance and the search memory."""
+
+    def __init__(self, query: PairQueries, x0: torch.Tensor, adv: torch.Tensor, active: torch.Tensor,
+                 cfg: BoundarySearchConfig):
+        P = x0.shape[0]
+        dev = x0.device
+        hi, lo = bisect_segments(query, x0, adv, active, cfg.tol, lo=torch.zeros(P, device=dev))
+        self.query, self.x0, self.active, self.cfg = query, x0, active, cfg
+        self.adv = torch.where(active.unsqueeze(1), torch.lerp(x0, adv, hi.unsqueeze(1)), adv)
+        self.dist = (self.adv - x0).norm(dim=1)
+        self.lo_dist = self.dist * lo / hi.clamp_min(1e-12)
+        # A good prior can be far from theta: at radius dist the adversarial arc toward the normal spans
+        # 2 * acos(d_min / dist), which exceeds 90 degrees while dist > 1.41 d_min (typical of BD starts).
+        self.probe_turn, self.prior_turn = _Rotation(P, dev, math.pi / 2), _Rotation(P, dev, math.pi)
+        self.reserve = cfg.angle_checks + 8
+        # Mean relative distance gain of the latest smooth (False) and full-resolution (True) iteration.
+        self.gain = {False: math.inf, True: 0.0}
+        self.prior_gain = torch.full((P,), math.inf, device=dev)
+        self.last_step = torch.zeros_like(x0)  # per pair, the unit direction theta last moved in
+
+    def live(self) -> torch.Tensor:
+        """Pairs with budget for another iteration."""
+        return self.active & (self.query.left() >= self.reserve + 8) & (self.dist > 0)
+
+    def theta(self) -> torch.Tensor:
+        """Unit directions from the samples to their current boundary points."""
+        return (self.adv - self.x0) / self.dist.clamp_min(1e-12).unsqueeze(1)
+
+    def rotate(self, g: torch.Tensor, pairs: torch.Tensor, turn: "_Rotation", tol: float) -> torch.Tensor:
+        """Turns ``pairs`` toward unit proposals ``g`` (see :func:`_rotate`); returns the relative gain per pair."""
+        self.adv, self.dist, self.lo_dist, gain = _rotate(self.query, self.x0, self.adv, self.dist, self.lo_dist,
+                                                          self.theta(), g, pairs, turn, self.cfg.angle_checks, tol)
+        return gain
+
+
+def _prior_step(s: _SearchState, prior: DirectionPrior, live: torch.Tensor, it: int) -> torch.Tensor:
+    """Tries the prior's direction on the pairs that still profit from it; returns the pairs left to probe."""
+    # A prior that stopped paying is retried only every 4th iteration (it costs ~13 queries a try).
+    asking = live & ((s.prior_gain >= s.cfg.prior_stall) | (it % 4 == 1))
+    if not bool(asking.any()):
+        return live
+    p = asking.nonzero().squeeze(1)
+    q = s.query
+    hint = prior(s.adv[p].view(-1, *q.image_shape), q.origins[p], None if q.targets is None else q.targets[p])
+    direction = torch.zeros_like(s.adv)
+    direction[p] = hint.reshape(p.numel(), -1).to(s.adv.dtype)
+    step = s.rotate(_orthonormal(direction, s.theta()), asking, s.prior_turn, s.cfg.tol)
+    s.prior_gain = torch.where(asking, step, s.prior_gain)
+    # While the prior keeps paying (one rotation ~ angle_checks + 8 queries), random probes
+    # (dozens of queries) would only slow it down: probe only where it has stalled.
+    return s.live() & ~(asking & (s.prior_gain >= s.cfg.prior_stall))
+
+
+def _probe_step(s: _SearchState, probing: torch.Tensor, it: int, generator: torch.Generator) -> None:
+    """One random-probe iteration for ``probing`` pairs: estimate the residual normal, turn toward it."""
+    cfg, q = s.cfg, s.query
+    P = s.x0.shape[0]
+    want = torch.full((P,), min(cfg.max_probes, int(cfg.probes * it ** cfg.probe_growth)), device=s.x0.device)
+    n_probes = torch.minimum(want, q.left() - s.reserve).clamp_min(0)
+    theta = s.theta()
+    centre = s.x0 + (0.5 * (s.dist + s.lo_dist)).unsqueeze(1) * theta  # middle of the bracket
+    # Smooth probes converge fastest early on, but cannot see the normal's fine detail, so on their
+    # own the distance stalls. Once the smooth part has had a few iterations, use the resolution whose
+    # latest iteration gained more, and try the other one every `full_res_every`-th iteration.
+    explore = cfg.full_res_every > 0 and it % cfg.full_res_every == 0 and it > cfg.full_res_every
+    full = explore != (s.gain[True] > s.gain[False])
+    # Late in a large budget the residual normal lives in fine detail: full-resolution probes at a
+    # small radius and a tight tolerance see it.
+    fine = cfg.fine_after > 0 and float(q.spent[probing].float().mean()) >= cfg.fine_after
+    full = full or fine
+    g = estimate_normals(q, centre, probing, n_probes, (cfg.fine_delta if fine else cfg.delta) * s.dist, generator,
+                         orthogonal_to=theta, probe_scale=1 if full else cfg.probe_scale)
+    if cfg.momentum:
+        # On a curved boundary the normal moves with the point, so each estimate is a noisy look at a
+        # moving target; the previous step keeps what earlier probes learned.
+        g = _orthonormal(g, theta) + cfg.momentum * _orthonormal(s.last_step, theta)
+    step = s.rotate(_orthonormal(g, theta), probing, s.probe_turn, cfg.fine_tol if fine else cfg.tol)
+    s.gain[full] = float(step[probing].mean())
 
 
 def minimize_boundary_distance(
@@ -282,22 +446,10 @@ def minimize_boundary_distance(
     adv: torch.Tensor,
     active: torch.Tensor,
     generator: torch.Generator,
+    config: BoundarySearchConfig = BoundarySearchConfig(),
     *,
-    tol: float = 1e-3,
-    probes: int = 60,
-    max_probes: int = 300,
-    probe_growth: float = 0.5,
-    delta: float = 0.05,
-    angle_checks: int = 5,
-    probe_scale: int = 1,
-    full_res_every: int = 0,
     prior: Optional[DirectionPrior] = None,
-    prior_stall: float = 0.01,
-    fine_after: int = 0,
-    fine_delta: float = 0.01,
-    fine_tol: float = 1e-5,
-    momentum: float = 0.0,
-    progress=None,
+    progress: Optional[Callable[[int], None]] = None,
 ) -> torch.Tensor:
     """Shrinks each pair's adversarial point toward the nearest boundary until its budget is spent.
 
@@ -326,100 +478,32 @@ def minimize_boundary_distance(
         adv: ``(P, D)`` adversarial starting points.
         active: ``(P,)`` pairs to optimise.
         generator: random source on the data's device.
-        tol: relative tolerance of every bisection.
-        probes, max_probes, probe_growth: probes per iteration grow as ``probes * it**growth``.
-        delta: probe radius relative to the current distance.
-        angle_checks: bisection queries of the plane angle search.
-        probe_scale: probes drawn on a ``probe_scale`` times coarser grid (see :func:`estimate_normals`).
-        full_res_every: from iteration ``2 * full_res_every`` on, every ``full_res_every``-th iteration
-            switches probe resolution (``probe_scale`` <-> full) for a trial; the others use whichever gained
-            more distance in its latest iteration (0: always ``probe_scale``).
+        config: the search settings.
         prior: optional :data:`DirectionPrior` (e.g. a white-box surrogate's margin gradient) tried first
             in every iteration.
-        prior_stall: relative distance gain below which a prior step counts as stalled.
-        fine_after: once the probing pairs have spent this many queries on average, probe at full
-            resolution with radius ``fine_delta`` and bisect to ``fine_tol`` (0: never).
-        momentum: weight of the previous iteration's step direction (unit, orthogonal to ``theta``) added
-            to the unit probe estimate: a heavy-ball average over iterations (0: off).
         progress: optional callable ``(pairs_active)`` invoked once per iteration.
 
     Returns:
         ``(P, D)`` adversarial points (each verified by a query, or the input point when nothing better was found).
     """
-    P, D = x0.shape
-    dev = x0.device
-    zero = torch.zeros(P, device=dev)
-    hi, lo = bisect_segments(query, x0, adv, active, tol, lo=zero)
-    adv = torch.where(active.unsqueeze(1), torch.lerp(x0, adv, hi.unsqueeze(1)), adv)
-    dist = (adv - x0).norm(dim=1)
-    lo_dist = dist * lo / hi.clamp_min(1e-12)
-    # A good prior can be far from theta: at radius dist the adversarial arc toward the normal spans
-    # 2 * acos(d_min / dist), which exceeds 90 degrees while dist > 1.41 d_min (typical of BD starts).
-    probe_turn, prior_turn = _Rotation(P, dev, math.pi / 2), _Rotation(P, dev, math.pi)
-    reserve = angle_checks + 8
+    s = _SearchState(query, x0, adv, active, config)
     it = 0
-    # Mean relative distance gain of the latest smooth (False) and full-resolution (True) iteration.
-    gain = {False: math.inf, True: 0.0}
-    prior_gain = torch.full((P,), math.inf, device=dev)
-    last_step = torch.zeros_like(x0)  # per pair, the unit direction theta last moved in
-
-    def live_pairs() -> torch.Tensor:
-        return active & (query.left() >= reserve + 8) & (dist > 0)
-
     while True:
         it += 1
-        live = live_pairs()
+        live = s.live()
         if not bool(live.any()):
             break
         if progress is not None:
             progress(int(live.sum()))
-        theta = (adv - x0) / dist.clamp_min(1e-12).unsqueeze(1)
-        theta_before = theta
-        probing = live
-        # A prior that stopped paying is retried only every 4th iteration (it costs ~13 queries a try).
-        asking = live & ((prior_gain >= prior_stall) | (it % 4 == 1))
-        if prior is not None and bool(asking.any()):
-            p = asking.nonzero().squeeze(1)
-            targets = None if query.targets is None else query.targets[p]
-            hint = prior(adv[p].view(-1, *query.image_shape), query.origins[p], targets)
-            direction = torch.zeros_like(adv)
-            direction[p] = hint.reshape(p.numel(), -1).to(adv.dtype)
-            adv, dist, lo_dist, step = _rotate(query, x0, adv, dist, lo_dist, theta, _orthonormal(direction, theta),
-                                               asking, prior_turn, angle_checks, tol)
-            prior_gain = torch.where(asking, step, prior_gain)
-            # While the prior keeps paying (one rotation ~ angle_checks + 8 queries), random probes
-            # (dozens of queries) would only slow it down: probe only where it has stalled.
-            probing = live_pairs() & ~(asking & (prior_gain >= prior_stall))
-            theta = (adv - x0) / dist.clamp_min(1e-12).unsqueeze(1)
+        theta_before = s.theta()
+        probing = _prior_step(s, prior, live, it) if prior is not None else live
         if bool(probing.any()):
-            want = torch.full((P,), min(max_probes, int(probes * it ** probe_growth)), device=dev)
-            n_probes = torch.minimum(want, query.left() - reserve).clamp_min(0)
-            centre = x0 + (0.5 * (dist + lo_dist)).unsqueeze(1) * theta  # middle of the bracket
-            # Smooth probes converge fastest early on, but cannot see the normal's fine detail, so on their
-            # own the distance stalls (LeNet/Fashion-MNIST: 1.39x white-box at 4k queries, 1.34x at 16k).
-            # Once the smooth part has had a few iterations, use the resolution whose latest iteration
-            # gained more, and try the other one every `full_res_every`-th iteration.
-            explore = full_res_every > 0 and it % full_res_every == 0 and it > full_res_every
-            full = explore != (gain[True] > gain[False])
-            # Late in a large budget the residual normal lives in fine detail: full-resolution probes at a
-            # small radius and a tight tolerance see it (8 LeNet samples at 8k: 1.17x white-box vs 1.24x).
-            fine = fine_after > 0 and float(query.spent[probing].float().mean()) >= fine_after
-            full = full or fine
-            g = estimate_normals(query, centre, probing, n_probes, (fine_delta if fine else delta) * dist, generator,
-                                 orthogonal_to=theta, probe_scale=1 if full else probe_scale)
-            if momentum:
-                # On a curved boundary the normal moves with the point, so each estimate is a noisy look at a
-                # moving target; the previous step keeps what earlier probes learned (LeNet / Fashion-MNIST,
-                # 180 pairs: 1.544 -> 1.521 at 1k, 1.275 -> 1.239 at 4k with 0.25; neutral on a flat boundary).
-                g = _orthonormal(g, theta) + momentum * _orthonormal(last_step, theta)
-            adv, dist, lo_dist, step = _rotate(query, x0, adv, dist, lo_dist, theta, _orthonormal(g, theta),
-                                               probing, probe_turn, angle_checks, fine_tol if fine else tol)
-            gain[full] = float(step[probing].mean())
-        if momentum:
-            theta = (adv - x0) / dist.clamp_min(1e-12).unsqueeze(1)
+            _probe_step(s, probing, it, generator)
+        if config.momentum:
+            theta = s.theta()
             moved = (theta - theta_before).norm(dim=1, keepdim=True) > 1e-9
-            last_step = torch.where(moved, _orthonormal(theta - theta_before, theta), last_step)
-    return adv
+            s.last_step = torch.where(moved, _orthonormal(theta - theta_before, theta), s.last_step)
+    return s.adv
 
 
 def random_starts(

@@ -1,14 +1,51 @@
 """The end-to-end demo behind ``make demo`` / ``db3 demo``: scikit-learn digits, CPU, a few minutes."""
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Union
+from typing import Any, Callable, Dict, List, Union
 
 import torch
 
 __all__ = ["run_demo"]
+
+
+def _teacher(out: Path, train: Any, test: Any, seed: int, device: str, print_fn: Callable[..., None]) -> Any:
+    """Trains (once) a ``lenet5`` on digits and returns it as a label-only oracle."""
+    import timm
+
+    from .oracle import LabelOracle
+    from .training import fit
+
+    folder = out / "teacher"
+    if not (folder / "model.safetensors").is_file():
+        t0 = time.time()
+        torch.manual_seed(seed)
+        teacher = timm.create_model("lenet5", num_classes=10)
+        fit(teacher, train.images, train.labels, epochs=20, lr=2e-3, seed=seed, device=device)
+        timm.models.save_for_hf(teacher, folder, safe_serialization=True)
+        print_fn(f"teacher lenet5 trained in {time.time() - t0:.1f}s -> {folder}")
+    return LabelOracle.from_timm(f"local-dir:{folder}", device=device)
+
+
+def _arms(samples: int, queries_per_target: int, zs: Dict[str, Any]) -> List[Dict[str, Any]]:
+    from .pipeline import DistillConfig
+    from .training import TrainConfig
+    from .transfer.build import LabelingConfig, ZeroShotConfig
+
+    def cfg(labeling: LabelingConfig, kd_weight: float = 1.0, epochs: int = 40, **extra: Any) -> DistillConfig:
+        return DistillConfig(labeling=labeling, train=TrainConfig(epochs=epochs, lr=2e-3, batch_size=64, kd_weight=kd_weight),
+                             evaluate_teacher=False, **extra)
+
+    return [
+        {"name": f"hard labels ({samples} images)", "images": True, "config": cfg(LabelingConfig("sd"), kd_weight=0.0)},
+        {"name": "DB3 sd", "images": True, "config": cfg(LabelingConfig("sd"))},
+        {"name": f"DB3 mbd @{queries_per_target}/target", "images": True,
+         "config": cfg(LabelingConfig("mbd", {"queries_per_target": queries_per_target}))},
+        {"name": "ZSDB3, no real image", "images": False,
+         "config": cfg(LabelingConfig("mbd", {"queries_per_target": queries_per_target}), epochs=8,
+                       zero_shot=ZeroShotConfig(**zs))},
+    ]
 
 
 def run_demo(
@@ -18,90 +55,54 @@ def run_demo(
     device: str = "cpu",
     samples: int = 300,
     queries_per_target: int = 100,
-    zs_per_class: int = 30,
-    zs_iterations: int = 4,
-    zs_queries_per_iteration: int = 100,
-    zs_start: str = "smooth",
-    zs_pool: int = 5_000,
-    print_fn=print,
+    progress: bool = True,
+    print_fn: Callable[..., None] = print,
 ) -> Dict[str, Any]:
-    """Trains a LeNet-5 teacher on digits, hides it behind a label-only oracle and distils LeNet-5-half students.
+    """Trains a LeNet-5 teacher on digits, hides it behind a label-only oracle and distils ``lenet5_half`` students
+    with :func:`~db3_timm.pipeline.distill_student`: hard labels, DB3 ``sd`` and ``mbd`` soft labels on ``samples``
+    training images, and a zero-shot student from ZSDB3 pseudo samples. Each is scored on the held-out digits.
 
-    Students are trained on ``samples`` training images with (a) the teacher's hard labels,
-    (b) SD soft labels and (c) MBD soft labels at ``queries_per_target``, and (d) on a zero-shot
-    ZSDB3 transfer set grown from ``zs_start`` noise, plus ``zs_pool`` teacher-labelled start images;
-    all are scored on the held-out digits split. Writes
-    ``results.json``, ``pseudo_samples/*.png`` and ``accuracy_vs_queries.png`` to ``out_dir``.
+    Writes ``out_dir/students/<arm>/`` (each with ``model/`` and its card), ``results.json``,
+    ``accuracy_vs_queries.png`` and the pseudo-sample grids (``students/zero-shot/transfer/grids``).
 
     Returns:
-        The results table as a dict (also written to ``out_dir/results.json``).
+        ``{"rows": [...]}``, one row per student (also in ``results.json``).
     """
-    import timm
-
-    from . import LabelOracle, create_generator, create_labeler
-    from .generators import label_pseudo_samples
+    from ._io import write_json_atomic
     from .data import load_image_dataset
-    from .distill import evaluate, fit
-    from .report import plot_points, save_class_grids
+    from .pipeline import distill_student
+    from .report import plot_points
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(seed)
     train = load_image_dataset("digits", "train", image_size=28)
     test = load_image_dataset("digits", "test", image_size=28)
     print_fn(f"digits: {len(train)} train / {len(test)} test images, upsampled to 28x28")
-
-    t0 = time.time()
-    teacher = timm.create_model("lenet5", num_classes=10)
-    fit(teacher, train.images, train.labels, epochs=20, lr=2e-3, seed=seed, device=device)
-    timm.models.save_for_hf(teacher, out / "teacher", safe_serialization=True)
-    oracle = LabelOracle.from_timm(f"local-dir:{out / 'teacher'}", device=device)
+    oracle = _teacher(out, train, test, seed, device, print_fn)
     teacher_acc = float((oracle(test.images) == test.labels).float().mean())
-    print_fn(f"teacher lenet5 trained in {time.time() - t0:.1f}s, saved to {out / 'teacher'}; "
-             f"test accuracy through {oracle.queries} label queries: {teacher_acc:.2%}")
-
+    print_fn(f"teacher test accuracy through {len(test)} label queries: {teacher_acc:.2%}")
     idx = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:samples]
-    x = train.images[idx]
-    rows: List[Dict[str, Any]] = [{"student": "teacher (lenet5)", "accuracy": teacher_acc, "queries": 0}]
-
-    def student(name: str, images: torch.Tensor, labels: torch.Tensor, logits=None, queries: int = 0) -> None:
-        t = time.time()
-        model = timm.create_model("lenet5_half", num_classes=10)
-        epochs = max(5, min(40, 60_000 // len(images)))  # big transfer sets need fewer passes
-        fit(model, images, labels, logits, epochs=epochs, lr=2e-3, seed=seed, device=device)
-        acc = evaluate(model, test.images, test.labels)
-        rows.append({"student": name, "accuracy": acc, "queries": queries})
-        print_fn(f"  {name:28s} acc {acc:.2%}  queries {queries:>10,d}  ({time.time() - t:.1f}s)")
-
-    before = oracle.queries
-    hard = oracle(x)
-    print_fn(f"students: lenet5_half on {samples} training images")
-    student("hard labels", x, hard, queries=oracle.queries - before)
-    for name, cfg in (("sd", {}), ("mbd", {"queries_per_target": queries_per_target})):
-        before, t = oracle.queries, time.time()
-        soft = create_labeler(name, oracle, seed=seed, **cfg).label(x, (train.images, train.labels))
-        spent = oracle.queries - before
-        print_fn(f"  {name} soft labels: {spent:,d} queries in {time.time() - t:.1f}s")
-        student(f"DB3 {name}" + (f" @{queries_per_target}/target" if cfg else ""), x, soft.labels, soft.logits, spent)
-
-    # Zero-shot: no training image is used from here on; pseudo samples are grown from noise.
-    before, t = oracle.queries, time.time()
-    gen = create_generator("zsdb3", oracle, seed=seed, start=zs_start, start_pool=zs_pool, max_init_queries=100_000)
-    pseudo = gen.generate(zs_per_class, zs_iterations, zs_queries_per_iteration, progress=False)
-    mbd = create_labeler("mbd", oracle, seed=seed, queries_per_target=queries_per_target)
-    images, labels, logits = label_pseudo_samples(pseudo, mbd)
-    spent = oracle.queries - before
-    print_fn(f"  zero-shot: {len(pseudo.labels)} pseudo samples ({zs_start} start) + {zs_pool:,d} start-pool images, "
-             f"{spent:,d} queries in {time.time() - t:.1f}s "
-             f"(mean robustness {pseudo.robustness[0].mean():.2f} -> {pseudo.robustness[-1].mean():.2f})")
-    student("ZSDB3 (no real data)", images, labels, logits, spent)
-    save_class_grids(pseudo.images, pseudo.labels, out / "pseudo_samples")
+    zs = {"samples_per_class": 30, "iterations": 4, "queries_per_iteration": 100,
+          "options": {"start": "smooth", "start_pool": 5_000, "max_init_queries": 100_000}}
+    rows: List[Dict[str, Any]] = [{"student": "teacher (lenet5)", "accuracy": teacher_acc, "queries": 0, "wall_s": None}]
+    for k, arm in enumerate(_arms(samples, queries_per_target, zs)):
+        print_fn(f"[{k + 1}/4] {arm['name']}")
+        t0 = time.time()
+        result = distill_student(oracle, "lenet5_half", train.images[idx] if arm["images"] else None, None,
+                                 out / "students" / ("zero-shot" if not arm["images"] else f"arm{k}"), seed,
+                                 labels=train.labels[idx] if arm["images"] else None, test=(test.images, test.labels),
+                                 class_names=train.class_names, dataset="digits", config=arm["config"], progress=progress)
+        rows.append({"student": arm["name"], "accuracy": result.test_accuracy, "queries": result.queries["total"],
+                     "wall_s": round(time.time() - t0, 1)})
+        print_fn(f"    test accuracy {result.test_accuracy:.2%} for {result.queries['total']:,} teacher queries "
+                 f"({rows[-1]['wall_s']} s) -> {result.out_dir / 'model'}")
     plot_points({r["student"]: (r["queries"], r["accuracy"]) for r in rows if r["queries"] > 0},
                 out / "accuracy_vs_queries.png", xlabel="teacher queries", ylabel="student test accuracy",
                 title="digits: lenet5 teacher -> lenet5_half students", hline=(teacher_acc, "teacher"))
-    (out / "results.json").write_text(json.dumps(rows, indent=2))
-    print_fn("\n| student | test accuracy | teacher queries |\n|---|---|---|")
+    write_json_atomic(out / "results.json", rows)
+    print_fn("\n| student (lenet5_half) | test accuracy | teacher queries |\n|---|---|---|")
     for r in rows:
-        print_fn(f"| {r['student']} | {r['accuracy']:.2%} | {r['queries']:,d} |")
-    print_fn(f"\nresults: {out / 'results.json'}; pseudo samples: {out / 'pseudo_samples'}; plot: {out / 'accuracy_vs_queries.png'}")
+        print_fn(f"| {r['student']} | {r['accuracy']:.2%} | {r['queries']:,} |")
+    print_fn(f"\nresults: {out / 'results.json'}; plot: {out / 'accuracy_vs_queries.png'}; pseudo samples: "
+             f"{out / 'students' / 'zero-shot' / 'transfer' / 'grids'}")
     return {"rows": rows}

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Tuple, Uni
 
 import torch.nn as nn
 
+from ._io import write_json_atomic
 from .oracle import HubUnavailableError
 from .version import __version__
 
@@ -43,6 +44,7 @@ __all__ = [
     "push_student",
     "read_student_card",
     "validate_repo_id",
+    "public_spec",
     "HubUnavailableError",
     "METHODS",
     "ACCURACY_KINDS",
@@ -55,8 +57,9 @@ __all__ = [
 METHODS: Tuple[str, ...] = ("db3kd", "zsdb3kd")
 """``db3kd``: soft labels for real samples; ``zsdb3kd``: zero-shot, on generated samples."""
 
-ACCURACY_KINDS: Tuple[str, ...] = ("final", "best-val")
-"""``final``: the last epoch's weights; ``best-val``: the epoch with the best validation accuracy."""
+ACCURACY_KINDS: Tuple[str, ...] = ("final", "best-val", "val-selected")
+"""``final``: the last epoch's weights; ``best-val``: the epoch with the best accuracy on the reported split;
+``val-selected``: the epoch with the best accuracy on a held-out validation set, scored on the reported split."""
 
 CARD_NAME = "README.md"
 DB3_CARD_NAME = "db3.json"
@@ -98,6 +101,26 @@ def validate_repo_id(repo_id: Any) -> str:
     return repo_id
 
 
+def _looks_local(text: str) -> bool:
+    return text.startswith(("/", "~", ".")) or "\\" in text or Path(os.path.expanduser(text)).exists()
+
+
+def public_spec(spec: str) -> str:
+    """Returns ``spec`` (a model or dataset spec) without local paths: ``local-dir:/a/b/teacher`` -> ``local-dir:teacher``,
+    ``idx:/data/fmnist`` -> ``idx:fmnist``, ``/x/y`` -> ``y``; Hub ids and registered names are kept."""
+    if spec.startswith("torchvision:"):  # torchvision:NAME:ROOT -> torchvision:NAME
+        return ":".join(spec.split(":")[:2])
+    for prefix in ("local-dir:", "idx:", "hf:"):
+        if spec.startswith(prefix):
+            rest = spec[len(prefix):]
+            if prefix == "hf:" and not _looks_local(rest):
+                return spec  # a Hub dataset id
+            return prefix + (Path(rest.rstrip("/\\")).name or "local")
+    if ":" not in spec and _looks_local(spec):
+        return Path(spec.rstrip("/\\")).name or "local"
+    return spec
+
+
 def _check_fraction(name: str, value: Optional[float]) -> Optional[float]:
     if value is None:
         return None
@@ -124,9 +147,16 @@ class StudentCard:
     Accuracies are fractions in ``[0, 1]``.
 
     Args:
-        teacher: teacher id as passed to :meth:`db3_timm.LabelOracle.from_timm` (e.g. ``hf-hub:org/name``).
-        dataset: dataset spec the student was distilled on (e.g. ``fashion-mnist``, ``hf:org/name``).
-        queries: teacher queries spent in total (``manifest["queries"]["total"]`` of ``db3 label``).
+        teacher: teacher id (e.g. ``hf-hub:org/name``); local paths are reduced to their last part, so a card
+            never publishes where files live.
+        dataset: dataset spec the student was distilled on (e.g. ``fashion-mnist``, ``hf:org/name``); paths are
+            reduced the same way.
+        queries: every teacher query the student cost (generation, labelling and evaluation together).
+        query_breakdown: the same queries by step (they must add up to ``queries``).
+        transfer_rows: rows of the transfer set the student trained on.
+        hyperparameters: training settings (epochs, batch size, optimiser, temperature, ...).
+        base_model: Hub id of the teacher when it lives on the Hub (default: read from ``teacher``).
+        teacher_fingerprint: a fingerprint of the teacher's weights (identifies a local teacher without its path).
         method: ``"db3kd"`` (real samples; needs ``labeler``) or ``"zsdb3kd"`` (generated samples;
             needs ``generator``).
         labeler: registered labeler name (``sd``, ``bd``, ``mbd``, ...).
@@ -149,6 +179,11 @@ class StudentCard:
     teacher: str
     dataset: str
     queries: int
+    query_breakdown: Dict[str, int] = field(default_factory=dict)
+    transfer_rows: Optional[int] = None
+    hyperparameters: Dict[str, Any] = field(default_factory=dict)
+    base_model: Optional[str] = None
+    teacher_fingerprint: Optional[str] = None
     method: str = "db3kd"
     labeler: Optional[str] = None
     labeler_config: Dict[str, Any] = field(default_factory=dict)
@@ -169,6 +204,12 @@ class StudentCard:
         for name in ("teacher", "dataset"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name).strip():
                 raise ValueError(f"StudentCard.{name} must be a non-empty string, got {getattr(self, name)!r}")
+            setattr(self, name, public_spec(getattr(self, name)))
+        if self.base_model is None and self.teacher.startswith("hf-hub:"):
+            self.base_model = self.teacher.split(":", 1)[1]
+        if self.query_breakdown and sum(int(v) for v in self.query_breakdown.values()) != self.queries:
+            raise ValueError(f"StudentCard.query_breakdown {self.query_breakdown} adds up to "
+                             f"{sum(int(v) for v in self.query_breakdown.values())}, not queries={self.queries}")
         if isinstance(self.queries, bool) or not isinstance(self.queries, numbers.Integral) or self.queries < 0:
             raise ValueError(f"StudentCard.queries must be a non-negative integer, got {self.queries!r}")
         self.queries = int(self.queries)
@@ -183,6 +224,8 @@ class StudentCard:
         self.student_accuracy = _check_fraction("StudentCard.student_accuracy", self.student_accuracy)
         self.teacher_accuracy = _check_fraction("StudentCard.teacher_accuracy", self.teacher_accuracy)
         self.labeler_config = _check_config("StudentCard.labeler_config", self.labeler_config)
+        self.hyperparameters = _check_config("StudentCard.hyperparameters", self.hyperparameters)
+        self.query_breakdown = {str(k): int(v) for k, v in _check_config("StudentCard.query_breakdown", self.query_breakdown).items()}
         self.generator_config = _check_config("StudentCard.generator_config", self.generator_config)
         if self.repo_id is not None:
             validate_repo_id(self.repo_id)
@@ -229,12 +272,13 @@ def _render_card(card: StudentCard, config: Mapping[str, Any], *, db3_import: bo
     repo = card.repo_id or PLACEHOLDER_REPO_ID
     title = card.model_name or f"{arch} distilled from {card.teacher}"
     dataset_id = card.dataset_id or (card.dataset[3:] if card.dataset.startswith("hf:") else card.dataset)
-    kind_text = (
-        "final: the last epoch's weights (no checkpoint selection)"
-        if card.accuracy_kind == "final"
-        else f"best-val: the weights of the epoch with the best {card.eval_split} accuracy, which is the number "
-        f"reported (selected on this split, so optimistic if it is also the test split)"
-    )
+    kind_text = {
+        "final": "final: the last epoch's weights (no checkpoint selection)",
+        "best-val": f"best-val: the weights of the epoch with the best {card.eval_split} accuracy, which is the number "
+                    f"reported (selected on this split, so optimistic if it is also the test split)",
+        "val-selected": f"val-selected: the weights of the epoch with the best accuracy on held-out validation data, "
+                        f"scored on the {card.eval_split} split",
+    }[card.accuracy_kind]
     eval_results = None
     if card.student_accuracy is not None:
         eval_results = [
@@ -260,6 +304,7 @@ def _render_card(card: StudentCard, config: Mapping[str, Any], *, db3_import: bo
         metrics=["accuracy"],
         model_name=title,
         eval_results=eval_results,
+        base_model=card.base_model,
     )
     rows = [
         ("Method", _METHOD_TEXT[card.method]),
@@ -269,8 +314,10 @@ def _render_card(card: StudentCard, config: Mapping[str, Any], *, db3_import: bo
         rows.append(("Labeler", f"`{card.labeler}` `{json.dumps(card.labeler_config, sort_keys=True)}`"))
     if card.generator:
         rows.append(("Generator", f"`{card.generator}` `{json.dumps(card.generator_config, sort_keys=True)}`"))
+    breakdown = ", ".join(f"{k} {v:,}" for k, v in card.query_breakdown.items())
     rows += [
-        ("Teacher queries", f"{card.queries:,}"),
+        ("Teacher queries", f"{card.queries:,}" + (f" ({breakdown})" if breakdown else "")),
+        ("Transfer set", "not recorded" if card.transfer_rows is None else f"{card.transfer_rows:,} rows"),
         ("Dataset", f"{card.dataset} (accuracy on the `{card.eval_split}` split)"),
         ("Student accuracy", _pct(card.student_accuracy)),
         ("Teacher accuracy", _pct(card.teacher_accuracy)),
@@ -281,6 +328,10 @@ def _render_card(card: StudentCard, config: Mapping[str, Any], *, db3_import: bo
             f"{tuple(pcfg.get('input_size', ()))}, mean {tuple(pcfg.get('mean', ()))}, std {tuple(pcfg.get('std', ()))}",
         ),
     ]
+    if card.teacher_fingerprint:
+        rows.insert(2, ("Teacher weights", f"`{card.teacher_fingerprint}`"))
+    if card.hyperparameters:
+        rows.append(("Training", ", ".join(f"{k}={v}" for k, v in card.hyperparameters.items())))
     table = "| | |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
     reg = f"import db3_timm  # registers `{arch}` with timm (pip install db3-timm)\n" if db3_import else ""
     labeler_opt = f" --labeler {card.labeler}" if card.labeler else ""
@@ -328,15 +379,25 @@ or soft-label a dataset with the command line:
 db3 label --teacher hf-hub:{repo} --data {card.dataset}{labeler_opt} --out labels/
 ```
 {reproduce}""".lstrip("\n")
+    body += _limitations(card)
     if card.notes:
         body += f"\n## Notes\n\n{card.notes}\n"
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}")
 
 
-def _write_json(path: Path, data: Mapping[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+def _limitations(card: StudentCard) -> str:
+    data = ("pseudo samples grown from noise (no real image was used)" if card.method == "zsdb3kd"
+            else f"images of `{card.dataset}` labelled by the teacher")
+    return f"""
+## Limitations
+
+- The student imitates the teacher, not the ground truth: it learned from the teacher's answers on {data},
+  so it inherits the teacher's mistakes and biases, and its accuracy is bounded by the teacher's.
+- The teacher answered only top-1 labels. Soft labels, where used, are estimates from distances to its
+  decision boundaries, not its probabilities.
+- The accuracy above was measured on `{card.dataset}` ({card.eval_split} split); other data may differ.
+- The student was not tested for robustness, calibration or fairness.
+"""
 
 
 def save_student(
@@ -379,7 +440,7 @@ def save_student(
     model_card = _render_card(card, config, db3_import=type(model).__module__.split(".")[0] == "db3_timm")
     model_card.save(out / CARD_NAME)
     pcfg = config.get("pretrained_cfg", {})
-    _write_json(
+    write_json_atomic(
         out / DB3_CARD_NAME,
         {
             "format": _DB3_FORMAT,
@@ -440,7 +501,7 @@ def _fill_repo_id(folder: Path, repo_id: str) -> None:
         text = readme.read_text(encoding="utf-8")
         readme.write_text(text.replace(f"hf-hub:{PLACEHOLDER_REPO_ID}", f"hf-hub:{repo_id}"), encoding="utf-8")
         meta["repo_id"] = repo_id
-        _write_json(meta_path, meta)
+        write_json_atomic(meta_path, meta)
 
 
 def _env_offline() -> bool:

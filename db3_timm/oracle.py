@@ -14,10 +14,13 @@ from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
+
+from ._io import module_fingerprint
+from ._preprocess import PixelTransform
 
 __all__ = [
     "LabelOracle",
+    "LabelPredictor",
     "create_timm_model",
     "QueryBudgetExceeded",
     "HubUnavailableError",
@@ -49,36 +52,30 @@ class HubUnavailableError(OSError):
     """Raised when a ``hf-hub:`` teacher can be neither downloaded nor found in the local cache."""
 
 
-class _ModulePredictor(nn.Module):
-    """Pixel-space batch -> argmax labels of a classifier, with the model's own preprocessing."""
+class LabelPredictor(nn.Module):
+    """Pixel-space batch -> argmax labels of a classifier, through the model's own preprocessing.
 
-    def __init__(
-        self,
-        model: nn.Module,
-        mean: Sequence[float],
-        std: Sequence[float],
-        input_size: Tuple[int, int, int],
-    ):
+    Args:
+        model: classifier mapping normalised images to logits.
+        mean, std, input_size: its pixel-space preprocessing (see :class:`~db3_timm._preprocess.PixelTransform`).
+    """
+
+    def __init__(self, model: nn.Module, mean: Sequence[float], std: Sequence[float], input_size: Sequence[int]):
         super().__init__()
         self.model = model.eval().requires_grad_(False)
+        self.transform = PixelTransform(mean, std, input_size)
+        self.input_size = self.transform.input_size
         ref = next(iter(model.parameters()), None)
-        dtype = ref.dtype if ref is not None and ref.is_floating_point() else torch.float32
-        channels = input_size[0]
-        mean_t = torch.as_tensor(mean, dtype=dtype).reshape(-1, 1, 1).expand(channels, 1, 1)
-        std_t = torch.as_tensor(std, dtype=dtype).reshape(-1, 1, 1).expand(channels, 1, 1)
-        # Folding (x - mean) / std into one multiply-add keeps the hot path to a single fused op.
-        self.register_buffer("scale", (1.0 / std_t).clone(), persistent=False)
-        self.register_buffer("shift", (-mean_t / std_t).clone(), persistent=False)
-        self.input_size = tuple(int(s) for s in input_size)
         if ref is not None:
-            self.to(ref.device)
+            self.transform.to(device=ref.device, dtype=ref.dtype if ref.is_floating_point() else torch.float32)
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model (and so its input) lives."""
+        return self.transform.scale.device
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.to(device=self.scale.device, dtype=self.scale.dtype).clamp(0.0, 1.0)
-        if tuple(x.shape[-2:]) != self.input_size[1:]:
-            x = F.interpolate(x, size=self.input_size[1:], mode="bilinear", align_corners=False)
-        x = torch.addcmul(self.shift, x, self.scale)
-        return self.model(x).argmax(dim=1)
+        return self.model(self.transform(x)).argmax(dim=1)
 
 
 class LabelOracle:
@@ -97,7 +94,9 @@ class LabelOracle:
         max_batch_size: largest batch sent to the teacher at once; larger calls are chunked.
         query_log: optional observer called per batch sent as ``(batch_size, total_queries)``.
         device: where ``predict`` wants its input (``None``: leave inputs where they are).
-        name: human-readable teacher id, used in reports and model cards.
+        name: human-readable teacher id, used in reports and progress output.
+        identity: what identifies the teacher itself (a weights fingerprint, an endpoint and model name),
+            compared when a job resumes so two teachers' answers never mix in one output (default: ``name``).
     """
 
     def __init__(
@@ -111,6 +110,7 @@ class LabelOracle:
         query_log: Optional[QueryLog] = None,
         device: Optional[Union[str, torch.device]] = None,
         name: str = "teacher",
+        identity: Optional[str] = None,
     ):
         if max_batch_size is not None and int(max_batch_size) < 1:
             raise ValueError(f"max_batch_size must be a positive integer, got {max_batch_size!r}")
@@ -126,6 +126,7 @@ class LabelOracle:
         self.query_log = query_log
         self.device = None if device is None else torch.device(device)
         self.name = name
+        self.identity = identity or name
         self.queries = 0
 
     # ------------------------------------------------------------------ accounting
@@ -239,6 +240,7 @@ class LabelOracle:
             A :class:`LabelOracle` around ``fn``.
         """
         kwargs.setdefault("name", getattr(fn, "__name__", "callable"))
+        kwargs.setdefault("identity", f"callable {getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', type(fn).__name__)}")
         return cls(fn, num_classes=num_classes, input_size=input_size, **kwargs)
 
     @classmethod
@@ -269,15 +271,16 @@ class LabelOracle:
             A :class:`LabelOracle` that never exposes the module's logits.
         """
         input_size = tuple(int(s) for s in input_size)
-        predictor = _ModulePredictor(module, mean, std, input_size)
+        predictor = LabelPredictor(module, mean, std, input_size)
         if num_classes is None:
             num_classes = getattr(module, "num_classes", None)
         kwargs.setdefault("name", type(module).__name__)
+        kwargs.setdefault("identity", f"{type(module).__name__} weights {module_fingerprint(module)}")
         return cls(
             predictor,
             num_classes=num_classes,
             input_size=input_size,
-            device=predictor.scale.device,
+            device=predictor.device,
             **kwargs,
         )
 
@@ -397,6 +400,7 @@ class LabelOracle:
         if kwargs.get("num_classes") is None:
             kwargs["num_classes"] = meta["num_classes"]
         kwargs.setdefault("name", f"{predictor.model}@{predictor.url}")
+        kwargs.setdefault("identity", f"endpoint {predictor.url}/v2/models/{predictor.model}")
         oracle = cls(predictor, max_batch_size=max_batch_size, **kwargs)
         predictor.bind(oracle)
         return oracle

@@ -36,6 +36,8 @@ from __future__ import annotations
 
 import http.client
 import json
+import logging
+import math
 import os
 import socket
 import time
@@ -46,11 +48,13 @@ import weakref
 from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
-import torch.nn.functional as F
+
+from ._preprocess import resize
 
 __all__ = ["RemotePredictor", "RemoteOracleError", "RemoteAuthError", "TOKEN_ENV"]
 
 TOKEN_ENV = "DB3_TOKEN"
+logger = logging.getLogger(__name__)
 _RETRY_STATUS = {429, 500, 502, 503, 504}
 
 
@@ -180,6 +184,8 @@ class RemotePredictor:
             delay = min(self.backoff * (2 ** attempt), self.max_backoff)
             if retry_after is not None:
                 delay = min(max(retry_after, 0.0), self.max_backoff)
+            # A rate-limited or flaky teacher slows a long job down; say why it is waiting.
+            logger.warning("%s: %s; retry %d of %d in %.1f s", what, failure[1], attempt + 1, self.retries, delay)
             self._sleep(delay)
             attempt += 1
 
@@ -216,8 +222,8 @@ class RemotePredictor:
     # ------------------------------------------------------------------ predict
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         x = x.detach().to(device="cpu", dtype=torch.float32).clamp(0.0, 1.0)
-        if self.input_size is not None and tuple(x.shape[-2:]) != self.input_size[1:]:
-            x = F.interpolate(x, size=self.input_size[1:], mode="bilinear", align_corners=False)
+        if self.input_size is not None:
+            x = resize(x, self.input_size[1:])
         n = x.shape[0]
         values = x.contiguous().flatten().tolist()
         # 9 significant digits round-trip any float32 exactly and halve the body against repr()'s 17.
@@ -255,7 +261,8 @@ def _retry_after(value: Optional[str]) -> Optional[float]:
     if not value:
         return None
     try:
-        return float(value)
+        seconds = float(value)
+        return seconds if math.isfinite(seconds) else None  # 'nan' / 'inf' are not a wait
     except ValueError:
         from email.utils import parsedate_to_datetime
 

@@ -1,41 +1,97 @@
-"""Figures people look at: pseudo-sample grids and curves (PNG files)."""
+"""Figures and reports people look at: pseudo-sample grids, curves (PNG files), diversity."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-__all__ = ["save_class_grids", "plot_curve", "plot_points"]
+from ._io import PathLike
 
-PathLike = Union[str, Path]
+if TYPE_CHECKING:  # pragma: no cover
+    from PIL import Image
+
+__all__ = ["save_class_grids", "diversity_report", "plot_curve", "plot_points"]
+
+
+def _upscale(x: torch.Tensor, min_side: int) -> torch.Tensor:
+    """Nearest-neighbour upscaling by an integer factor so the smaller side reaches ``min_side`` (pixels stay crisp)."""
+    factor = max(1, -(-min_side // min(int(x.shape[-2]), int(x.shape[-1]))))
+    return x.repeat_interleave(factor, -2).repeat_interleave(factor, -1) if factor > 1 else x
+
+
+def _labelled_rows(rows: List[torch.Tensor], names: List[str], pad: int = 2) -> "Image.Image":
+    """One row of tiles per class with its name written to the left (white background)."""
+    from PIL import Image, ImageDraw
+    from torchvision.utils import make_grid
+
+    width = max(r.shape[0] for r in rows)
+    strips = [make_grid(torch.cat([r, torch.ones(width - r.shape[0], *r.shape[1:])]), nrow=width, padding=pad,
+                        pad_value=1.0) for r in rows]
+    draw_probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    label_w = max(int(draw_probe.textlength(n)) for n in names) + 3 * pad
+    h, w = strips[0].shape[1], strips[0].shape[2]
+    canvas = Image.new("RGB", (label_w + w, h * len(strips)), "white")
+    draw = ImageDraw.Draw(canvas)
+    for i, (strip, name) in enumerate(zip(strips, names)):
+        tile = (strip.clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).numpy())
+        canvas.paste(Image.fromarray(tile if tile.shape[2] == 3 else tile.repeat(3, 2)), (label_w, i * h))
+        draw.text((pad, i * h + h // 2 - 5), name, fill="black")
+    return canvas
 
 
 def save_class_grids(images: torch.Tensor, labels: torch.Tensor, out_dir: PathLike, *, per_class: int = 64,
-                     class_names: Optional[Sequence[str]] = None) -> List[Path]:
-    """Writes one PNG grid of (up to ``per_class``) images per class and one overview grid.
+                     per_row: int = 8, class_names: Optional[Sequence[str]] = None, min_side: int = 56) -> List[Path]:
+    """Writes one PNG grid of (up to ``per_class``) images per class and an overview with one labelled row per class.
+
+    Images are upscaled (nearest neighbour, integer factor) so each is at least ``min_side`` pixels high.
 
     Returns:
-        The written paths (``class-<c>.png`` per class, then ``all-classes.png``).
+        The written paths (``class-<c>[-<name>].png`` per class, then ``all-classes.png``).
     """
     from torchvision.utils import make_grid, save_image
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    paths, rows = [], []
+    paths, rows, names = [], [], []
     for c in labels.unique(sorted=True).tolist():
-        xc = images[labels == c][:per_class].float().cpu()
-        name = class_names[c] if class_names else str(c)
-        path = out / f"class-{c}-{name}.png" if class_names else out / f"class-{c}.png"
-        save_image(make_grid(xc, nrow=8, padding=1, pad_value=1.0), path)
+        xc = _upscale(images[labels == c][:per_class].float().cpu(), min_side)
+        name = str(class_names[c]) if class_names else str(c)
+        safe = "".join(ch if ch.isalnum() else "_" for ch in name)
+        path = out / (f"class-{c}-{safe}.png" if class_names else f"class-{c}.png")
+        save_image(make_grid(xc, nrow=per_row, padding=2, pad_value=1.0), path)
         paths.append(path)
-        rows.append(xc[:8])
+        rows.append(xc[:per_row])
+        names.append(f"{c}: {name}" if class_names else f"class {c}")
     if rows:
-        width = max(r.shape[0] for r in rows)
-        padded = [torch.cat([r, torch.ones(width - r.shape[0], *r.shape[1:])]) for r in rows]
-        save_image(make_grid(torch.cat(padded), nrow=width, padding=1, pad_value=1.0), out / "all-classes.png")
+        _labelled_rows(rows, names).save(out / "all-classes.png")
         paths.append(out / "all-classes.png")
     return paths
+
+
+def diversity_report(images: torch.Tensor, labels: torch.Tensor, num_classes: int, near: float = 1e-2) -> Dict[int, Dict[str, float]]:
+    """Per class: mean pairwise L2 distance and the fraction of samples with a near-duplicate.
+
+    A near-duplicate is another sample of the class closer than ``near * sqrt(D)``.
+
+    Returns:
+        ``{class: {"count", "mean_pairwise_l2", "near_duplicate_fraction"}}``.
+    """
+    flat = images.flatten(1).float()
+    thresh = near * math.sqrt(flat.shape[1])
+    out: Dict[int, Dict[str, float]] = {}
+    for c in range(num_classes):
+        xc = flat[labels == c]
+        n = xc.shape[0]
+        if n < 2:
+            out[c] = {"count": n, "mean_pairwise_l2": float("nan"), "near_duplicate_fraction": float("nan")}
+            continue
+        d = torch.cdist(xc, xc)
+        off = ~torch.eye(n, dtype=torch.bool, device=d.device)
+        dup = ((d < thresh) & off).any(1)
+        out[c] = {"count": n, "mean_pairwise_l2": float(d[off].mean()), "near_duplicate_fraction": float(dup.float().mean())}
+    return out
 
 
 def _pyplot():

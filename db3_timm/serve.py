@@ -45,7 +45,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .oracle import _ModulePredictor
+from .oracle import LabelPredictor
 
 __all__ = ["create_app", "create_app_from_timm", "load_timm_teacher"]
 
@@ -139,8 +139,8 @@ def create_app(
     per_image = int(np.prod(input_size))
     if max_request_bytes is None:
         max_request_bytes = 24 * max_batch_size * per_image + 65536
-    predictor = _ModulePredictor(model, mean, std, input_size)
-    device = predictor.scale.device
+    predictor = LabelPredictor(model, mean, std, input_size)
+    device = predictor.device
     if num_classes is None:
         num_classes = getattr(model, "num_classes", None)
     lock = threading.Lock()

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from db3_timm import LabelOracle, create_generator, list_generators
-from db3_timm.generators import diversity_report
+from db3_timm.report import diversity_report
 
 
 def affine_teacher(num_classes=4, shape=(1, 8, 8), seed=0, dead_class=None):

@@ -7,10 +7,9 @@ import pytest
 import torch
 
 import db3_timm
-from db3_timm import LabelOracle, References, create_labeler, is_labeler
-from db3_timm.labeling import (
+from db3_timm import DistributedSetupError, LabelOracle, References, create_labeler, is_labeler
+from db3_timm.transfer.label import (
     ConfigMismatchError,
-    DistributedSetupError,
     IncompleteLabelingError,
     label_dataset,
     load_labeled_dataset,
@@ -192,7 +191,7 @@ def test_killed_run_resumes_bit_for_bit_without_requerying(tmp_path, name):
     m1 = read_manifest(out)
     assert [s["shard"] for s in m1["shards"]] == [0, 1] and not m1["complete"]
     assert m1["queries"]["aborted"] > 0 and m1["queries"]["total"] == run1  # nothing spent goes unrecorded
-    finished_inodes = {p.name: (p / "shard.json").stat().st_ino for p in (out / "shards").glob("shard-*")}
+    finished_inodes = {p.name: p.stat().st_ino for p in (out / "shards").glob("shard-*.json")}
 
     oracle2 = _oracle()  # a fresh process: new oracle, counter from 0
     resumed = label_dataset(_labeler(oracle2, name), x, out, references=refs, dataset_labels=ref_labels,
@@ -204,7 +203,7 @@ def test_killed_run_resumes_bit_for_bit_without_requerying(tmp_path, name):
     assert m2["queries"]["reference_check"] == whole_manifest["queries"]["reference_check"]
     assert m2["queries"]["total"] == run1 + oracle2.queries
     assert m2["queries"]["shards"] == whole_manifest["queries"]["shards"]
-    assert {p: (out / "shards" / p / "shard.json").stat().st_ino for p in finished_inodes} == finished_inodes
+    assert {p: (out / "shards" / p).stat().st_ino for p in finished_inodes} == finished_inodes
 
 
 def test_load_incomplete_dir_raises_with_missing_count(tmp_path):
@@ -223,8 +222,8 @@ def test_stale_temp_dirs_are_removed_and_never_loaded(tmp_path):
     x, refs, ref_labels = _data()
     label_dataset(_labeler(_oracle()), x, tmp_path, references=refs, dataset_labels=ref_labels, shard_size=SHARD,
                   progress=False)
-    stale = tmp_path / "shards" / ".tmp-shard-00001-p0-deadbeef"
-    stale.mkdir()
+    stale = tmp_path / "train" / ".data-shard-00001.arrow.123.deadbeef.tmp"  # what a kill mid-write leaves
+    stale.write_bytes(b"half a shard")
     assert len(load_labeled_dataset(tmp_path)) == N
     label_dataset(_labeler(_oracle()), x, tmp_path, references=refs, dataset_labels=ref_labels, shard_size=SHARD,
                   progress=False)
@@ -238,7 +237,7 @@ def test_config_mismatch_raises_naming_the_keys(tmp_path):
         label_dataset(_labeler(oracle), x, tmp_path, references=refs, dataset_labels=ref_labels, shard_size=SHARD,
                       progress=False)
     kw = dict(references=refs, dataset_labels=ref_labels, progress=False)
-    with pytest.raises(ConfigMismatchError, match=r"seed, shard_size differ"):
+    with pytest.raises(ConfigMismatchError, match=r"seed: 0 -> 1; shard_size: 8 -> 16"):
         label_dataset(_labeler(_oracle()), x, tmp_path, shard_size=SHARD * 2, seed=1, **kw)
     with pytest.raises(ConfigMismatchError, match=r"labeler\.rule"):
         label_dataset(create_labeler("sd", _oracle(), rule="neg_distance"), x, tmp_path, shard_size=SHARD, **kw)
@@ -291,7 +290,7 @@ import torch
 sys.path.insert(0, {tests!r})
 import test_labeling as t
 from accelerate.state import PartialState
-from db3_timm.labeling import label_dataset
+from db3_timm.transfer.label import label_dataset
 
 x, refs, ref_labels = torch.load({inputs!r})
 for name in {names!r}:
@@ -348,7 +347,7 @@ def test_two_processes_equal_one_process(tmp_path):
         assert m["complete"] and m["num_processes"] == 2
         assert m["queries"]["total"] == sum(g["queries"] for g in got)  # references checked once, on process 0
         assert m["queries"]["total"] == read_manifest(tmp_path / "one" / name)["queries"]["total"]
-        records = [json.loads((tmp_path / "two" / name / s["path"] / "shard.json").read_text()) for s in m["shards"]]
+        records = [json.loads((tmp_path / "two" / name / "shards" / f"{s['name']}.json").read_text()) for s in m["shards"]]
         assert all(r["process"] == r["shard"] % 2 for r in records)
 
 
@@ -372,9 +371,20 @@ def test_cli_label_end_to_end(tmp_path, local_teacher, capsys):
             "--references-per-class", "2", "--shard-size", "16", "--seed", "1", "--no-progress", "--out", str(out)]
     assert main(argv) == 0
     text = capsys.readouterr().out
-    assert "labelled 40 samples (3 shards)" in text and "queries: 60 total = 20 reference check + 40 samples; 1.00 per sample (1.50 overall)" in text
-    assert "per sample" in text and "wall time" in text
+    assert "labelled 40 images with 'sd'" in text and "queries: 60 total = 20 reference check + 40 images; 1.5 per image" in text
+    assert "wall time" in text
     ds = load_labeled_dataset(out)
+    # The output opens with the standard tools, class names and exact pixels included.
+    import datasets
+
+    from db3_timm.data import load_image_dataset
+
+    std = datasets.load_from_disk(str(out))["train"]
+    assert std.features["label"].names == [str(i) for i in range(10)] and len(std) == 40
+    via_hub_loader = datasets.load_dataset(str(out), split="train", cache_dir=str(tmp_path / "cache"))
+    assert via_hub_loader["label"] == std["label"]
+    again = load_image_dataset(f"hf:{out}", "train")
+    assert torch.equal(again.images, ds.with_format("torch")[:]["image"]) and again.class_names == std.features["label"].names
     assert len(ds) == 40 and tuple(ds.features["image"].shape) == (1, 28, 28)  # resized to the teacher's input
     m = read_manifest(out)
     assert m["complete"] and m["config"]["labeler"]["labeler"] == "sd" and m["config"]["seed"] == 1

@@ -183,7 +183,7 @@ def test_two_cpu_processes_train_the_same_student(single, teacher, tmp_path):
 
 def test_distill_from_a_prelabelled_transfer_dir(teacher, in_process, tmp_path):
     from db3_timm.cli import main as db3
-    from db3_timm.labeling import read_manifest
+    from db3_timm.transfer.label import read_manifest
 
     labels = tmp_path / "labels"
     assert db3(["label", "--teacher", f"local-dir:{teacher / 'model'}", "--data", "digits", "--limit", "60",
@@ -203,7 +203,7 @@ def test_distill_from_a_prelabelled_transfer_dir(teacher, in_process, tmp_path):
 
 
 def test_distill_labels_with_a_surrogate_prior(teacher, in_process, tmp_path):
-    from db3_timm.labeling import read_manifest
+    from db3_timm.transfer.label import read_manifest
 
     out = tmp_path / "d"
     # The teacher's own weights as the white-box surrogate, so the prior is exercised end to end.

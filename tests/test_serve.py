@@ -17,7 +17,7 @@ import timm  # noqa: E402
 
 import db3_timm  # noqa: E402,F401  (registers lenet5_fifth)
 from db3_timm import LabelOracle, create_labeler  # noqa: E402
-from db3_timm.labeling import label_dataset, read_manifest  # noqa: E402
+from db3_timm.transfer.label import label_dataset, read_manifest  # noqa: E402
 from db3_timm.remote import RemoteAuthError, RemoteOracleError, RemotePredictor  # noqa: E402
 from db3_timm.serve import create_app  # noqa: E402
 

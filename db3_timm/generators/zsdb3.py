@@ -17,12 +17,13 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn.functional as F
 
+from .._checks import check_int, check_number
+from .._io import canonical, config_diff, save_safetensors_atomic
 from .._registry import register_generator
-from ..boundary import PairQueries, minimize_boundary_distance
+from ..boundary import PLAIN_SEARCH, BoundarySearchConfig, PairQueries, minimize_boundary_distance
 from ..oracle import LabelOracle
 
-__all__ = ["ZSDB3Generator", "PseudoSamples", "reference_noise", "smooth_noise", "START_NOISE", "diversity_report",
-           "build_transfer_set", "label_pseudo_samples"]
+__all__ = ["ZSDB3Generator", "PseudoSamples", "GenerationState", "reference_noise", "smooth_noise", "START_NOISE"]
 
 
 def reference_noise(n: int, shape: Sequence[int], generator: torch.Generator, device: torch.device) -> torch.Tensor:
@@ -73,11 +74,10 @@ class PseudoSamples:
         robustness: ``(iterations, N)`` distance to the nearest boundary found in each iteration,
             before that iteration's move (``nan`` where not measured yet).
         snapshots: iteration -> images at that iteration.
-        queries: query totals (``init``: start search, ``iterations``: everything after).
+        queries: query totals (``init``: start search, ``iterations``: everything after, ``mixes``).
         warm_starts: boundary searches that started from the previous iteration's direction.
         missing_classes: classes the teacher never answered during the start search.
-        pool_images: ``(P, C, H, W)`` start-search images kept with their teacher labels (``start_pool``);
-            they cost the search's queries and nothing more.
+        pool_images: ``(P, C, H, W)`` start-search images (and mixes) kept with their teacher labels.
         pool_labels: ``(P,)`` the teacher's labels of ``pool_images``.
     """
 
@@ -91,29 +91,66 @@ class PseudoSamples:
     pool_images: Optional[torch.Tensor] = None
     pool_labels: Optional[torch.Tensor] = None
 
+    @property
+    def total_queries(self) -> int:
+        """Every query the generation spent."""
+        return int(sum(self.queries.values()))
 
-def diversity_report(images: torch.Tensor, labels: torch.Tensor, num_classes: int, near: float = 1e-2) -> Dict[int, Dict[str, float]]:
-    """Per class: mean pairwise L2 distance and the fraction of samples with a near-duplicate.
 
-    A near-duplicate is another sample of the class closer than ``near * sqrt(D)``.
+@dataclass
+class GenerationState:
+    """Everything a generation run needs to continue: saved after every step as one atomic file."""
 
-    Returns:
-        ``{class: {"count", "mean_pairwise_l2", "near_duplicate_fraction"}}``.
-    """
-    flat = images.flatten(1).float()
-    thresh = near * math.sqrt(flat.shape[1])
-    out: Dict[int, Dict[str, float]] = {}
-    for c in range(num_classes):
-        xc = flat[labels == c]
-        n = xc.shape[0]
-        if n < 2:
-            out[c] = {"count": n, "mean_pairwise_l2": float("nan"), "near_duplicate_fraction": float("nan")}
-            continue
-        d = torch.cdist(xc, xc)
-        off = ~torch.eye(n, dtype=torch.bool, device=d.device)
-        dup = ((d < thresh) & off).any(1)
-        out[c] = {"count": n, "mean_pairwise_l2": float(d[off].mean()), "near_duplicate_fraction": float(dup.float().mean())}
-    return out
+    iteration: int
+    images: torch.Tensor
+    labels: torch.Tensor
+    steps: torch.Tensor
+    warm: torch.Tensor
+    robustness: torch.Tensor
+    pool_images: torch.Tensor
+    pool_labels: torch.Tensor
+    rng: torch.Tensor
+    queries: Dict[str, int]
+    warm_starts: int = 0
+    missing: List[int] = field(default_factory=list)
+    snapshots: Dict[int, torch.Tensor] = field(default_factory=dict)
+
+    _TENSORS = ("images", "labels", "steps", "warm", "robustness", "pool_images", "pool_labels", "rng")
+
+    def save(self, path: Path, meta: Dict[str, Any]) -> None:
+        """Writes tensors and bookkeeping into ``path`` (one ``.safetensors`` file, so a kill leaves old or new)."""
+        tensors = {k: getattr(self, k) for k in self._TENSORS}
+        tensors.update({f"snapshot_{it}": snap for it, snap in self.snapshots.items()})
+        info = {"meta": meta, "iteration": self.iteration, "queries": self.queries, "warm_starts": self.warm_starts,
+                "missing": self.missing, "snapshots": sorted(self.snapshots)}
+        save_safetensors_atomic(path, tensors, {"state": json.dumps(info)})
+
+    @classmethod
+    def load(cls, path: Path, device: torch.device) -> Tuple["GenerationState", Dict[str, Any]]:
+        """Reads a state saved by :meth:`save`; returns ``(state, meta)``."""
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt", device="cpu") as fh:
+                info = json.loads((fh.metadata() or {})["state"])
+                t = {k: fh.get_tensor(k) for k in fh.keys()}
+        except Exception as err:  # safetensors raises its own error types for truncated files
+            raise ValueError(f"generation state {str(path)!r} is damaged ({type(err).__name__}: {err}); "
+                             f"delete it to start over") from None
+        state = cls(iteration=int(info["iteration"]), queries=dict(info["queries"]), warm_starts=int(info["warm_starts"]),
+                    missing=list(info["missing"]),
+                    snapshots={int(i): t[f"snapshot_{i}"].to(device) for i in info["snapshots"]},
+                    **{k: (t[k] if k == "rng" else t[k].to(device)) for k in cls._TENSORS})
+        return state, info["meta"]
+
+    def to_samples(self) -> PseudoSamples:
+        """The public result of the run so far."""
+        return PseudoSamples(images=self.images, labels=self.labels, robustness=self.robustness,
+                             snapshots=dict(self.snapshots), queries=dict(self.queries), warm_starts=self.warm_starts,
+                             missing_classes=list(self.missing), pool_images=self.pool_images, pool_labels=self.pool_labels)
+
+
+STATE_FILE = "state.safetensors"
 
 
 class ZSDB3Generator:
@@ -125,22 +162,20 @@ class ZSDB3Generator:
         input_shape: ``(C, H, W)`` of the images (default ``oracle.input_size``).
         seed: seeds every random choice.
         start: start prior, a :data:`START_NOISE` name: ``'smooth'`` (default), low-frequency noise (see
-            :func:`smooth_noise`), or ``'reference'``, the paper's per-pixel noise. Measured on
-            Fashion-MNIST at the same ~0.7M queries: 62 % students from smooth starts (with a 20k pool)
-            against 18 % from the paper's noise.
+            :func:`smooth_noise`), or ``'reference'``, the paper's per-pixel noise.
         start_pool: also keep this many labelled start-search images (the search runs until it has
             them) as :attr:`PseudoSamples.pool_images`, extra transfer data at no extra query.
         init_batch: noise images per start-search round.
         max_init_queries: cap on the start search (raised to ``start_pool`` when smaller); classes still
             empty then are reported and dropped.
         max_samples: samples processed together in a boundary search (bounds memory).
-        mbd: options for :func:`~db3_timm.boundary.minimize_boundary_distance` (``probes``, ``delta``, ...).
         mixes: after the last iteration, add this many convex mixes ``l * a + (1 - l) * b`` (``l ~ U[0, 1)``)
             of two random pseudo-sample / pool images to the pool, each labelled by the teacher (one query).
-            Mixes probe the space between the classes; measured on Fashion-MNIST, 50k mixes took a
-            hard-label student on 1,000 pseudo samples + 100k pool images from 68.2 % to 72.5 %.
         warm_start: start each iteration's boundary search from the previous iteration's direction (one
             query per sample) instead of from scratch, as the reference does (``False``).
+        tol: relative tolerance of the boundary searches' bisections.
+        search: :class:`~db3_timm.boundary.BoundarySearchConfig` fields overriding the plain search
+            (:data:`~db3_timm.boundary.PLAIN_SEARCH`) of the nearest-boundary steps.
     """
 
     name = "zsdb3"
@@ -160,39 +195,45 @@ class ZSDB3Generator:
         mixes: int = 0,
         warm_start: bool = True,
         tol: float = 1e-2,
-        mbd: Optional[Dict[str, Any]] = None,
+        search: Optional[Dict[str, Any]] = None,
     ):
         self.oracle = oracle
         self.num_classes = int(num_classes or oracle.num_classes or 0)
         if self.num_classes < 2:
             raise ValueError(f"num_classes must be at least 2 (pass num_classes=), got {num_classes!r}")
+        if oracle.num_classes is not None and self.num_classes != oracle.num_classes:
+            raise ValueError(f"num_classes={self.num_classes} but the teacher answers {oracle.num_classes} classes")
         shape = input_shape or oracle.input_size
-        if shape is None or len(tuple(shape)) != 3:
-            raise ValueError(f"input_shape must be (C, H, W), got {shape!r}")
-        self.input_shape = tuple(int(s) for s in shape)
-        self.seed = int(seed)
+        if shape is None or len(tuple(shape)) != 3 or min(int(v) for v in shape) < 1:
+            raise ValueError(f"input_shape must be (C, H, W) positive integers, got {shape!r}")
+        self.input_shape = tuple(int(v) for v in shape)
+        if oracle.input_size is not None and self.input_shape[0] != oracle.input_size[0]:
+            raise ValueError(f"input_shape {self.input_shape} has {self.input_shape[0]} channel(s) but the teacher "
+                             f"takes {oracle.input_size[0]} (teacher input size {oracle.input_size})")
         if start not in START_NOISE:
             raise ValueError(f"start must be one of {sorted(START_NOISE)}, got {start!r}")
+        self.seed = check_int("seed", seed, -(2**63), at_most=2**63 - 1)
         self.start = start
-        if int(start_pool) < 0:
-            raise ValueError(f"start_pool must be >= 0, got {start_pool!r}")
-        self.start_pool = int(start_pool)
-        self.init_batch = int(init_batch)
-        self.max_init_queries = max(int(max_init_queries), self.start_pool)
-        self.max_samples = int(max_samples)
-        self.tol = float(tol)
-        self.mbd = dict(mbd or {})
+        self.start_pool = check_int("start_pool", start_pool, 0)
+        self.init_batch = check_int("init_batch", init_batch, 1)
+        self.max_init_queries = max(check_int("max_init_queries", max_init_queries, 1), self.start_pool)
+        self.max_samples = check_int("max_samples", max_samples, 1)
+        self.mixes = check_int("mixes", mixes, 0)
         self.warm_start = bool(warm_start)
-        if int(mixes) < 0:
-            raise ValueError(f"mixes must be >= 0, got {mixes!r}")
-        self.mixes = int(mixes)
+        self.search = BoundarySearchConfig.from_dict({**(search or {}), "tol": tol}, base=PLAIN_SEARCH)
+        self.tol = self.search.tol
 
     def config(self) -> Dict[str, Any]:
         """Returns the settings that determine the output (for manifests and model cards)."""
         return {"generator": self.name, "num_classes": self.num_classes, "input_shape": list(self.input_shape),
                 "seed": self.seed, "start": self.start, "start_pool": self.start_pool, "init_batch": self.init_batch,
-                "max_init_queries": self.max_init_queries, "tol": self.tol, "mbd": self.mbd,
+                "max_init_queries": self.max_init_queries, "search": self.search.to_dict(),
                 "warm_start": self.warm_start, "mixes": self.mixes}
+
+    def planned_queries(self, samples_per_class: int, iterations: int, queries_per_iteration: int) -> int:
+        """Returns the most queries :meth:`generate` can spend with these settings (start search included)."""
+        samples = self.num_classes * int(samples_per_class)
+        return self.max_init_queries + samples * int(iterations) * int(queries_per_iteration) + self.mixes
 
     # ------------------------------------------------------------------ start
     def initial_samples(
@@ -233,11 +274,26 @@ class ZSDB3Generator:
                 f"seed the generator with a few real images of those classes.",
                 stacklevel=2,
             )
-        images = torch.cat([torch.cat(f) for f in found if f]) if int(have.sum()) else torch.zeros(0, *self.input_shape, device=device)
-        labels = torch.cat([torch.full((int(have[c]),), c, dtype=torch.long, device=device) for c in range(self.num_classes) if have[c]])
-        pool_images = torch.cat([p[0] for p in pool]) if pool else torch.zeros(0, *self.input_shape, device=device)
+        empty = torch.zeros(0, *self.input_shape, device=device)
+        images = torch.cat([torch.cat(f) for f in found if f]) if int(have.sum()) else empty
+        labels = torch.cat([torch.full((int(have[c]),), c, dtype=torch.long, device=device)
+                            for c in range(self.num_classes) if have[c]] or [torch.zeros(0, dtype=torch.long, device=device)])
+        pool_images = torch.cat([p[0] for p in pool]) if pool else empty
         pool_labels = torch.cat([p[1] for p in pool]) if pool else torch.zeros(0, dtype=torch.long, device=device)
         return images, labels, spent, missing, (pool_images, pool_labels)
+
+    def _start(self, samples_per_class: int, iterations: int, step: float, snapshots: Sequence[int],
+               device: torch.device) -> GenerationState:
+        generator = torch.Generator(device=device).manual_seed(self.seed)
+        images, labels, init_q, missing, (pool_images, pool_labels) = self.initial_samples(samples_per_class, generator, device)
+        n = labels.shape[0]
+        return GenerationState(
+            iteration=0, images=images, labels=labels, steps=torch.full((n,), float(step), device=device),
+            warm=torch.zeros(n, images[0].numel() if n else 0, device=device),
+            robustness=torch.full((iterations, n), float("nan"), device=device),
+            pool_images=pool_images, pool_labels=pool_labels, rng=generator.get_state(),
+            queries={"init": init_q, "iterations": 0}, missing=missing,
+            snapshots={0: images.clone()} if 0 in snapshots else {})
 
     # ------------------------------------------------------------------ one iteration
     def _nearest_boundary(
@@ -275,11 +331,57 @@ class ZSDB3Generator:
             p = cold.nonzero().squeeze(1)[ok]
             adv[p] = pool_flat[idx[ok]]
             found[p] = True
-        adv = minimize_boundary_distance(query, x0, adv, found, generator, tol=self.tol, **self.mbd)
+        adv = minimize_boundary_distance(query, x0, adv, found, generator, self.search)
         delta = adv - x0
         dist = torch.where(found, delta.norm(dim=1), torch.inf)
         direction = delta / delta.norm(dim=1, keepdim=True).clamp_min(1e-12)
         return dist, direction, query.spent, warm_hits
+
+    def _iterate(self, state: GenerationState, queries_per_iteration: int, step_growth: float,
+                 generator: torch.Generator) -> Dict[str, float]:
+        """One push-away iteration on every sample, in place; returns its statistics."""
+        images, labels = state.images, state.labels
+        n = labels.shape[0]
+        pool = (images.flatten(1), labels)
+        dist = torch.empty(n, device=images.device)
+        direction = torch.zeros_like(state.warm)
+        spent = torch.zeros(n, dtype=torch.long, device=images.device)
+        for s in range(0, n, self.max_samples):
+            sl = slice(s, s + self.max_samples)
+            dist[sl], direction[sl], spent[sl], hits = self._nearest_boundary(
+                images[sl], labels[sl], state.warm[sl], pool, queries_per_iteration - 1, generator)
+            state.warm_starts += hits
+        state.robustness[state.iteration] = dist
+        # Move away from the boundary; one query checks the label is kept.
+        movable = torch.isfinite(dist)
+        steps = state.steps
+        moved = (images.flatten(1) - steps.unsqueeze(1) * direction).clamp(0.0, 1.0).view_as(images)
+        p = movable.nonzero().squeeze(1)
+        keep = torch.zeros_like(movable)
+        if p.numel():
+            keep[p] = self.oracle(moved[p]) == labels[p]
+        state.queries["iterations"] += int(spent.sum()) + int(p.numel())
+        state.images = torch.where(keep.view(-1, 1, 1, 1), moved, images)
+        state.steps = torch.where(keep, steps * step_growth, torch.where(movable, steps * 0.5, steps))
+        # Next warm start: past the boundary seen now, plus the distance just moved away.
+        state.warm = torch.where(movable.unsqueeze(1),
+                                 direction * (2.0 * (dist + torch.where(keep, steps, 0.0))).unsqueeze(1), 0.0)
+        state.iteration += 1
+        state.rng = generator.get_state()
+        return {"mean_robustness": float(dist[movable].mean()) if bool(movable.any()) else float("nan"),
+                "moved": float(keep.float().mean()), "queries": sum(state.queries.values())}
+
+    def _add_mixes(self, state: GenerationState, generator: torch.Generator) -> None:
+        """Appends ``self.mixes`` teacher-labelled convex mixes of pseudo-sample / pool images to the pool."""
+        source = torch.cat([state.images, state.pool_images])
+        n = self.mixes
+        pick = torch.randint(0, source.shape[0], (2, n), generator=generator, device=source.device)
+        lam = torch.rand(n, 1, 1, 1, generator=generator, device=source.device)
+        mixed = torch.lerp(source[pick[1]], source[pick[0]], lam)
+        state.pool_images = torch.cat([state.pool_images, mixed])
+        state.pool_labels = torch.cat([state.pool_labels, self.oracle(mixed).to(state.pool_labels.device)])
+        state.queries["mixes"] = n
+        state.rng = generator.get_state()
 
     # ------------------------------------------------------------------ public
     def generate(
@@ -311,8 +413,10 @@ class ZSDB3Generator:
             step_growth: factor applied to a sample's step after a kept move (``1`` keeps it fixed,
                 as the reference does; ``> 1`` lets samples far from every boundary travel faster).
             snapshots: iterations whose images are kept in the result.
-            out_dir: if given, state is saved after the start and every iteration, and a run with the
-                same ``out_dir`` resumes where it stopped (bit-identical to an uninterrupted run).
+            out_dir: if given, state is saved (``out_dir/state.safetensors``, atomically) after the start and
+                every iteration, and a run with the same ``out_dir`` resumes where it stopped (bit-identical
+                to an uninterrupted run). A run asking for more iterations than a saved one continues it;
+                fewer, or other settings, is refused before any query.
             progress: show a tqdm bar (iteration, mean robustness, queries).
             device: where to build the samples (default: the oracle's device or CPU).
             on_iteration: optional callback ``(iteration, stats)``.
@@ -322,243 +426,61 @@ class ZSDB3Generator:
         """
         from tqdm.auto import tqdm
 
-        if int(samples_per_class) < 1 or int(iterations) < 0:
-            raise ValueError(f"samples_per_class must be >= 1 and iterations >= 0, got {samples_per_class!r}, {iterations!r}")
-        if not float(step) > 0 or not float(step_growth) >= 1:
-            raise ValueError(f"step must be > 0 and step_growth >= 1, got step={step!r}, step_growth={step_growth!r}")
-        if int(queries_per_iteration) < 20:
-            raise ValueError(f"queries_per_iteration must be at least 20, got {queries_per_iteration!r}")
+        check_int("samples_per_class", samples_per_class, 1)
+        check_int("iterations", iterations, 0)
+        check_int("queries_per_iteration", queries_per_iteration, 20)
+        check_number("step", step, low=0, low_open=True)
+        check_number("step_growth", step_growth, low=1)
         device = torch.device(device or self.oracle.device or "cpu")
-        run = _RunState.load(out_dir, self.config(), samples_per_class, queries_per_iteration, step, step_growth) if out_dir else None
-        if run is None or run.saved is None:
-            generator = torch.Generator(device=device).manual_seed(self.seed)
-            images, labels, init_q, missing, (pool_images, pool_labels) = self.initial_samples(samples_per_class, generator, device)
-            state = {
-                "pool_images": pool_images,
-                "pool_labels": pool_labels,
-                "iteration": 0,
-                "images": images,
-                "labels": labels,
-                "steps": torch.full((labels.shape[0],), float(step), device=device),
-                "warm": torch.zeros(labels.shape[0], images[0].numel() if len(images) else 0, device=device),
-                "robustness": torch.full((iterations, labels.shape[0]), float("nan"), device=device),
-                "queries": {"init": init_q, "iterations": 0},
-                "warm_starts": 0,
-                "missing": missing,
-                "snapshots": {},
-                "rng": generator.get_state(),
-            }
-            if 0 in snapshots:
-                state["snapshots"][0] = images.clone()
-            if run is not None:
-                run.save(state)
-        else:
-            state = run.restore(device)
-            if state["robustness"].shape[0] < iterations:
-                pad = torch.full((iterations - state["robustness"].shape[0], state["labels"].shape[0]), float("nan"), device=device)
-                state["robustness"] = torch.cat([state["robustness"], pad])
+        meta = {"config": self.config(), "samples_per_class": int(samples_per_class),
+                "queries_per_iteration": int(queries_per_iteration), "step": float(step), "step_growth": float(step_growth)}
+        path = Path(out_dir) / STATE_FILE if out_dir is not None else None
+        state = self._resume(path, meta, iterations, device) if path is not None and path.is_file() else None
+        if state is None:
+            state = self._start(samples_per_class, iterations, step, snapshots, device)
+            if path is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                state.save(path, meta)
         generator = torch.Generator(device=device)
-        generator.set_state(state["rng"])
-
-        bar = tqdm(total=iterations, initial=state["iteration"], desc="zsdb3", disable=not progress, unit="it")
-        while state["iteration"] < iterations:
-            it = state["iteration"] + 1
-            images, labels = state["images"], state["labels"]
-            pool = (images.flatten(1), labels)
-            dist = torch.empty(labels.shape[0], device=device)
-            direction = torch.zeros_like(state["warm"])
-            spent = torch.zeros(labels.shape[0], dtype=torch.long, device=device)
-            for s in range(0, labels.shape[0], self.max_samples):
-                sl = slice(s, s + self.max_samples)
-                d, u, q, hits = self._nearest_boundary(
-                    images[sl], labels[sl], state["warm"][sl], pool, queries_per_iteration - 1, generator
-                )
-                dist[sl], direction[sl], spent[sl] = d, u, q
-                state["warm_starts"] += hits
-            state["robustness"][it - 1] = dist
-            # Move away from the boundary; one query checks the label is kept.
-            movable = torch.isfinite(dist)
-            steps = state["steps"]
-            moved = (images.flatten(1) - steps.unsqueeze(1) * direction).clamp(0.0, 1.0).view_as(images)
-            p = movable.nonzero().squeeze(1)
-            keep = torch.zeros_like(movable)
-            if p.numel():
-                keep[p] = self.oracle(moved[p]) == labels[p]
-            state["queries"]["iterations"] += int(spent.sum()) + int(p.numel())
-            state["images"] = torch.where(keep.view(-1, 1, 1, 1), moved, images)
-            state["steps"] = torch.where(keep, steps * step_growth, torch.where(movable, steps * 0.5, steps))
-            # Next warm start: past the boundary seen now, plus the distance just moved away.
-            state["warm"] = torch.where(
-                movable.unsqueeze(1), direction * (2.0 * (dist + torch.where(keep, steps, 0.0))).unsqueeze(1), 0.0
-            )
-            state["iteration"] = it
-            state["rng"] = generator.get_state()
-            if it in snapshots:
-                state["snapshots"][it] = state["images"].clone()
-            if run is not None:
-                run.save(state)
-            stats = {"mean_robustness": float(dist[movable].mean()) if bool(movable.any()) else float("nan"),
-                     "moved": float(keep.float().mean()), "queries": state["queries"]["init"] + state["queries"]["iterations"]}
+        generator.set_state(state.rng)
+        bar = tqdm(total=iterations, initial=state.iteration, desc="zsdb3", disable=not progress, unit="it")
+        while state.iteration < iterations:
+            stats = self._iterate(state, queries_per_iteration, step_growth, generator)
+            if state.iteration in snapshots:
+                state.snapshots[state.iteration] = state.images.clone()
+            if path is not None:
+                state.save(path, meta)
             bar.set_postfix(robust=f"{stats['mean_robustness']:.3f}", moved=f"{stats['moved']:.2f}", queries=stats["queries"])
             bar.update(1)
             if on_iteration is not None:
-                on_iteration(it, stats)
+                on_iteration(state.iteration, stats)
         bar.close()
-        if self.mixes and "mixes" not in state["queries"]:  # a finished run read back is not mixed again
+        if self.mixes and "mixes" not in state.queries:  # a finished run read back is not mixed again
             self._add_mixes(state, generator)
-            state["rng"] = generator.get_state()
-            if run is not None:
-                run.save(state)
-        return PseudoSamples(
-            images=state["images"],
-            labels=state["labels"],
-            robustness=state["robustness"],
-            snapshots=dict(state["snapshots"]),
-            queries=dict(state["queries"]),
-            warm_starts=int(state["warm_starts"]),
-            missing_classes=list(state["missing"]),
-            pool_images=state["pool_images"],
-            pool_labels=state["pool_labels"],
-        )
+            if path is not None:
+                state.save(path, meta)
+        return state.to_samples()
 
-    def _add_mixes(self, state: Dict[str, Any], generator: torch.Generator) -> None:
-        """Appends ``self.mixes`` teacher-labelled convex mixes of pseudo-sample / pool images to the pool."""
-        source = torch.cat([state["images"], state["pool_images"]])
-        device = source.device
-        n = self.mixes
-        pick = torch.randint(0, source.shape[0], (2, n), generator=generator, device=device)
-        lam = torch.rand(n, 1, 1, 1, generator=generator, device=device)
-        mixed = torch.lerp(source[pick[1]], source[pick[0]], lam)
-        state["pool_images"] = torch.cat([state["pool_images"], mixed])
-        state["pool_labels"] = torch.cat([state["pool_labels"], self.oracle(mixed).to(state["pool_labels"].device)])
-        state["queries"]["mixes"] = n
-
-
-_TENSORS = ("images", "labels", "steps", "warm", "robustness", "pool_images", "pool_labels")
-
-
-class _RunState:
-    """Generation state on disk: ``state.safetensors`` (tensors) + ``state.json`` (the rest), written atomically."""
-
-    def __init__(self, out_dir: Path, meta: Dict[str, Any]):
-        self.dir, self.meta = out_dir, meta
-        self.saved: Optional[Dict[str, Any]] = None
-
-    @classmethod
-    def load(cls, out_dir, config: Dict[str, Any], samples_per_class: int, qpi: int, step: float,
-             step_growth: float = 1.0) -> "_RunState":
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        meta = {"config": config, "samples_per_class": int(samples_per_class), "queries_per_iteration": int(qpi),
-                "step": float(step), "step_growth": float(step_growth)}
-        run = cls(out, meta)
-        path = out / "state.json"
-        if path.exists():
-            saved = json.loads(path.read_text())
-            if saved["meta"] != json.loads(json.dumps(meta)):
-                diff = [k for k in meta if saved["meta"].get(k) != json.loads(json.dumps(meta[k]))]
-                raise ValueError(f"{out} holds a generation run with different settings ({', '.join(diff)}); use another out_dir")
-            run.saved = saved
-        return run
-
-    def save(self, state: Dict[str, Any]) -> None:
-        from safetensors.torch import save_file
-
-        tensors = {k: state[k].contiguous().cpu() for k in _TENSORS}
-        tensors["rng"] = state["rng"].cpu()
-        for it, snap in state["snapshots"].items():
-            tensors[f"snapshot_{it}"] = snap.contiguous().cpu()
-        tmp = self.dir / f".state-{os.getpid()}.safetensors"
-        save_file(tensors, str(tmp))
-        os.replace(tmp, self.dir / "state.safetensors")
-        info = {"meta": self.meta, "iteration": state["iteration"], "queries": state["queries"],
-                "warm_starts": state["warm_starts"], "missing": state["missing"],
-                "snapshots": sorted(state["snapshots"])}
-        tmpj = self.dir / f".state-{os.getpid()}.json"
-        tmpj.write_text(json.dumps(info, indent=2))
-        os.replace(tmpj, self.dir / "state.json")
-
-    def restore(self, device: torch.device) -> Dict[str, Any]:
-        from safetensors.torch import load_file
-
-        t = load_file(str(self.dir / "state.safetensors"))
-        saved = self.saved
-        return {
-            "iteration": saved["iteration"],
-            **{k: t[k].to(device) for k in _TENSORS},
-            "rng": t["rng"],
-            "queries": dict(saved["queries"]),
-            "warm_starts": saved["warm_starts"],
-            "missing": list(saved["missing"]),
-            "snapshots": {int(i): t[f"snapshot_{i}"].to(device) for i in saved["snapshots"]},
-        }
+    def _resume(self, path: Path, meta: Dict[str, Any], iterations: int, device: torch.device) -> GenerationState:
+        """Reads a saved run and checks it can continue to ``iterations`` with the same settings."""
+        state, saved = GenerationState.load(path, device)
+        if canonical(saved) != canonical(meta):
+            raise ValueError(f"{path.parent} holds a generation run with other settings ({config_diff(saved, meta)}); "
+                             f"rerun with the original settings or use another out_dir")
+        if iterations < state.iteration:
+            raise ValueError(f"{path.parent} holds a run already at iteration {state.iteration}; asking for "
+                             f"{iterations} iterations would need discarding work. Ask for at least {state.iteration}, "
+                             f"or use another out_dir")
+        if iterations > state.iteration and "mixes" in state.queries:
+            raise ValueError(f"{path.parent} holds a finished run whose mixes were drawn after iteration "
+                             f"{state.iteration}; extending it to {iterations} would mix stale samples. Use another out_dir")
+        if state.robustness.shape[0] < iterations:
+            pad = torch.full((iterations - state.robustness.shape[0], state.labels.shape[0]), float("nan"), device=device)
+            state.robustness = torch.cat([state.robustness, pad])
+        return state
 
 
 @register_generator(name="zsdb3")
 def zsdb3(oracle: LabelOracle, **cfg: Any) -> ZSDB3Generator:
     """Builds the ZSDB3 zero-shot generator."""
     return ZSDB3Generator(oracle, **cfg)
-
-
-def label_pseudo_samples(
-    pseudo: PseudoSamples, labeler: Any, *, pool_labeler: str = "sd"
-) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """In-memory counterpart of :func:`build_transfer_set`: soft-labels the pseudo samples and the pool.
-
-    Returns:
-        ``(images, labels, soft_logits)``: pseudo-sample rows first, then pool rows.
-    """
-    from .._registry import create_labeler
-    from ..labelers.base import References
-
-    refs = References(pseudo.images, pseudo.labels, 0)  # the teacher's labels are known from the generation
-    soft = labeler.label(pseudo.images, refs, labels=pseudo.labels)
-    images, labels, logits = pseudo.images, soft.labels, soft.logits
-    if pseudo.pool_images is not None and pseudo.pool_images.shape[0]:
-        pool = create_labeler(pool_labeler, labeler.oracle, num_classes=labeler.num_classes, seed=labeler.seed)
-        ps = pool.label(pseudo.pool_images, refs, labels=pseudo.pool_labels)
-        images = torch.cat([images, pseudo.pool_images])
-        labels, logits = torch.cat([labels, ps.labels]), torch.cat([logits, ps.logits])
-    return images, labels, logits
-
-
-def build_transfer_set(
-    pseudo: PseudoSamples,
-    labeler: Any,
-    out_dir: Union[str, os.PathLike],
-    *,
-    pool_labeler: str = "sd",
-    **label_kwargs: Any,
-) -> Any:
-    """Soft-labels pseudo samples with any labeler, the other classes' pseudo samples serving as references.
-
-    The start pool (``start_pool``), if any, is labelled too, with ``pool_labeler`` (by default ``sd``:
-    distances to the pseudo samples, no queries: the pool's labels are known from the generation), so the pool's many cheap images and the
-    pseudo samples' costly boundary distances end up in one transfer set.
-
-    Args:
-        pseudo: the generator's output.
-        labeler: a labeler from :func:`db3_timm.create_labeler` (same oracle).
-        out_dir: where the sharded, resumable datasets are written: the pseudo samples directly in
-            ``out_dir`` (see :func:`db3_timm.labeling.label_dataset`), the pool in ``out_dir/pool``.
-        pool_labeler: registered labeler name for the pool.
-        **label_kwargs: passed on to ``label_dataset`` (``shard_size``, ``seed``, ``accelerator``, ``progress``).
-
-    Returns:
-        The labelled ``datasets.Dataset`` (columns as ``label_dataset``'s): pseudo-sample rows first, then pool rows.
-    """
-    from .._registry import create_labeler
-    from ..labelers.base import References
-    from ..labeling import label_dataset
-
-    # The pseudo samples' and the pool's labels are the teacher's answers already: no query asks them again.
-    refs = References(pseudo.images, pseudo.labels, 0)
-    ds = label_dataset(labeler, pseudo.images, out_dir, references=refs, teacher_labels=pseudo.labels, **label_kwargs)
-    if pseudo.pool_images is None or pseudo.pool_images.shape[0] == 0:
-        return ds
-    import datasets
-
-    pool = create_labeler(pool_labeler, labeler.oracle, num_classes=labeler.num_classes, seed=labeler.seed)
-    pool_ds = label_dataset(pool, pseudo.pool_images, Path(out_dir) / "pool", references=refs,
-                            teacher_labels=pseudo.pool_labels, **label_kwargs)
-    return datasets.concatenate_datasets([ds, pool_ds])

@@ -6,6 +6,7 @@ distance). Build them with :func:`db3_timm.create_labeler`.
 from .base import Labeler, References, SoftLabels
 from .bd import BoundaryDistanceLabeler
 from .mbd import MinimalBoundaryDistanceLabeler
+from .prior import SurrogatePrior
 from .sd import SampleDistanceLabeler, nearest_by_class
 from .soft import distances_to_logits, list_soft_rules, register_soft_rule
 
@@ -17,6 +18,7 @@ __all__ = [
     "BoundaryDistanceLabeler",
     "MinimalBoundaryDistanceLabeler",
     "nearest_by_class",
+    "SurrogatePrior",
     "distances_to_logits",
     "list_soft_rules",
     "register_soft_rule",

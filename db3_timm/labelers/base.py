@@ -6,8 +6,9 @@ from typing import Any, Dict, NamedTuple, Optional, Tuple, Union
 
 import torch
 
+from .._checks import check_int
 from ..oracle import LabelOracle
-from .soft import distances_to_logits
+from .soft import distances_to_logits, list_soft_rules
 
 __all__ = ["SoftLabels", "References", "Labeler"]
 
@@ -66,13 +67,21 @@ class Labeler:
     default_rule = "reciprocal"
 
     def __init__(self, oracle: LabelOracle, *, num_classes: Optional[int] = None, rule: Optional[str] = None, seed: int = 0):
-        num_classes = num_classes or oracle.num_classes
-        if not num_classes:
-            raise ValueError("num_classes is unknown: pass num_classes= or give the oracle num_classes")
+        if num_classes is None:
+            num_classes = oracle.num_classes
+            if not num_classes:
+                raise ValueError("num_classes is unknown: pass num_classes= or give the oracle num_classes")
+        num_classes = check_int("num_classes", num_classes, 2)
+        if oracle.num_classes is not None and num_classes != oracle.num_classes:
+            raise ValueError(f"num_classes={num_classes} but the teacher answers {oracle.num_classes} classes; "
+                             f"leave num_classes out to use the teacher's")
+        rule = rule or self.default_rule
+        if rule not in list_soft_rules():
+            raise ValueError(f"unknown soft-label rule {rule!r}; known rules: {', '.join(list_soft_rules())}")
         self.oracle = oracle
-        self.num_classes = int(num_classes)
-        self.rule = rule or self.default_rule
-        self.seed = int(seed)
+        self.num_classes = num_classes
+        self.rule = rule
+        self.seed = check_int("seed", seed, -(2**63), at_most=2**63 - 1)
 
     def config(self) -> Dict[str, Any]:
         """Returns the settings that determine this labeler's output (for manifests and model cards)."""

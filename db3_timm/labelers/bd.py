@@ -5,6 +5,7 @@ from typing import Any, Dict, Optional, Tuple
 
 import torch
 
+from .._checks import check_int, check_number
 from .._registry import register_labeler
 from ..boundary import PairQueries, bisect_to_boundary, random_starts
 from ..oracle import LabelOracle
@@ -129,15 +130,11 @@ class BoundaryDistanceLabeler(Labeler):
         **kwargs: Any,
     ):
         super().__init__(oracle, **kwargs)
-        if int(queries_per_target) < 1:
-            raise ValueError(f"queries_per_target must be a positive integer, got {queries_per_target!r}")
-        if not 0 < tol < 1:
-            raise ValueError(f"tol must be in (0, 1), got {tol!r}")
-        self.queries_per_target = int(queries_per_target)
-        self.directions = int(directions)
-        self.tol = float(tol)
-        self.random_start_queries = int(random_start_queries)
-        self.max_pairs = int(max_pairs)
+        self.queries_per_target = check_int("queries_per_target", queries_per_target, 1, at_most=10**9)
+        self.directions = check_int("directions", directions, 1)
+        self.tol = check_number("tol", tol, low=0, high=1, low_open=True, high_open=True)
+        self.random_start_queries = check_int("random_start_queries", random_start_queries, 0)
+        self.max_pairs = check_int("max_pairs", max_pairs, 1)
 
     def config(self) -> Dict[str, Any]:
         cfg = super().config()

@@ -14,6 +14,9 @@ from typing import Callable, Dict, Optional
 import torch
 import torch.nn as nn
 
+from .._io import module_fingerprint
+from .._preprocess import PixelTransform
+
 __all__ = ["SurrogatePrior"]
 
 
@@ -39,20 +42,14 @@ class SurrogatePrior:
         max_batch_size: int = 1024,
     ):
         if normalize is None and getattr(model, "pretrained_cfg", None):
-            from .distill import normalizer_for
-
-            normalize = normalizer_for(model)
+            normalize = PixelTransform.for_model(model, resize_to_model="never")
         self.model = model.eval()
         self.normalize = normalize or (lambda x: x)
         self.max_batch_size = int(max_batch_size)
 
     def describe(self) -> Dict[str, str]:
         """Returns the surrogate's class name and a fingerprint of its weights (what makes a labelling run reproducible)."""
-        from .labeling import _tensor_fingerprint
-
-        state = self.model.state_dict()
-        return {"model": type(self.model).__name__,
-                "weights": _tensor_fingerprint(*(state[k] for k in sorted(state)))}
+        return {"model": type(self.model).__name__, "weights": module_fingerprint(self.model)}
 
     def __call__(self, points: torch.Tensor, origins: torch.Tensor, targets: Optional[torch.Tensor]) -> torch.Tensor:
         """Returns ``(M, C, H, W)`` margin gradients at the images ``points (M, C, H, W)``."""

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 import db3_timm  # noqa: F401  (registers the paper's architectures)
-from db3_timm.distill import DB3DistillationTask, evaluate, fit, kd_loss, kd_loss_terms, normalizer_for, split_kd_target
+from db3_timm._preprocess import PixelTransform
+from db3_timm.training import DB3DistillationTask, evaluate, fit, kd_loss, kd_loss_terms, split_kd_target
 
 
 @pytest.fixture(autouse=True)
@@ -105,13 +106,28 @@ def test_task_weight_modes_follow_logit_distillation_task():
 
 def test_split_kd_target_forms():
     y, z = torch.tensor([1]), torch.zeros(1, 3)
-    assert split_kd_target(y) == (y, None)
+    w = torch.ones(1)
+    assert split_kd_target(y) == (y, None, None)
     assert split_kd_target((y, z))[1] is z and split_kd_target([y, None])[1] is None
     assert split_kd_target({"labels": y, "logits": z})[1] is z
+    assert split_kd_target((y, z, w))[2] is w and split_kd_target({"label": y, "soft_logits": z, "kd_weight": w})[2] is w
     with pytest.raises(KeyError, match="no labels"):
         split_kd_target({"soft_logits": z})
     with pytest.raises(TypeError, match="target must be"):
         split_kd_target(3)
+
+
+def test_per_row_kd_weights_leave_hard_rows_out_of_the_kl():
+    s, y, z = torch.tensor(S, dtype=torch.float64), torch.tensor(Y), torch.tensor(Z, dtype=torch.float64)
+    ce, kl_both, _ = _hand_kd(S, Y, Z, 4.0, 1.0, 1.0)
+    _, kl_first, _ = _hand_kd(S[:1], Y[:1], Z[:1], 4.0, 1.0, 1.0)
+    # Row 2 is a hard-label row (weight 0): the KL is row 1's, averaged over both rows.
+    got = kd_loss(s, y, z, temperature=4.0, kd_weight=torch.tensor([1.0, 0.0]))
+    assert float(got) == pytest.approx(ce + kl_first / 2, rel=1e-12)
+    assert float(kd_loss(s, y, z, temperature=4.0, kd_weight=torch.ones(2))) == pytest.approx(ce + kl_both, rel=1e-12)
+    task = DB3DistillationTask(_Fixed(S), temperature=4.0).double()
+    out = task(torch.zeros(2, 1, 2, 2), (y, z, torch.tensor([1.0, 0.0])))
+    assert float(out["loss"].detach()) == pytest.approx(ce + kl_first / 2, rel=1e-6)  # the task computes in float32
 
 
 def test_task_plugs_into_timm_task_api():
@@ -156,7 +172,7 @@ def test_optimisation_steps_reduce_the_loss():
     # normalize_input=True is the student's own mean/std normalisation of pixel-space input.
     with torch.no_grad():
         a = task(x, y)["output"]
-        b = student(normalizer_for(student)(x))
+        b = student(PixelTransform.for_model(student, resize_to_model="never")(x))
     assert torch.allclose(a, b, atol=1e-6)
 
 
@@ -214,7 +230,7 @@ def test_fit_on_epoch_sees_every_epoch_without_changing_the_run():
 # ---------------------------------------------------------------------- Parquet export
 def _labeled_dir(tmp_path, n=21):
     from db3_timm import LabelOracle, create_labeler
-    from db3_timm.labeling import label_dataset
+    from db3_timm.transfer.label import label_dataset
 
     g = torch.Generator().manual_seed(0)
     x = torch.rand(n, 1, 6, 6, generator=g)
@@ -229,8 +245,8 @@ def test_export_parquet_reads_back_through_timm_create_dataset(tmp_path, monkeyp
     import numpy as np
     import timm.data
 
-    from db3_timm.labeling import load_labeled_dataset
-    from db3_timm.transfer import export_parquet
+    from db3_timm.transfer.label import load_labeled_dataset
+    from db3_timm.transfer.export import export_parquet
 
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "cache"))
     labels_dir, x = _labeled_dir(tmp_path)
@@ -266,7 +282,7 @@ def test_export_parquet_from_a_dataset_without_class_names(tmp_path, monkeypatch
     import datasets
     import numpy as np
 
-    from db3_timm.transfer import export_parquet
+    from db3_timm.transfer.export import export_parquet
 
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "cache"))
     rgb = np.random.default_rng(0).integers(0, 256, size=(5, 3, 4, 4)).astype(np.float32) / 255  # 8-bit exact

@@ -1,6 +1,6 @@
 """Export a DB3 transfer set as an ordinary labelled image dataset (Parquet + ``datasets.Image``).
 
-:func:`~db3_timm.labeling.label_dataset` keeps the exact float pixels the teacher saw (``Array3D``).
+:func:`~db3_timm.transfer.label.label_dataset` keeps the exact float pixels the teacher saw (``Array3D``).
 Other tools expect images: :func:`export_parquet` writes the transfer set in the Hugging Face Hub
 layout ::
 
@@ -14,6 +14,10 @@ which ``datasets.load_dataset(out_dir)`` and timm read like any labelled set::
 
 (timm's ``hfds/NAME`` reader passes ``NAME`` to ``datasets.load_dataset``, which takes a local folder as
 well as a Hub id; ``input_key="image"``, ``target_key="label"`` are its defaults.)
+
+timm's own ``train.py --dataset hfds/DIR`` reads only ``image`` and ``label``: it trains on the teacher's
+**hard labels** and ignores ``soft_logits``. To train on the soft labels use ``db3 distill``,
+``recipes/distill.py`` or :class:`~db3_timm.training.DB3DistillationTask` in your own loop.
 """
 from __future__ import annotations
 
@@ -29,9 +33,10 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 import numpy as np
 import torch
 
+from .._io import PathLike
+
 __all__ = ["export_parquet", "to_uint8_hwc"]
 
-PathLike = Union[str, os.PathLike]
 
 
 def to_uint8_hwc(images: Union[np.ndarray, torch.Tensor]) -> np.ndarray:
@@ -58,7 +63,7 @@ def _resolve_source(source: Any) -> Any:
     if isinstance(source, (datasets.Dataset,)):
         return source
     if isinstance(source, (str, os.PathLike)):
-        from .labeling import load_labeled_dataset
+        from .label import load_labeled_dataset
 
         return load_labeled_dataset(source)
     raise TypeError(f"source must be a label_dataset output folder or a datasets.Dataset, got {type(source).__name__}")
@@ -98,6 +103,10 @@ Sources that are not 8-bit (e.g. scikit-learn digits, resized images) do not rou
 Load with `datasets.load_dataset("<this folder or repo>")` or, in timm,
 `timm.data.create_dataset("hfds/<this folder or repo>", root=None, split="train")`.
 
+**timm's `train.py --dataset hfds/...` trains on the hard `label` only**: it does not read `soft_logits`.
+To distil with the soft labels, use `db3 distill`, `recipes/distill.py` or
+`db3_timm.DB3DistillationTask` in your own training loop.
+
 Provenance:
 
 ```json
@@ -130,7 +139,7 @@ def export_parquet(
     * any of ``extra_columns`` (e.g. ``"index"``, ``"distances"``, ``"queries"``), copied as they are.
 
     Args:
-        source: a :func:`~db3_timm.labeling.label_dataset` output folder (loaded with ``load_labeled_dataset``)
+        source: a :func:`~db3_timm.transfer.label.label_dataset` output folder (loaded with ``load_labeled_dataset``)
             or a ``datasets.Dataset`` with ``image`` (float ``(C, H, W)`` in ``[0, 1]``), ``label`` and
             ``soft_logits`` columns.
         out_dir: destination folder (created).
@@ -212,7 +221,7 @@ def export_parquet(
 
     provenance: Dict[str, Any] = {"rows": n, "num_classes": num_classes}
     if isinstance(source, (str, os.PathLike)):
-        from .labeling import read_manifest
+        from .label import read_manifest
 
         manifest = read_manifest(source)
         provenance.update({"teacher": manifest.get("teacher"), "labeler": manifest["config"].get("labeler"),

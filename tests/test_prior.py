@@ -3,7 +3,7 @@ import torch
 import torch.nn as nn
 
 from db3_timm import create_labeler
-from db3_timm.priors import SurrogatePrior
+from db3_timm.labelers.prior import SurrogatePrior
 
 from test_labelers import affine_problem, pairwise_truth
 
@@ -46,7 +46,8 @@ def test_a_perfect_prior_reaches_the_minimum_on_a_small_budget(prior_stall):
     truth = pairwise_truth(w, b, x, guided.labels, 1 - guided.labels)
     other = (1 - guided.labels)[:, None]
     got = guided.distances.gather(1, other).squeeze(1)
-    assert torch.all(got >= truth * (1 - 1e-6)), "a reported distance undercuts the true minimum"
+    # float32 pixels: a point labelled adversarial may sit a few ulps inside (1e-6 absolute is ~16 ulps at 0.5).
+    assert torch.all(got >= truth * (1 - 1e-6) - 1e-6), "a reported distance undercuts the true minimum"
     assert torch.all(got <= truth * 1.01), got / truth
     assert plain.distances.gather(1, other).squeeze(1).median() > 1.05 * got.median()
 
@@ -65,7 +66,7 @@ def test_a_misleading_prior_costs_queries_not_correctness():
 
 
 def test_the_manifest_names_the_prior_by_its_weights_and_refuses_another_on_resume(tmp_path):
-    from db3_timm.labeling import ConfigMismatchError, label_dataset, read_manifest
+    from db3_timm.transfer.label import ConfigMismatchError, label_dataset, read_manifest
 
     oracle, w, b, x, refs = affine_problem(shape=(1, 8, 8), n=6)
     right, wrong = Affine(w, b), Affine(-w, -b)

@@ -1,0 +1,387 @@
+"""The front door: a label-only teacher in, a trained timm student with an honest model card out.
+
+:func:`distill_student` plans the queries, refuses a plan over budget before spending anything, builds the
+transfer set (:mod:`db3_timm.transfer.build`), trains the student with Accelerate
+(:func:`db3_timm.training.train`), scores it, and writes ``out_dir/model`` in timm's Hub format with a card
+counting every query. Everything is kept in ``out_dir``, so calling it again with the same arguments resumes
+a killed run where it stopped and gives the same student.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+
+from ._checks import check_int, check_number
+from ._io import PathLike, write_json_atomic
+from .oracle import LabelOracle
+from .training import TensorDictDataset, TrainConfig, TrainResult, make_accelerator, test_accuracy, train
+from .transfer.build import LabelingConfig, TransferSet, ZeroShotConfig, generate_zero_shot, label_real_images
+
+__all__ = ["DistillConfig", "DistillResult", "QueryPlan", "plan_queries", "distill_student", "BudgetTooSmallError",
+           "holdout_split", "measure_throughput"]
+
+
+class BudgetTooSmallError(ValueError):
+    """Raised before any query when the plan needs more queries than the budget allows."""
+
+
+@dataclass
+class DistillConfig:
+    """Everything :func:`distill_student` does besides the teacher, the student and the images.
+
+    Attributes:
+        labeling: how images (or pseudo samples) are soft-labelled.
+        zero_shot: how pseudo samples are grown when there are no images.
+        train: the student's optimisation.
+        val_fraction: share of the images held out to pick the best epoch (0: keep the last epoch).
+        evaluate_teacher: also score the teacher on the test images (one query per image, counted).
+        student_pretrained: start the student from its pretrained timm weights.
+        mixed_precision, gradient_accumulation_steps, cpu: Accelerate settings (``None``: the launcher decides).
+    """
+
+    labeling: LabelingConfig = field(default_factory=LabelingConfig)
+    zero_shot: ZeroShotConfig = field(default_factory=ZeroShotConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    val_fraction: float = 0.1
+    evaluate_teacher: bool = True
+    student_pretrained: bool = False
+    mixed_precision: Optional[str] = None
+    gradient_accumulation_steps: Optional[int] = None
+    cpu: bool = False
+
+    def __post_init__(self) -> None:
+        check_number("val_fraction", self.val_fraction, low=0, high=1, high_open=True)
+
+
+@dataclass
+class QueryPlan:
+    """What a run will ask the teacher, before it asks: queries per step, with why.
+
+    Attributes:
+        steps: ``(step, most queries, why)`` rows.
+        budget: the cap the plan must fit (``None``: no cap).
+    """
+
+    steps: List[Tuple[str, int, str]]
+    budget: Optional[int] = None
+
+    @property
+    def total(self) -> int:
+        """The most queries the plan can spend."""
+        return sum(q for _, q, _ in self.steps)
+
+    def describe(self, queries_per_second: Optional[float] = None) -> str:
+        """Returns the plan as a table (with an estimated time at ``queries_per_second``)."""
+        width = max(len(s) for s, _, _ in self.steps)
+        lines = [f"  {s:<{width}}  {q:>13,d}  {why}" for s, q, why in self.steps]
+        lines.append(f"  {'total':<{width}}  {self.total:>13,d}  "
+                     + ("(no budget set)" if self.budget is None else f"of a budget of {self.budget:,}"))
+        if queries_per_second:
+            lines.append(f"  estimated teacher time: {self.total / queries_per_second:,.0f} s at the measured "
+                         f"{queries_per_second:,.0f} queries/s")
+        return "\n".join(lines)
+
+    def check(self) -> None:
+        """Raises :class:`BudgetTooSmallError` when the plan does not fit the budget."""
+        if self.budget is not None and self.total > self.budget:
+            raise BudgetTooSmallError(
+                f"the plan needs up to {self.total:,} teacher queries but the budget is {self.budget:,}:\n"
+                f"{self.describe()}\nraise the budget to at least {self.total:,}, or plan fewer queries "
+                f"(fewer images, a smaller queries_per_target, fewer pseudo samples)")
+
+
+@dataclass
+class DistillResult:
+    """What :func:`distill_student` made.
+
+    Attributes:
+        model: the trained timm student (eval mode; the best-validation epoch's weights when one was picked).
+        queries: every teacher query this student cost, by step, with ``total`` (earlier runs of a resumed job included).
+        plan: the :class:`QueryPlan` it followed.
+        transfer: the transfer set it trained on.
+        training: the training history.
+        test_accuracy / teacher_accuracy: on the test images, when given.
+        out_dir: where everything lives (``model/`` is the student folder to push).
+    """
+
+    model: nn.Module
+    queries: Dict[str, int]
+    plan: QueryPlan
+    transfer: TransferSet
+    training: TrainResult
+    test_accuracy: Optional[float]
+    teacher_accuracy: Optional[float]
+    out_dir: Path
+
+
+def holdout_split(n: int, fraction: float, seed: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Returns a seeded split of ``range(n)`` into ``(train, held_out)`` indices, each ascending; ``round(fraction
+    * n)`` are held out (at least one when ``fraction > 0``, and never all)."""
+    n_val = 0 if fraction <= 0 or n < 2 else min(n - 1, max(1, round(fraction * n)))
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed)))
+    return perm[n_val:].sort().values, perm[:n_val].sort().values
+
+
+def plan_queries(oracle: LabelOracle, num_images: Optional[int], config: DistillConfig, *, test_images: int = 0,
+                 budget: Optional[int] = None, seed: int = 0) -> QueryPlan:
+    """Returns the most queries each step of :func:`distill_student` can spend (labelers and generators are built,
+    so their options are checked, but nothing is asked).
+
+    Args:
+        oracle: the teacher (its ``num_classes`` sizes the plan).
+        num_images: images to label (``None``: zero-shot).
+        config: the run's settings.
+        test_images: test images the teacher is scored on (when ``config.evaluate_teacher``).
+        budget: the cap.
+    """
+    lab = config.labeling.build(oracle, seed)
+    c = lab.num_classes
+    qpt = int(getattr(lab, "queries_per_target", 0)) if lab.uses_queries else 0
+    steps: List[Tuple[str, int, str]] = []
+    if num_images is not None:
+        n_train = int(num_images) - holdout_split(int(num_images), config.val_fraction, seed)[1].numel()
+        refs = min(n_train, config.labeling.references_per_class * c)
+        steps.append(("reference check", refs, f"teacher labels of up to {refs} reference images"))
+        steps.append(("labels", n_train, f"one label query per image ({n_train} images)"))
+        if qpt:
+            steps.append((f"{lab.name} distances", n_train * (c - 1) * qpt,
+                          f"{qpt} queries per image and other class ({c - 1} classes)"))
+    else:
+        zs = config.zero_shot
+        gen = zs.build(oracle, seed)
+        steps.append((f"{zs.generator} generation", gen.planned_queries(zs.samples_per_class, zs.iterations,
+                                                                        zs.queries_per_iteration),
+                      f"start search + {zs.samples_per_class} samples x {c} classes x {zs.iterations} iterations "
+                      f"x {zs.queries_per_iteration} queries"))
+        if qpt:
+            steps.append((f"{lab.name} distances", zs.samples_per_class * c * (c - 1) * qpt,
+                          f"{qpt} queries per pseudo sample and other class"))
+    if config.evaluate_teacher and test_images:
+        steps.append(("teacher evaluation", int(test_images), "one label query per test image"))
+    return QueryPlan(steps, budget)
+
+
+def measure_throughput(oracle: LabelOracle, images: Optional[torch.Tensor] = None, n: int = 256) -> float:
+    """Returns the teacher's measured queries per second on ``n`` images (of ``images``, else smooth noise).
+
+    The probe spends ``n`` queries (counted by the oracle like any others).
+    """
+    if images is None:
+        from .generators.zsdb3 import smooth_noise
+
+        shape = oracle.input_size or (1, 28, 28)
+        images = smooth_noise(n, shape, torch.Generator().manual_seed(0), torch.device("cpu"))
+    batch = images[:n]
+    oracle(batch[: max(1, len(batch) // 8)])  # warm-up (first calls pay for lazy initialisation)
+    t0 = time.perf_counter()
+    oracle(batch)
+    return len(batch) / max(time.perf_counter() - t0, 1e-9)
+
+
+def _split_images(images: torch.Tensor, labels: Optional[torch.Tensor], fraction: float, seed: int):
+    keep, held = holdout_split(images.shape[0], fraction, seed)
+    val = None if not len(held) or labels is None else TensorDictDataset(images[held], labels[held])
+    return images[keep], None if labels is None else labels[keep], val
+
+
+def _transfer(oracle: LabelOracle, images: Optional[torch.Tensor], labels: Optional[torch.Tensor],
+              config: DistillConfig, out: Path, seed: int, class_names: Any, prior: Any, accelerator: Any, progress: bool):
+    """Builds (or resumes) the transfer set; returns it with the validation rows (real, or held-out transfer rows)."""
+    if images is not None:
+        train_images, train_labels, val = _split_images(images, labels, config.val_fraction, seed)
+        transfer = label_real_images(oracle, train_images, out / "transfer", config.labeling, dataset_labels=train_labels,
+                                     class_names=class_names, seed=seed, prior=prior, accelerator=accelerator,
+                                     progress=progress)
+        if val is not None:
+            return transfer, transfer.rows, val, "held-out images with their dataset labels"
+    else:
+        transfer = generate_zero_shot(oracle, out / "transfer", config.zero_shot, config.labeling,
+                                      class_names=class_names, seed=seed, accelerator=accelerator, progress=progress)
+    keep, held = holdout_split(len(transfer.rows), config.val_fraction, seed)
+    if not len(held):
+        return transfer, transfer.rows, None, None
+    cols = transfer.tensors()
+    val = TensorDictDataset(cols["image"][held], cols["label"][held])
+    return transfer, transfer.rows.select(keep.tolist()), val, "held-out transfer rows scored against the teacher's labels"
+
+
+def _rows(ds: Any) -> TensorDictDataset:
+    cols = dict(ds.with_format("torch", columns=["image", "label", "soft_logits", "kd_weight"])[:])
+    return TensorDictDataset(cols["image"], cols["label"], cols["soft_logits"], cols["kd_weight"])
+
+
+def _build_student(name: str, num_classes: int, image_shape: Sequence[int], pretrained: bool) -> nn.Module:
+    import timm
+
+    from . import models as _models  # noqa: F401  (the paper's architectures)
+
+    student = timm.create_model(name, pretrained=pretrained, num_classes=num_classes, in_chans=int(image_shape[0]))
+    return student
+
+
+def _evaluate(accelerator: Any, model: nn.Module, oracle: LabelOracle, test: Optional[Tuple[torch.Tensor, torch.Tensor]],
+              cfg: DistillConfig, out: Path) -> Tuple[Optional[float], Optional[float], int]:
+    """Scores the student (and once, the teacher) on the test images; returns ``(student, teacher, teacher queries)``."""
+    if test is None:
+        return None, None, 0
+    student_acc = test_accuracy(accelerator, model, test[0], test[1], cfg.train.eval_batch_size)
+    if not cfg.evaluate_teacher:
+        return student_acc, None, 0
+    path = out / "teacher_eval.json"
+    if not path.is_file() and accelerator.is_main_process:  # asked once per run folder, kept
+        before = oracle.queries
+        acc = float((oracle(test[0]).cpu() == test[1]).float().mean())
+        write_json_atomic(path, {"accuracy": acc, "queries": oracle.queries - before})
+    accelerator.wait_for_everyone()
+    saved = json.loads(path.read_text())
+    return student_acc, saved["accuracy"], int(saved["queries"])
+
+
+def _check_images(oracle: LabelOracle, images: Optional[torch.Tensor], labels: Optional[torch.Tensor]) -> None:
+    if images is None:
+        return
+    if not isinstance(images, torch.Tensor) or images.dim() != 4 or not images.is_floating_point() or not len(images):
+        raise ValueError(f"images must be a non-empty float tensor (N, C, H, W) in [0, 1], got "
+                         f"{getattr(images, 'dtype', type(images).__name__)} of shape {tuple(getattr(images, 'shape', ()))}")
+    if oracle.input_size is not None and images.shape[1] != oracle.input_size[0]:
+        raise ValueError(f"images have {images.shape[1]} channel(s) but the teacher takes {oracle.input_size[0]} "
+                         f"(teacher input size {oracle.input_size})")
+    if labels is not None and (not isinstance(labels, torch.Tensor) or labels.shape != images.shape[:1]):
+        raise ValueError(f"labels must be a tensor of shape ({images.shape[0]},), got {tuple(getattr(labels, 'shape', ()))}")
+
+
+def _card(oracle: LabelOracle, student_name: str, dataset: str, cfg: DistillConfig, zero_shot: bool,
+          transfer: TransferSet, queries: Dict[str, int], accuracy: Tuple[Optional[float], Optional[float]],
+          kind: str, training: TrainResult) -> Dict[str, Any]:
+    labeler = dict(transfer.info.get("labeler") or {})
+    identity = str(getattr(oracle, "identity", ""))
+    card = {"teacher": oracle.name, "dataset": dataset, "queries": queries["total"],
+            "query_breakdown": {k: v for k, v in queries.items() if k != "total"},
+            "transfer_rows": len(transfer.rows), "method": "zsdb3kd" if zero_shot else "db3kd",
+            "labeler": labeler.pop("labeler", cfg.labeling.labeler), "labeler_config": labeler,
+            "hyperparameters": {"student": student_name, **cfg.train.to_dict(), "batch_size": training.batch_size},
+            "student_accuracy": accuracy[0], "teacher_accuracy": accuracy[1], "accuracy_kind": kind,
+            "teacher_fingerprint": identity.split(" weights ", 1)[1] if " weights " in identity else None}
+    if zero_shot:
+        card["generator"] = cfg.zero_shot.generator
+        card["generator_config"] = transfer.info.get("generator", {})
+    return card
+
+
+def distill_student(
+    oracle: LabelOracle,
+    student: str = "lenet5_half",
+    images: Optional[torch.Tensor] = None,
+    budget: Optional[int] = None,
+    out_dir: PathLike = "runs/distill",
+    seed: int = 0,
+    *,
+    labels: Optional[torch.Tensor] = None,
+    test: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
+    class_names: Optional[Sequence[str]] = None,
+    dataset: str = "custom images",
+    config: Optional[DistillConfig] = None,
+    prior: Any = None,
+    accelerator: Any = None,
+    progress: bool = True,
+) -> DistillResult:
+    """Distils a timm ``student`` from a label-only teacher within ``budget`` queries.
+
+    With ``images``, they are soft-labelled by ``config.labeling`` (DB3KD); with ``images=None`` pseudo samples
+    are grown by ``config.zero_shot`` (ZSDB3KD). The student trains on the transfer set with Accelerate, picks
+    its best epoch on held-out images (with ``labels``: their dataset labels; else held-out transfer rows
+    scored against the teacher), is scored on ``test``, and is saved with its card to ``out_dir/model``.
+
+    Args:
+        oracle: the label-only teacher.
+        student: a timm architecture name (``lenet5_half``, ``resnet18``, ...).
+        images: ``(N, C, H, W)`` float images in ``[0, 1]``, or ``None`` for zero-shot.
+        budget: most teacher queries the whole job may spend; a plan over it is refused before any query.
+        out_dir: where the transfer set, checkpoints, ``results.json`` and ``model/`` go; rerun to resume.
+        seed: seeds everything (labelling, generation, the student's initialisation and shuffles).
+        labels: optional dataset labels of ``images`` (choose the references and score the validation split).
+        test: optional ``(images, labels)`` to score the student (and the teacher, counted as queries) on.
+        class_names: names of the teacher's classes (datasets and the card).
+        dataset: what the images are, for the card (a spec such as ``fashion-mnist``; no local paths).
+        config: the remaining settings (:class:`DistillConfig`).
+        prior: optional white-box surrogate guiding the labeler's boundary search (see ``mbd``).
+        accelerator: an ``accelerate.Accelerator`` (default: one made by :func:`~db3_timm.training.make_accelerator`).
+        progress: show progress bars.
+
+    Returns:
+        The :class:`DistillResult`.
+
+    Raises:
+        BudgetTooSmallError: the plan needs more than ``budget`` queries (nothing was spent).
+    """
+    from accelerate.utils import set_seed
+
+    from .hub import save_student
+
+    cfg = config or DistillConfig()
+    _check_images(oracle, images, labels)
+    check_int("seed", seed, 0)
+    out = Path(out_dir)
+    plan = plan_queries(oracle, None if images is None else images.shape[0], cfg,
+                        test_images=0 if test is None else len(test[0]), budget=budget, seed=seed)
+    plan.check()
+    t0 = time.monotonic()
+    accelerator = accelerator or make_accelerator(out, seed=seed, mixed_precision=cfg.mixed_precision,
+                                                  gradient_accumulation_steps=cfg.gradient_accumulation_steps, cpu=cfg.cpu)
+    transfer, train_rows, val, val_source = _transfer(oracle, images, labels, cfg, out, seed, class_names, prior,
+                                                      accelerator, progress)
+    set_seed(seed)  # the student's initialisation does not depend on how the transfer set was made
+    model = _build_student(student, transfer.num_classes, transfer.image_shape, cfg.student_pretrained)
+    task = _task(model, cfg.train)
+    best_dir = out / "checkpoints" / "best"
+
+    def on_best(epoch: int) -> None:
+        _save_weights(accelerator, model, best_dir)
+
+    training = train(accelerator, task, model, _rows(train_rows), cfg.train, output_dir=out, val_set=val,
+                     resume="latest", on_best=on_best, progress_bar=progress)
+    kind = "final"
+    if training.best_epoch is not None and (best_dir / "model.safetensors").is_file():
+        from .oracle import load_checkpoint_state_dict
+
+        accelerator.unwrap_model(model).load_state_dict(load_checkpoint_state_dict(best_dir / "model.safetensors"))
+        kind = "val-selected"
+    student_acc, teacher_acc, eval_q = _evaluate(accelerator, model, oracle, test, cfg, out)
+    queries = {**{k: v for k, v in transfer.queries.items() if k != "total"}, **({"evaluation": eval_q} if eval_q else {})}
+    queries["total"] = sum(queries.values())
+    model = accelerator.unwrap_model(model).eval()
+    if accelerator.is_main_process:
+        card = _card(oracle, student, dataset, cfg, images is None, transfer, queries, (student_acc, teacher_acc), kind, training)
+        save_student(model, out / "model", card=card)
+        write_json_atomic(out / "results.json", {
+            "student": student, "queries": queries, "plan": [list(s) for s in plan.steps], "transfer_rows": len(transfer.rows),
+            "validation": val_source, "accuracy_kind": kind, "test_accuracy": student_acc, "teacher_accuracy": teacher_acc,
+            "training": asdict(training), "config": _jsonable(asdict(cfg)), "wall_s": round(time.monotonic() - t0, 2)})
+    accelerator.wait_for_everyone()
+    return DistillResult(model, queries, plan, transfer, training, student_acc, teacher_acc, out)
+
+
+def _task(model: nn.Module, cfg: TrainConfig) -> nn.Module:
+    from .training import DB3DistillationTask
+
+    return DB3DistillationTask(model, temperature=cfg.temperature, task_loss_weight=cfg.ce_weight,
+                               distill_loss_weight=cfg.kd_weight)
+
+
+def _save_weights(accelerator: Any, model: nn.Module, folder: Path) -> None:
+    from ._io import save_safetensors_atomic
+
+    if accelerator.is_main_process:
+        folder.mkdir(parents=True, exist_ok=True)
+        save_safetensors_atomic(folder / "model.safetensors", accelerator.unwrap_model(model).state_dict())
+    accelerator.wait_for_everyone()
+
+
+def _jsonable(obj: Any) -> Any:
+    return json.loads(json.dumps(obj, default=lambda o: list(o) if isinstance(o, tuple) else str(o)))
