@@ -18,10 +18,11 @@ import torch
 import torch.nn as nn
 
 from ._checks import check_int, check_number
-from ._io import PathLike, write_json_atomic
+from ._io import PathLike, module_fingerprint, write_json_atomic
 from .oracle import LabelOracle
 from .training import TensorDictDataset, TrainConfig, TrainResult, make_accelerator, test_accuracy, train
-from .transfer.build import LabelingConfig, TransferSet, ZeroShotConfig, generate_zero_shot, label_real_images
+from .transfer.build import (LabelingConfig, TransferSet, ZeroShotConfig, generate_zero_shot, label_real_images,
+                             load_transfer_set)
 
 __all__ = ["DistillConfig", "DistillResult", "QueryPlan", "plan_queries", "distill_student", "BudgetTooSmallError",
            "holdout_split", "measure_throughput"]
@@ -129,7 +130,7 @@ def holdout_split(n: int, fraction: float, seed: int) -> Tuple[torch.Tensor, tor
 
 
 def plan_queries(oracle: LabelOracle, num_images: Optional[int], config: DistillConfig, *, test_images: int = 0,
-                 budget: Optional[int] = None, seed: int = 0) -> QueryPlan:
+                 budget: Optional[int] = None, seed: int = 0, transfer_dir: Optional[PathLike] = None) -> QueryPlan:
     """Returns the most queries each step of :func:`distill_student` can spend (labelers and generators are built,
     so their options are checked, but nothing is asked).
 
@@ -139,7 +140,12 @@ def plan_queries(oracle: LabelOracle, num_images: Optional[int], config: Distill
         config: the run's settings.
         test_images: test images the teacher is scored on (when ``config.evaluate_teacher``).
         budget: the cap.
+        transfer_dir: an existing transfer set to train on (nothing is labelled; its queries were paid already).
     """
+    if transfer_dir is not None:
+        steps = [("teacher evaluation", int(test_images), "one label query per test image")] \
+            if config.evaluate_teacher and test_images else []
+        return QueryPlan(steps or [("transfer set", 0, f"already built in {transfer_dir}")], budget)
     lab = config.labeling.build(oracle, seed)
     c = lab.num_classes
     qpt = int(getattr(lab, "queries_per_target", 0)) if lab.uses_queries else 0
@@ -193,7 +199,9 @@ def _split_images(images: torch.Tensor, labels: Optional[torch.Tensor], fraction
 def _transfer(oracle: LabelOracle, images: Optional[torch.Tensor], labels: Optional[torch.Tensor],
               config: DistillConfig, out: Path, seed: int, class_names: Any, prior: Any, accelerator: Any, progress: bool):
     """Builds (or resumes) the transfer set; returns it with the validation rows (real, or held-out transfer rows)."""
-    if images is not None:
+    if isinstance(images, (str, Path)):  # an existing transfer set
+        transfer = load_transfer_set(images)
+    elif images is not None:
         train_images, train_labels, val = _split_images(images, labels, config.val_fraction, seed)
         transfer = label_real_images(oracle, train_images, out / "transfer", config.labeling, dataset_labels=train_labels,
                                      class_names=class_names, seed=seed, prior=prior, accelerator=accelerator,
@@ -287,6 +295,7 @@ def distill_student(
     class_names: Optional[Sequence[str]] = None,
     dataset: str = "custom images",
     config: Optional[DistillConfig] = None,
+    transfer_dir: Optional[PathLike] = None,
     prior: Any = None,
     accelerator: Any = None,
     progress: bool = True,
@@ -310,6 +319,8 @@ def distill_student(
         class_names: names of the teacher's classes (datasets and the card).
         dataset: what the images are, for the card (a spec such as ``fashion-mnist``; no local paths).
         config: the remaining settings (:class:`DistillConfig`).
+        transfer_dir: train on this existing transfer set (a ``db3 label`` / ``db3 generate`` / ``db3 distill``
+            output) instead of building one; its recorded queries count toward the student's.
         prior: optional white-box surrogate guiding the labeler's boundary search (see ``mbd``).
         accelerator: an ``accelerate.Accelerator`` (default: one made by :func:`~db3_timm.training.make_accelerator`).
         progress: show progress bars.
@@ -328,13 +339,17 @@ def distill_student(
     _check_images(oracle, images, labels)
     check_int("seed", seed, 0)
     out = Path(out_dir)
+    if transfer_dir is not None and images is not None:
+        raise ValueError("pass either images (to build a transfer set) or transfer_dir (to train on one), not both")
     plan = plan_queries(oracle, None if images is None else images.shape[0], cfg,
-                        test_images=0 if test is None else len(test[0]), budget=budget, seed=seed)
+                        test_images=0 if test is None else len(test[0]), budget=budget, seed=seed,
+                        transfer_dir=transfer_dir)
     plan.check()
     t0 = time.monotonic()
     accelerator = accelerator or make_accelerator(out, seed=seed, mixed_precision=cfg.mixed_precision,
                                                   gradient_accumulation_steps=cfg.gradient_accumulation_steps, cpu=cfg.cpu)
-    transfer, train_rows, val, val_source = _transfer(oracle, images, labels, cfg, out, seed, class_names, prior,
+    source = images if transfer_dir is None else Path(transfer_dir)
+    transfer, train_rows, val, val_source = _transfer(oracle, source, labels, cfg, out, seed, class_names, prior,
                                                       accelerator, progress)
     set_seed(seed)  # the student's initialisation does not depend on how the transfer set was made
     model = _build_student(student, transfer.num_classes, transfer.image_shape, cfg.student_pretrained)
@@ -356,13 +371,17 @@ def distill_student(
     queries = {**{k: v for k, v in transfer.queries.items() if k != "total"}, **({"evaluation": eval_q} if eval_q else {})}
     queries["total"] = sum(queries.values())
     model = accelerator.unwrap_model(model).eval()
+    from accelerate.utils import gather_object
+
+    weights = gather_object([module_fingerprint(model)])  # every process must hold the same student
     if accelerator.is_main_process:
         card = _card(oracle, student, dataset, cfg, images is None, transfer, queries, (student_acc, teacher_acc), kind, training)
         save_student(model, out / "model", card=card)
         write_json_atomic(out / "results.json", {
             "student": student, "queries": queries, "plan": [list(s) for s in plan.steps], "transfer_rows": len(transfer.rows),
             "validation": val_source, "accuracy_kind": kind, "test_accuracy": student_acc, "teacher_accuracy": teacher_acc,
-            "training": asdict(training), "config": _jsonable(asdict(cfg)), "wall_s": round(time.monotonic() - t0, 2)})
+            "training": asdict(training), "config": _jsonable(asdict(cfg)), "weights_per_process": weights,
+            "num_processes": accelerator.num_processes, "wall_s": round(time.monotonic() - t0, 2)})
     accelerator.wait_for_everyone()
     return DistillResult(model, queries, plan, transfer, training, student_acc, teacher_acc, out)
 

@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="report the teacher's test accuracy (one counted query per test image)")
     p.add_argument("--output-dir", "--out", dest="out", metavar="DIR", help="where everything goes; model/ is the student")
     opt.add_data(p)
-    opt.add_labeling(p)
+    opt.add_labeling(p, transfer_dir=True)
     opt.add_zero_shot(p)
     opt.add_training(p)
     opt.add_accelerate(p)
@@ -53,15 +53,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     oracle = db3_timm.LabelOracle.from_timm(args.teacher, args.teacher_checkpoint, num_classes=args.num_classes,
                                             device=accelerator.device, budget=args.budget)
     size = args.image_size or (oracle.input_size[1] if oracle.input_size[1] == oracle.input_size[2] else None)
-    train = None if args.zero_shot else load_image_dataset(args.data, args.train_split, image_size=size, limit=args.limit)
+    own_images = not (args.zero_shot or args.transfer_dir)
+    train = load_image_dataset(args.data, args.train_split, image_size=size, limit=args.limit) if own_images else None
     test = load_image_dataset(args.data, args.test_split, image_size=size, limit=args.test_limit)
+    prior = None if args.prior is None else db3_timm.create_timm_model(
+        args.prior, args.prior_checkpoint, num_classes=oracle.num_classes, device=accelerator.device)
     config = db3_timm.DistillConfig(labeling=opt.labeling_config(args), zero_shot=opt.zero_shot_config(args),
                                     train=opt.train_config(args), val_fraction=args.val_fraction,
                                     evaluate_teacher=args.eval_teacher, student_pretrained=args.student_pretrained)
     result = db3_timm.distill_student(
         oracle, args.student, None if train is None else train.images, args.budget, args.out, args.seed,
         labels=None if train is None else train.labels, test=(test.images, test.labels), class_names=test.class_names,
-        dataset=args.data, config=config, accelerator=accelerator, progress=not args.no_progress)
+        dataset=args.data, config=config, transfer_dir=args.transfer_dir, prior=prior, accelerator=accelerator,
+        progress=not args.no_progress)
     accelerator.print(f"student test accuracy {result.test_accuracy:.2%} ({result.queries['total']:,} teacher queries) "
                       f"-> {result.out_dir / 'model'}")
     return 0

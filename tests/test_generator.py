@@ -59,8 +59,26 @@ def test_killed_generation_resumes_identically(tmp_path):
     assert full.queries == resumed.queries and sorted(resumed.snapshots) == [0, 2]
     # only the two missing iterations were queried again
     assert oracle.queries - spent_before < full.queries["iterations"]
-    with pytest.raises(ValueError, match="different settings"):
+    with pytest.raises(ValueError, match="other settings .*seed: 3 -> 4"):
         create_generator("zsdb3", oracle, seed=4).generate(5, 4, 50, progress=False, out_dir=tmp_path)
+
+
+def test_a_run_is_extended_or_refused_before_any_query(tmp_path):
+    oracle = affine_teacher()
+    four = create_generator("zsdb3", oracle, seed=1).generate(3, 4, 40, progress=False, out_dir=tmp_path)
+    before = oracle.queries
+    with pytest.raises(ValueError, match="already at iteration 4; asking for 2"):
+        create_generator("zsdb3", oracle, seed=1).generate(3, 2, 40, progress=False, out_dir=tmp_path)
+    assert oracle.queries == before  # refused before spending anything
+    six = create_generator("zsdb3", oracle, seed=1).generate(3, 6, 40, progress=False, out_dir=tmp_path)
+    straight = create_generator("zsdb3", affine_teacher(), seed=1).generate(3, 6, 40, progress=False)
+    assert torch.equal(six.images, straight.images) and six.queries == straight.queries  # extending = running on
+    assert torch.equal(six.robustness[:4], four.robustness)
+    # The state is one file, so a kill can never leave tensors and bookkeeping from two different iterations.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["state.safetensors"]
+    (tmp_path / "state.safetensors").write_bytes((tmp_path / "state.safetensors").read_bytes()[:100])
+    with pytest.raises(ValueError, match="state.safetensors' is damaged"):
+        create_generator("zsdb3", oracle, seed=1).generate(3, 6, 40, progress=False, out_dir=tmp_path)
 
 
 def test_step_growth_lets_samples_travel_further_on_the_same_budget():
@@ -83,7 +101,7 @@ def test_mixes_join_the_pool_with_teacher_labels_once(tmp_path):
                                                                                           out_dir=tmp_path)
     assert oracle.queries == before  # a finished run is read back, not mixed (and paid for) again
     assert torch.equal(again.pool_images, out.pool_images) and again.queries == out.queries
-    with pytest.raises(ValueError, match="mixes must be >= 0, got -1"):
+    with pytest.raises(ValueError, match="mixes must be an integer at least 0, got -1"):
         create_generator("zsdb3", oracle, mixes=-1)
 
 
@@ -115,33 +133,51 @@ def test_bad_arguments_are_named():
     oracle = affine_teacher()
     with pytest.raises(ValueError, match="queries_per_iteration"):
         create_generator("zsdb3", oracle).generate(2, 1, 5)
-    with pytest.raises(ValueError, match="step_growth=0.5"):
+    with pytest.raises(ValueError, match="step_growth must be a finite number in \\[1, inf\\), got 0.5"):
         create_generator("zsdb3", oracle).generate(2, 1, 40, step_growth=0.5)
+    for bad in (-1.0, float("nan")):
+        with pytest.raises(ValueError, match="step must be a finite number"):
+            create_generator("zsdb3", oracle).generate(2, 1, 40, step=bad)
     with pytest.raises(ValueError, match="input_shape"):
         create_generator("zsdb3", LabelOracle.from_callable(lambda x: [0] * len(x), num_classes=3))
+    with pytest.raises(ValueError, match="num_classes=3 but the teacher answers 4"):
+        create_generator("zsdb3", oracle, num_classes=3)
+    with pytest.raises(TypeError, match="unknown boundary search option.*'probs'"):
+        create_generator("zsdb3", oracle, search={"probs": 3})
+    with pytest.raises(ValueError, match="momentum=nan"):
+        create_generator("zsdb3", oracle, search={"momentum": float("nan")})
+
+
+def _transfer(tmp_path, oracle, zs, labeler="mbd", **lab):
+    from db3_timm import LabelingConfig, ZeroShotConfig
+    from db3_timm.transfer.build import generate_zero_shot
+
+    return generate_zero_shot(oracle, tmp_path / "ts", ZeroShotConfig(**zs), LabelingConfig(labeler, lab), progress=False)
 
 
 def test_transfer_set_soft_labels_pseudo_samples_against_each_other(tmp_path):
-    from db3_timm import create_labeler
-    from db3_timm.generators import build_transfer_set
-    from db3_timm.report import plot_curve, save_class_grids
-
     oracle = affine_teacher()
     pseudo = create_generator("zsdb3", oracle, seed=0).generate(4, 2, 40, progress=False)
-    ds = build_transfer_set(pseudo, create_labeler("mbd", oracle, queries_per_target=60), tmp_path / "ts", progress=False)
-    assert ds["label"] == pseudo.labels.tolist()
-    dist = torch.tensor(ds["distances"])
+    ts = _transfer(tmp_path, oracle, {"samples_per_class": 4, "iterations": 2, "queries_per_iteration": 40},
+                   queries_per_target=60)
+    rows = ts.tensors()
+    assert torch.equal(rows["label"], pseudo.labels) and torch.equal(rows["image"], pseudo.images)
+    labelled = ts.folder / "pseudo"
+    dist = torch.tensor(__import__("datasets").load_from_disk(str(labelled))["train"]["distances"])
     others = torch.ones_like(dist, dtype=torch.bool).scatter_(1, pseudo.labels[:, None], False)
     assert torch.isfinite(dist[others]).all() and (dist[others] > 0).all()
-    paths = save_class_grids(pseudo.images, pseudo.labels, tmp_path / "grids")
-    assert len(paths) == 5 and all(p.stat().st_size > 0 for p in paths)
-    png = plot_curve({"mean": pseudo.robustness.mean(1).tolist()}, tmp_path / "rob.png", ylabel="robustness")
-    assert png.read_bytes()[:4] == b"\x89PNG"
+    # Every query is counted: the generation's and the labelling's.
+    assert ts.queries["generation"] == sum(pseudo.queries.values()) and ts.queries["total"] == sum(
+        v for k, v in ts.queries.items() if k != "total")
+    grid = ts.folder / "grids" / "all-classes.png"
+    assert grid.is_file() and (ts.folder / "robustness.png").read_bytes()[:4] == b"\x89PNG"
+    from PIL import Image
+
+    assert Image.open(grid).height >= 4 * 56  # one upscaled, labelled row per class
 
 
 def test_smooth_start_keeps_a_labelled_pool_that_joins_the_transfer_set(tmp_path):
-    from db3_timm import create_labeler
-    from db3_timm.generators import build_transfer_set, label_pseudo_samples, reference_noise, smooth_noise
+    from db3_timm.generators import reference_noise, smooth_noise
 
     def roughness(x):  # neighbour difference relative to the spread of the pixels
         return float((x[..., 1:] - x[..., :-1]).abs().mean() / (x - x.mean()).abs().mean())
@@ -160,15 +196,19 @@ def test_smooth_start_keeps_a_labelled_pool_that_joins_the_transfer_set(tmp_path
     assert pseudo.queries["init"] >= 300 and oracle.queries - before - 12 - 300 == sum(pseudo.queries.values())
 
     before = oracle.queries
-    ds = build_transfer_set(pseudo, create_labeler("sd", oracle), tmp_path / "ts", progress=False)
-    assert len(ds) == 12 + 300 and ds["label"] == pseudo.labels.tolist() + pseudo.pool_labels.tolist()
-    # Every label is known from the generation and sd needs no boundary queries: the transfer set is free.
-    assert oracle.queries - before == 0
-    assert sum(json.loads((tmp_path / "ts" / d / "manifest.json").read_text())["queries"]["total"] for d in (".", "pool")) == 0
-    images, labels, logits = label_pseudo_samples(pseudo, create_labeler("sd", oracle))  # the in-memory twin
-    assert oracle.queries - before == 0
-    assert torch.equal(images, torch.cat([pseudo.images, pseudo.pool_images])) and ds["label"] == labels.tolist()
-    assert torch.allclose(torch.tensor(ds["soft_logits"]), logits)
+    zs = {"samples_per_class": 3, "iterations": 1, "queries_per_iteration": 40,
+          "options": {"start": "smooth", "start_pool": 300, "init_batch": 128}}
+    ts = _transfer(tmp_path, oracle, zs, labeler="sd")
+    rows = ts.tensors()
+    assert len(ts.rows) == 12 + 300 and torch.equal(rows["label"], torch.cat([pseudo.labels, pseudo.pool_labels]))
+    # Every label is known from the generation and sd needs no boundary queries: only the generation was paid.
+    assert oracle.queries - before == sum(pseudo.queries.values())
+    assert ts.queries["pseudo_labelling"] == ts.queries["pool_labelling"] == 0
+    assert sorted(set(ts.rows["source"])) == ["pool", "pseudo"]
+    # Rerunning reads the finished set back: nothing is asked again.
+    before = oracle.queries
+    again = _transfer(tmp_path, oracle, zs, labeler="sd")
+    assert oracle.queries == before and again.queries == ts.queries
     with pytest.raises(ValueError, match="start must be one of .*'plaid'"):
         create_generator("zsdb3", oracle, start="plaid")
 
@@ -190,14 +230,21 @@ def test_db3_generate_cli_writes_figures_and_transfer_set(tmp_path):
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     summary = json.loads((out / "summary.json").read_text())
-    assert "pseudo samples" in run.stdout and (out / "robustness.png").exists() and (out / "grids" / "all-classes.png").exists()
+    assert "transfer set of" in run.stdout and (out / "robustness.png").exists() and (out / "grids" / "all-classes.png").exists()
     assert summary["queries"]["total"] == sum(v for k, v in summary["queries"].items() if k != "total")
-    assert summary["pool"] == 60 and summary["queries"]["mixes"] == 10
-    assert (out / "transfer" / "pool" / "manifest.json").is_file()
+    parts = {p["source"]: p["rows"] for p in summary["parts"]}
+    assert parts["pool"] == 50 + 10 and summary["rows"] == parts["pool"] + parts["pseudo"]  # start pool and mixes kept
+    import datasets
+
+    merged = datasets.load_from_disk(str(out))["train"]  # the output folder is the transfer set
+    assert len(merged) == summary["rows"] and sorted(set(merged["source"])) == ["pool", "pseudo"]
+    # A finished run read back reports the same totals (nothing is asked, nothing is overwritten with less).
+    rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0 and json.loads((out / "summary.json").read_text())["queries"] == summary["queries"]
     bad = subprocess.run(cmd[:-2] + ["--input-shape", "1,8", "--out", str(out)], capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "expected C,H,W" in bad.stderr
     # A labeler option it does not take is reported before the generation spends anything.
     bad = subprocess.run(cmd[:-2] + ["--labeler-kwargs", '{"probes": 40}', "--out", str(tmp_path / "zs2")],
                          capture_output=True, text=True, timeout=300)
-    assert bad.returncode == 2 and "argument --labeler: cannot build 'sd' with {'probes': 40}" in bad.stderr
+    assert bad.returncode == 2 and "argument --labeler: cannot build 'sd' with {'seed': 0, 'probes': 40}" in bad.stderr
     assert not (tmp_path / "zs2").exists()

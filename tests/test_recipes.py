@@ -15,7 +15,6 @@ import pytest
 import torch
 
 import db3_timm  # noqa: F401  (registers the paper's architectures)
-from db3_timm import train_utils as tu
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = REPO / "recipes"
@@ -93,12 +92,10 @@ def test_train_teacher_recipe_saves_a_local_dir_teacher(teacher):
     from db3_timm.data import load_image_dataset
 
     r = _results(teacher)
-    assert r["recipe"] == "train_teacher" and r["epochs"] == 4 and len(r["history"]) == 4
-    assert r["final"]["test_acc"] > 0.8, r
-    assert r["validation"]["source"].startswith("60 held-out images of digits")
+    assert r["recipe"] == "train_teacher" and len(r["history"]) == 4 and r["test_acc"] > 0.8, r
     oracle = LabelOracle.from_timm(f"local-dir:{teacher / 'model'}")
     test = load_image_dataset("digits", "test", image_size=28)
-    assert float((oracle(test.images) == test.labels).float().mean()) == pytest.approx(r["final"]["test_acc"])
+    assert float((oracle(test.images) == test.labels).float().mean()) == pytest.approx(r["test_acc"])
     assert sorted(p.name for p in (teacher / "checkpoints").iterdir()) == ["epoch_3", "epoch_4"]  # keep 2
 
 
@@ -116,27 +113,46 @@ def single(teacher, tmp_path_factory):
 
 
 def test_distill_recipe_end_to_end_on_digits(single, teacher):
-    from db3_timm import LabelOracle
+    from db3_timm import LabelOracle, load_transfer_set
     from db3_timm.data import load_image_dataset
+    from db3_timm.hub import read_student_card
 
     out, proc = single
     r = _results(out)
-    assert r["recipe"] == "distill" and r["num_processes"] == 1 and r["global_steps"] == 27  # 180 rows / 20, 3 epochs
-    assert r["transfer"]["rows"] == 180 and r["transfer"]["queries"] > 180  # labels + reference check
-    assert "labelled with 'sd'" in r["transfer"]["source"]
-    assert r["validation"] == {"source": "20 held-out images of digits split 'train' (seed 0)", "labels": "dataset", "rows": 20}
-    losses = [h["train_loss"] for h in r["history"]]
+    assert r["num_processes"] == 1 and r["training"]["global_steps"] == 27  # 180 rows / 20, 3 epochs
+    assert r["transfer_rows"] == 180 and r["queries"]["labelling"] > 180  # labels + reference check
+    assert r["validation"] == "held-out images with their dataset labels" and r["accuracy_kind"] == "val-selected"
+    losses = [h["train_loss"] for h in r["training"]["history"]]
     assert losses[-1] < losses[0]
-    assert r["final"]["test_acc"] > 0.5 and r["teacher_test_acc"] > 0.8, r
-    assert 1 <= r["best"]["epoch"] <= 3 and r["best"]["val_acc"] == max(h["val_acc"] for h in r["history"])
-    assert "final model (epoch 3): test accuracy" in proc.stdout
-    assert "best model by validation accuracy (20 held-out images" in proc.stdout
-    # The saved student is a local-dir timm model whose accuracy is the one reported.
+    assert r["test_accuracy"] > 0.5 and r["teacher_accuracy"] > 0.8, r
+    assert r["queries"]["evaluation"] == 360 and r["queries"]["total"] == r["queries"]["labelling"] + 360
+    assert "student test accuracy" in proc.stdout
+    # The saved student is a local-dir timm model whose accuracy is the one reported, with its card.
     student = LabelOracle.from_timm(f"local-dir:{out / 'model'}")
     test = load_image_dataset("digits", "test", image_size=28)
-    assert float((student(test.images) == test.labels).float().mean()) == pytest.approx(r["final"]["test_acc"])
-    assert (out / "model_best" / "model.safetensors").is_file()
+    assert float((student(test.images) == test.labels).float().mean()) == pytest.approx(r["test_accuracy"])
+    card = read_student_card(out / "model")
+    assert card.queries == r["queries"]["total"] and card.transfer_rows == 180 and card.hyperparameters["epochs"] == 3
+    assert str(out) not in (out / "model" / "README.md").read_text()  # no local path is published
+    assert load_transfer_set(out / "transfer").info["labeler"]["labeler"] == "sd"
     assert {p.name for p in (out / "checkpoints").iterdir()} >= {"epoch_1", "epoch_2", "epoch_3", "step_4", "step_12"}
+
+
+def test_a_recipe_student_pushes_with_its_card(single):
+    from db3_timm.hub import push_student
+
+    class FakeApi:
+        def create_repo(self, **kw):
+            return "https://hub/org/name"
+
+        def upload_folder(self, **kw):
+            self.files = kw["allow_patterns"]
+            return "https://hub/org/name/commit/1"
+
+    out, _ = single
+    api = FakeApi()
+    assert push_student(out / "model", "org/name", api=api).endswith("commit/1")
+    assert set(api.files) == {"README.md", "config.json", "db3.json", "model.safetensors"}
 
 
 def test_resume_mid_epoch_finishes_like_the_uninterrupted_run(single, teacher, tmp_path):
@@ -146,19 +162,17 @@ def test_resume_mid_epoch_finishes_like_the_uninterrupted_run(single, teacher, t
     shutil.copytree(out, resumed)
     # As if killed after optimizer step 12 (epoch 2, batch 3 of 9): only that checkpoint survives.
     for ckpt in (resumed / "checkpoints").iterdir():
-        if ckpt.name != "step_12":
+        if ckpt.name not in ("step_12", "best"):
             shutil.rmtree(ckpt)
     shutil.rmtree(resumed / "model")
     (resumed / "results.json").unlink()
     assert json.loads((resumed / "checkpoints" / "step_12" / "progress.json").read_text())["batch_in_epoch"] == 3
-    proc = _run([sys.executable, str(RECIPES / "distill.py"), *_distill_args(teacher, resumed, "--resume")])
+    proc = _run([sys.executable, str(RECIPES / "distill.py"), *_distill_args(teacher, resumed)])
     assert "resumed from" in proc.stdout and "step_12 (epoch 2, batch 3, step 12)" in proc.stdout
     again = _results(resumed)
-    assert again["global_steps"] == r["global_steps"]
-    assert again["history"] == r["history"]  # same loss trajectory, bit for bit
-    assert again["weights_sha256_per_process"] == r["weights_sha256_per_process"]  # same final weights
-    assert again["final"]["test_acc"] == r["final"]["test_acc"] and again["best"]["epoch"] == r["best"]["epoch"]
-    assert "labelled" in again["transfer"]["source"] and again["transfer"]["queries"] == r["transfer"]["queries"]
+    assert again["training"]["history"] == r["training"]["history"]  # same loss trajectory, bit for bit
+    assert again["weights_per_process"] == r["weights_per_process"]  # the same student
+    assert again["test_accuracy"] == r["test_accuracy"] and again["queries"] == r["queries"]  # nothing asked twice
 
 
 @pytest.mark.slow
@@ -171,14 +185,14 @@ def test_two_cpu_processes_train_the_same_student(single, teacher, tmp_path):
            "--main_process_port", str(_free_port()), str(RECIPES / "distill.py"), *_distill_args(teacher, two)]
     _run(cmd, ACCELERATE_USE_CPU="true")
     r2 = _results(two)
-    assert r2["num_processes"] == 2 and r2["global_steps"] == r1["global_steps"]
-    a, b = r2["weights_sha256_per_process"]
+    assert r2["num_processes"] == 2 and r2["training"]["global_steps"] == r1["training"]["global_steps"]
+    a, b = r2["weights_per_process"]
     assert a == b  # both ranks hold the same student
     # Global batches split over two processes: the same batches as one process, up to float rounding.
-    for h1, h2 in zip(r1["history"], r2["history"]):
+    for h1, h2 in zip(r1["training"]["history"], r2["training"]["history"]):
         assert h2["train_loss"] == pytest.approx(h1["train_loss"], rel=1e-3)
-    assert abs(r2["final"]["test_acc"] - r1["final"]["test_acc"]) <= 0.03
-    assert r2["transfer"]["queries"] == r1["transfer"]["queries"]  # labelling split across processes, same cost
+    assert abs(r2["test_accuracy"] - r1["test_accuracy"]) <= 0.03
+    assert r2["queries"]["labelling"] == r1["queries"]["labelling"]  # labelling split across processes, same cost
 
 
 def test_distill_from_a_prelabelled_transfer_dir(teacher, in_process, tmp_path):
@@ -195,39 +209,60 @@ def test_distill_from_a_prelabelled_transfer_dir(teacher, in_process, tmp_path):
                                     str(out), "--transfer-dir", str(labels), "--epochs", "2", "--batch-size", "10",
                                     "--no-eval-teacher", "--test-limit", "40", "--no-progress"]) == 0
     r = _results(out)
-    assert r["transfer"] == {"source": f"pre-labelled {labels}", "rows": 54, "queries": spent}
-    assert r["validation"] == {"source": "6 held-out rows of the transfer set (seed 0)",
-                               "labels": "teacher (agreement with the teacher, not ground truth)", "rows": 6}
-    assert r["global_steps"] == 10 and "teacher_test_acc" not in r
+    assert r["transfer_rows"] == 60 and r["queries"] == {"labelling": spent, "total": spent}
+    assert r["validation"] == "held-out transfer rows scored against the teacher's labels"
+    # 54 of 60 rows train: 5 batches of 10 would be too few per epoch, so 10 batches of 5, 2 epochs.
+    assert r["training"]["batch_size"] == 5 and r["training"]["global_steps"] == 20
     assert read_manifest(labels)["queries"]["total"] == spent  # used as is: nothing relabelled
 
 
-def test_distill_labels_with_a_surrogate_prior(teacher, in_process, tmp_path):
+def test_a_generate_output_trains_with_its_pool_and_every_query_counted(teacher, in_process, tmp_path):
+    from db3_timm.cli import main as db3
+    from db3_timm.hub import read_student_card
+
+    zs = tmp_path / "zs"
+    assert db3(["generate", "--teacher", f"local-dir:{teacher / 'model'}", "--samples-per-class", "2", "--iterations",
+                "1", "--queries-per-iteration", "30", "--labeler", "sd", "--start-pool", "40", "--no-progress",
+                "--out", str(zs)]) == 0
+    summary = json.loads((zs / "summary.json").read_text())
+    out = tmp_path / "d"
+    assert db3(["distill", "--teacher", f"local-dir:{teacher / 'model'}", "--student", "lenet5_fifth", "--data",
+                "digits", "--transfer-dir", str(zs), "--epochs", "1", "--test-limit", "30", "--no-progress",
+                "--out", str(out)]) == 0
+    r = _results(out)
+    assert r["transfer_rows"] == summary["rows"] == 20 + 40  # pseudo samples and the start pool
+    assert r["queries"]["generation"] == summary["queries"]["generation"] and r["queries"]["evaluation"] == 30
+    card = read_student_card(out / "model")
+    assert card.queries == summary["queries"]["total"] + 30 and card.query_breakdown["generation"] > 0
+
+
+def test_distill_with_a_prior_end_to_end(teacher, in_process, tmp_path):
     from db3_timm.transfer.label import read_manifest
 
-    out = tmp_path / "d"
-    # The teacher's own weights as the white-box surrogate, so the prior is exercised end to end.
+    out = tmp_path / "p"
     assert _recipe("distill").main(["--config", DIGITS, "--teacher", f"local-dir:{teacher / 'model'}", "--output-dir",
                                     str(out), "--limit", "40", "--labeler", "mbd", "--queries-per-target", "30",
                                     "--prior", f"local-dir:{teacher / 'model'}", "--epochs", "1", "--batch-size", "10",
                                     "--no-eval-teacher", "--test-limit", "20", "--no-progress"]) == 0
     r = _results(out)
-    assert "labelled with 'mbd'" in r["transfer"]["source"]
-    manifest = read_manifest(out / "transfer")
+    manifest = read_manifest(out / "transfer" / "labels")
     assert manifest["config"]["labeler"]["prior"]["model"] == "LeNet5" and manifest["complete"]
-    assert r["transfer"]["queries"] <= r["transfer"]["rows"] * (1 + 9 * 30) + 10 * 10
+    assert r["queries"]["labelling"] <= r["transfer_rows"] * (1 + 9 * 30) + 10 * 10
 
 
-# ---------------------------------------------------------------------- guard, zero-shot, config handling
+# ---------------------------------------------------------------------- guard, zero-shot, accelerate, configs
 def test_guard_names_the_fix(monkeypatch, in_process, capsys, tmp_path):
+    from db3_timm import DistributedSetupError
+    from db3_timm._distributed import check_launch
+
     class _OneProcess:
         num_processes, distributed_type = 1, "NO"
 
     monkeypatch.setenv("WORLD_SIZE", "2")
-    with pytest.raises(tu.DistributedSetupError, match=FIX.replace(" ", r"\s")):
-        tu.check_distributed_setup(_OneProcess())
+    with pytest.raises(DistributedSetupError, match=FIX.replace(" ", r"\s")):
+        check_launch(_OneProcess())
     monkeypatch.setenv("WORLD_SIZE", "1")
-    tu.check_distributed_setup(_OneProcess())
+    check_launch(_OneProcess())
 
     # The recipe under a launcher that set WORLD_SIZE=2 while accelerate saw one CPU process.
     monkeypatch.setenv("WORLD_SIZE", "2")
@@ -235,16 +270,37 @@ def test_guard_names_the_fix(monkeypatch, in_process, capsys, tmp_path):
         _recipe("distill").main(["--config", DIGITS, "--teacher", "lenet5", "--output-dir", str(tmp_path / "o")])
     assert exc.value.code == 2
     assert FIX in capsys.readouterr().err
-    assert not (tmp_path / "o").exists()  # refused before any query or file
+    assert not (tmp_path / "o" / "transfer").exists()  # refused before any query
 
 
-def test_zero_shot_without_the_generator_fails_clearly(monkeypatch, in_process, capsys, tmp_path):
-    monkeypatch.setattr(db3_timm, "is_generator", lambda name: False)
-    with pytest.raises(SystemExit) as exc:
-        _recipe("distill").main(["--config", DIGITS, "--teacher", "lenet5", "--output-dir", str(tmp_path), "--zero-shot"])
-    assert exc.value.code == 2
-    err = capsys.readouterr().err
-    assert "--zero-shot needs the ZSDB3KD pseudo-sample generator 'zsdb3', which is not installed" in err
+def test_the_launcher_decides_precision_and_accumulation_unless_the_flag_is_given(monkeypatch, in_process, tmp_path):
+    from db3_timm.training import make_accelerator
+
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")  # what `accelerate launch --mixed_precision bf16` sets
+    monkeypatch.setenv("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", "3")
+    acc = make_accelerator(tmp_path, cpu=True)
+    assert acc.mixed_precision == "bf16" and acc.gradient_accumulation_steps == 3
+    _reset_accelerate()
+    acc = make_accelerator(tmp_path, cpu=True, mixed_precision="no", gradient_accumulation_steps=2)
+    assert acc.mixed_precision == "no" and acc.gradient_accumulation_steps == 2  # the recipe's flags win
+    args = _recipe("distill").build_parser().parse_args([])
+    assert args.mixed_precision is None and args.gradient_accumulation_steps is None
+
+
+def test_a_small_transfer_set_trains_with_a_smaller_batch_and_says_so(in_process, tmp_path, capsys):
+    import timm
+
+    from db3_timm.training import TensorDictDataset, TrainConfig, adapted_batch_size, make_accelerator, train
+
+    assert adapted_batch_size(900, 512, 1, 8) == 64 and adapted_batch_size(54_000, 512, 1, 8) == 512
+    assert adapted_batch_size(900, 512, 2, 8) == 64 and adapted_batch_size(900, 512, 1, 0) == 512
+    x = torch.rand(90, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    model = timm.create_model("lenet5_fifth", num_classes=2)
+    task = db3_timm.DB3DistillationTask(model)
+    result = train(make_accelerator(tmp_path, cpu=True), task, model, TensorDictDataset(x, (x.mean((1, 2, 3)) > 0.5).long()),
+                   TrainConfig(epochs=1, batch_size=512), output_dir=tmp_path, progress_bar=False)
+    assert result.batch_size == 8 and result.global_steps == 11  # 90 rows: 11 full batches of 8, not 0 of 512
+    assert "training with batch size 8 instead" in capsys.readouterr().out
 
 
 def test_zero_shot_trains_on_the_registered_generator(monkeypatch, in_process, tmp_path, teacher):
@@ -254,47 +310,62 @@ def test_zero_shot_trains_on_the_registered_generator(monkeypatch, in_process, t
     calls = []
 
     class FakeZSDB3:  # the registered factory's interface: factory(oracle, **cfg).generate(spc, iterations, qpi, ...)
+        num_classes = 10
+
         def __init__(self, oracle, **cfg):
-            self.oracle, self.pool = oracle, cfg["start_pool"] + cfg["mixes"]
+            self.oracle, self.pool, self.cfg = oracle, cfg["start_pool"] + cfg["mixes"], cfg
             calls.append(cfg)
 
-        def generate(self, samples_per_class, iterations, queries_per_iteration, *, step, out_dir, progress):
+        def config(self):
+            return {"generator": "fake", **self.cfg}
+
+        def planned_queries(self, samples_per_class, iterations, queries_per_iteration):
+            return samples_per_class * 10 + self.pool
+
+        def generate(self, samples_per_class, iterations, queries_per_iteration, *, step, step_growth, out_dir, progress):
             calls.append((samples_per_class, iterations, queries_per_iteration, step))
             x = torch.rand(samples_per_class * 10 + self.pool, 1, 28, 28, generator=torch.Generator().manual_seed(0))
             y = self.oracle(x)
             n = samples_per_class * 10
-            return PseudoSamples(x[:n], y[:n], torch.empty(0), queries={"init": len(x), "iterations": 0},
+            return PseudoSamples(x[:n], y[:n], torch.zeros(iterations, n), queries={"init": len(x), "iterations": 0},
                                  pool_images=x[n:], pool_labels=y[n:])
 
     monkeypatch.setitem(_registry._factories["generator"], "zsdb3", FakeZSDB3)
     out = tmp_path / "zs"
     assert _recipe("distill").main([
         "--config", DIGITS, "--teacher", f"local-dir:{teacher / 'model'}", "--output-dir", str(out), "--zero-shot",
-        "--zero-shot-samples-per-class", "4", "--zero-shot-iterations", "2", "--generator-kwargs", '{"max_init_queries": 99}',
+        "--samples-per-class", "4", "--iterations", "2", "--generator-kwargs", '{"max_init_queries": 99}',
         "--references-per-class", "2", "--epochs", "1", "--batch-size", "8", "--test-limit", "40", "--no-progress",
-        "--zero-shot-start", "smooth", "--zero-shot-pool", "15", "--zero-shot-mixes", "5"]) == 0
-    assert calls == [{"seed": 0, "start": "smooth", "start_pool": 15, "mixes": 5, "max_init_queries": 99}, (4, 2, 500, 0.5)]
+        "--start", "smooth", "--start-pool", "15", "--mixes", "5"]) == 0
+    assert calls[0] == {"seed": 0, "start": "smooth", "start_pool": 15, "mixes": 5, "max_init_queries": 99}
+    assert (4, 2, 500, 0.5) in calls
     r = _results(out)
-    assert r["transfer"]["generation_queries"] == {"init": 60, "iterations": 0}
-    assert r["transfer"]["queries"] == 0  # every label is known from the generation, and sd asks nothing more
-    assert r["transfer"]["rows"] == 36 + 20 and "zero-shot pseudo samples (zsdb3, 2 iterations)" in r["transfer"]["source"]
-    assert "20 start-pool / mixed images labelled with 'sd'" in r["transfer"]["source"]
-    assert r["validation"]["source"] == "4 held-out pseudo samples (seed 0)" and r["validation"]["labels"].startswith("teacher")
-    assert r["global_steps"] == 7 and r["best"]["epoch"] == 1  # 56 rows / 8
-    assert (out / "zero_shot" / "pseudo.safetensors").is_file()
+    assert r["queries"]["generation"] == 60  # every label is known from the generation, and sd asks nothing more
+    assert r["queries"]["pseudo_labelling"] == r["queries"]["pool_labelling"] == 0
+    assert r["transfer_rows"] == 40 + 20 and r["validation"] == "held-out transfer rows scored against the teacher's labels"
+    assert r["training"]["batch_size"] == 4 and r["training"]["global_steps"] == 13  # 54 of 60 rows, too few for 8
 
 
 def test_config_file_values_are_defaults_and_flags_win(tmp_path):
+    from db3_timm.cli.options import parse_with_config
+
     distill = _recipe("distill")
-    args = tu.parse_args_with_config(distill.build_parser(), ["--config", DIGITS, "--epochs", "7"], section="distill")
+    args = parse_with_config(distill.build_parser(), ["--config", DIGITS, "--epochs", "7", "--teacher", "lenet5"],
+                             section="distill")
     assert args.epochs == 7 and args.lr == 2e-3 and args.student == "lenet5_half" and args.data == "digits"
-    assert args.temperature == 20 and args.labeler == "sd"
-    teacher = tu.parse_args_with_config(_recipe("train_teacher").build_parser(), ["--config", DIGITS], section="train_teacher")
+    assert args.temperature == 20 and args.labeler == "sd" and args.out == "runs/digits_lenet5/distill"
+    teacher = parse_with_config(_recipe("train_teacher").build_parser(), ["--config", DIGITS], section="train_teacher")
     assert teacher.model == "lenet5" and teacher.epochs == 30
     bad = tmp_path / "bad.yaml"
     bad.write_text("data: digits\ndistill:\n  studnet: lenet5_half\n")
     with pytest.raises(SystemExit):
-        tu.parse_args_with_config(distill.build_parser(), ["--config", str(bad)], section="distill")
+        parse_with_config(distill.build_parser(), ["--config", str(bad)], section="distill")
+    # db3 distill reads the same files.
+    from db3_timm.cli import build_parser
+
+    sub = build_parser()._subparsers._group_actions[0].choices["distill"]
+    cli = parse_with_config(sub, ["--config", DIGITS, "--epochs", "7", "--teacher", "lenet5"], section="distill")
+    assert (cli.epochs, cli.student, cli.labeler, cli.out) == (7, "lenet5_half", "sd", "runs/digits_lenet5/distill")
 
 
 def _standin(tmp_path, kind):
@@ -343,21 +414,27 @@ def test_config_data_fits_its_teacher_and_student(config, tmp_path, in_process):
         override = ["--data", _standin(tmp_path, "gray28")]
     elif spec == "digits":
         pytest.importorskip("sklearn")
-    t = tu.parse_args_with_config(_recipe("train_teacher").build_parser(), ["--config", path, *override], section="train_teacher")
-    d = tu.parse_args_with_config(_recipe("distill").build_parser(), ["--config", path, *override], section="distill")
-    assert d.teacher == f"local-dir:{t.output_dir}/model"  # the distillation reads what the teacher recipe writes
+    from db3_timm.cli.options import parse_with_config
+    from db3_timm._preprocess import PixelTransform
+
+    t = parse_with_config(_recipe("train_teacher").build_parser(), ["--config", path, *override], section="train_teacher")
+    from db3_timm.cli.options import load_config
+
+    # The distillation reads what the teacher recipe writes (that folder does not exist here: name a stand-in).
+    assert load_config(path, "distill")["teacher"] == f"local-dir:{t.out}/model"
+    d = parse_with_config(_recipe("distill").build_parser(), ["--config", path, "--teacher", t.model, *override],
+                          section="distill")
     assert d.temperature == 20 and d.epochs >= 1 and t.epochs >= 1
     data = load_image_dataset(t.data, t.train_split, image_size=t.image_size, limit=4)
     expected_classes = {"flowers102_resnet34.yaml": 102}.get(config, 10)
     assert data.num_classes == expected_classes
     for name in (t.model, d.student):
         model = timm.create_model(name, num_classes=data.num_classes, in_chans=data.image_shape[0]).eval()
-        tu.check_model_input(model, data.image_shape, data.num_classes)
         cfg = resolve_model_data_config(model)
         if model.pretrained_cfg.get("fixed_input_size"):
             assert tuple(cfg["input_size"]) == data.image_shape, (name, data.image_shape)
         else:
             assert data.image_shape[1:] == tuple(cfg["input_size"][1:])  # 224 for the ImageNet ResNets
         with torch.no_grad():
-            logits = model(tu.input_transform_for(model, data.image_shape)(data.images[:2]))
+            logits = model(PixelTransform.for_model(model, resize_to_model="fixed")(data.images[:2]))
         assert logits.shape == (2, data.num_classes)

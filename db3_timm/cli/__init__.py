@@ -73,7 +73,7 @@ def _add_distill(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dry-run", action="store_true", help="print the plan and the estimated time, then stop")
     p.add_argument("--out", "--output-dir", dest="out", metavar="DIR", help="output folder (model/ is the student)")
     opt.add_data(p)
-    opt.add_labeling(p)
+    opt.add_labeling(p, transfer_dir=True)
     opt.add_zero_shot(p)
     opt.add_training(p)
     opt.add_accelerate(p)

@@ -188,11 +188,12 @@ def cmd_distill(args: argparse.Namespace) -> int:
     """``db3 distill``: plan, label, train and write a student with its card."""
     from ..pipeline import BudgetTooSmallError, DistillConfig, distill_student, measure_throughput, plan_queries
 
-    opt.require(args.parser, args, "student", "out")
-    if not args.zero_shot:
+    opt.require(args.parser, args, "teacher", "student", "out")
+    own_images = not (args.zero_shot or args.transfer_dir)
+    if own_images:
         opt.require(args.parser, args, "data")
     oracle = _teacher(args)
-    train = None if args.zero_shot else _data(args, oracle, args.train_split, args.limit)
+    train = _data(args, oracle, args.train_split, args.limit) if own_images else None
     test = _data(args, oracle, args.test_split, args.test_limit) if args.data else None
     labeling, prior = _labeling(args, oracle)
     try:
@@ -200,12 +201,13 @@ def cmd_distill(args: argparse.Namespace) -> int:
                             val_fraction=args.val_fraction, evaluate_teacher=args.eval_teacher,
                             student_pretrained=args.student_pretrained, mixed_precision=args.mixed_precision,
                             gradient_accumulation_steps=args.gradient_accumulation_steps, cpu=args.cpu)
-        plan = plan_queries(oracle, None if train is None else len(train), cfg,
-                            test_images=0 if test is None else len(test), budget=args.budget, seed=args.seed)
+        plan = plan_queries(oracle, None if train is None else len(train), cfg, test_images=0 if test is None else len(test),
+                            budget=args.budget, seed=args.seed, transfer_dir=args.transfer_dir)
     except (TypeError, ValueError) as err:
         args.parser_error(str(err))
     rate = measure_throughput(oracle, None if train is None else train.images) if args.dry_run else None
-    print(f"plan for {args.student} from {args.teacher} ({'zero-shot' if train is None else f'{len(train):,} images'}):")
+    what = f"{len(train):,} images" if train is not None else (args.transfer_dir or "zero-shot")
+    print(f"plan for {args.student} from {args.teacher} ({what}):")
     print(plan.describe(rate))
     if args.dry_run:
         print(f"dry run: nothing else was asked (the throughput probe spent {oracle.queries:,} queries)")
@@ -215,7 +217,8 @@ def cmd_distill(args: argparse.Namespace) -> int:
             oracle, args.student, None if train is None else train.images, args.budget, args.out, args.seed,
             labels=None if train is None else train.labels, test=None if test is None else (test.images, test.labels),
             class_names=next((d.class_names for d in (train, test) if d is not None), None),
-            dataset=args.data or "zero-shot", config=cfg, progress=not args.no_progress, prior=prior)
+            dataset=args.data or "zero-shot", config=cfg, transfer_dir=args.transfer_dir, progress=not args.no_progress,
+            prior=prior)
     except BudgetTooSmallError as err:
         args.parser_error(f"argument --budget: {err}")
     print(f"queries: {_queries_line(result.queries)}")

@@ -200,9 +200,12 @@ def add_data(p: argparse.ArgumentParser, *, splits: bool = True) -> None:
                        help="share of the training images held out to pick the best epoch (0: keep the last)")
 
 
-def add_labeling(p: argparse.ArgumentParser) -> None:
-    """How images are soft-labelled."""
+def add_labeling(p: argparse.ArgumentParser, *, transfer_dir: bool = False) -> None:
+    """How images are soft-labelled (``transfer_dir``: or take an existing transfer set)."""
     g = p.add_argument_group("soft labels (DB3)")
+    if transfer_dir:
+        g.add_argument("--transfer-dir", metavar="DIR", help="train on this finished transfer set (a db3 label / "
+                                                             "generate / distill output) instead of labelling --data")
     g.add_argument("--labeler", default="mbd", type=labeler_name, help="registered labeler (see `db3 list labelers`)")
     g.add_argument("--queries-per-target", type=int_at_least(1), metavar="Q",
                    help="query budget per (image, other class) for labelers that search boundaries (default: the labeler's)")
