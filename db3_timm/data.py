@@ -189,6 +189,13 @@ def load_image_dataset(
         FileNotFoundError: the files a local source needs are absent.
         ConnectionError: a Hugging Face Hub name was given but the Hub is unreachable.
     """
+    _check_load_args(spec, split, limit, image_size)
+    raw, name = _load_raw(spec, split, limit, image_size, root)
+    return _finish(raw, name=name, image_size=image_size)
+
+
+def _check_load_args(spec: Any, split: Any, limit: Any, image_size: Any) -> None:
+    """Validates :func:`load_image_dataset`'s arguments (the spec's form is checked by :func:`_load_raw`)."""
     if not isinstance(spec, str) or not spec.strip():
         raise ValueError(f"dataset spec must be a non-empty string, got {spec!r}; accepted forms: {_ACCEPTED_FORMS}")
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
@@ -198,45 +205,56 @@ def load_image_dataset(
     if not isinstance(split, str) or not split:
         raise ValueError(f"split must be a non-empty string, got {split!r}")
 
+
+def _load_raw(
+    spec: str, split: str, limit: int | None, image_size: int | None, root: str | None
+) -> tuple[dict[str, Any], str]:
+    """Dispatches ``spec`` to its loader; returns the raw arrays and the :class:`ImageData` name."""
     text = spec.strip()
     key = text.lower()
     if key in ("fashion-mnist", "fmnist", "fashion_mnist", "fashionmnist"):
-        folder = os.path.expanduser(root) if root is not None else FASHION_MNIST_DIR
-        raw = _load_idx_folder(folder, _train_or_test(split, text), limit, missing_hint=_FASHION_MNIST_HINT)
-        raw["num_classes"], raw["class_names"] = len(FASHION_MNIST_CLASSES), list(FASHION_MNIST_CLASSES)
-        name = "fashion-mnist"
-    elif key == "digits":
-        raw, name = _load_digits(_train_or_test(split, text), limit), "digits"
-    elif key.startswith("idx:"):
+        return _load_fashion_mnist(text, split, limit, root), "fashion-mnist"
+    if key == "digits":
+        return _load_digits(_train_or_test(split, text), limit), "digits"
+    if key.startswith("idx:"):
         folder = os.path.expanduser(text[4:])
         if not folder:
             raise ValueError(f"dataset spec {spec!r} names no folder; use 'idx:PATH'")
-        raw = _load_idx_folder(folder, _train_or_test(split, text), limit, missing_hint=_idx_hint())
-        name = text
-    elif key.startswith("hf:"):
+        return _load_idx_folder(folder, _train_or_test(split, text), limit, missing_hint=_idx_hint()), text
+    if key.startswith("hf:"):
         target = text[3:]
         if not target:
             raise ValueError(f"dataset spec {spec!r} names no dataset; use 'hf:NAME_OR_PATH'")
-        raw, name = _load_hf(target, split, limit, image_size, cache_dir=root), text
-    elif key.startswith("torchvision:"):
-        raw, name = _load_torchvision(text, split, limit, image_size, root)
-    elif os.path.isdir(os.path.expanduser(text)):
-        folder = os.path.expanduser(text)
-        if _find_idx_file(Path(folder), "train", "images") or _find_idx_file(Path(folder), "test", "images"):
-            raw = _load_idx_folder(folder, _train_or_test(split, text), limit, missing_hint=_idx_hint())
-        else:
-            raw = _load_hf(folder, split, limit, image_size, cache_dir=root)
-        name = text
-    elif text.startswith((".", "~", "/")) or os.sep in text or (os.altsep and os.altsep in text):
+        return _load_hf(target, split, limit, image_size, cache_dir=root), text
+    if key.startswith("torchvision:"):
+        return _load_torchvision(text, split, limit, image_size, root)
+    if os.path.isdir(os.path.expanduser(text)):
+        return _load_local_dir(text, split, limit, image_size, root), text
+    if text.startswith((".", "~", "/")) or os.sep in text or (os.altsep and os.altsep in text):
         # Looks like a path (Hub names are "owner/name" too, but those come with 'hf:').
         raise FileNotFoundError(
             f"dataset spec {spec!r} looks like a path but no such directory exists "
             f"(for a Hugging Face Hub name write 'hf:{text}'); accepted forms: {_ACCEPTED_FORMS}"
         )
-    else:
-        raise ValueError(f"unknown dataset spec {spec!r}; accepted forms: {_ACCEPTED_FORMS}")
+    raise ValueError(f"unknown dataset spec {spec!r}; accepted forms: {_ACCEPTED_FORMS}")
 
-    return _finish(raw, name=name, image_size=image_size)
+
+def _load_fashion_mnist(text: str, split: str, limit: int | None, root: str | None) -> dict[str, Any]:
+    """Debian's Fashion-MNIST IDX files (or those under ``root``), with Zalando's class names."""
+    folder = os.path.expanduser(root) if root is not None else FASHION_MNIST_DIR
+    raw = _load_idx_folder(folder, _train_or_test(split, text), limit, missing_hint=_FASHION_MNIST_HINT)
+    raw["num_classes"], raw["class_names"] = len(FASHION_MNIST_CLASSES), list(FASHION_MNIST_CLASSES)
+    return raw
+
+
+def _load_local_dir(
+    text: str, split: str, limit: int | None, image_size: int | None, root: str | None
+) -> dict[str, Any]:
+    """A bare existing directory: IDX files if it holds any, else a Hugging Face dataset."""
+    folder = os.path.expanduser(text)
+    if _find_idx_file(Path(folder), "train", "images") or _find_idx_file(Path(folder), "test", "images"):
+        return _load_idx_folder(folder, _train_or_test(split, text), limit, missing_hint=_idx_hint())
+    return _load_hf(folder, split, limit, image_size, cache_dir=root)
 
 
 # --------------------------------------------------------------------------- IDX
@@ -494,17 +512,7 @@ def _hf_to_arrays(ds: Any, target: str, limit: int | None, image_size: int | Non
             f"(looked for an Image/ClassLabel feature or the names "
             f"{_HF_IMAGE_NAMES if img_col is None else _HF_LABEL_NAMES})"
         )
-
-    # Full label column (cheap) so num_classes describes the split, not just the limit.
-    all_labels = np.asarray(ds.select_columns([lab_col]).with_format("numpy")[:][lab_col])
-    if all_labels.ndim != 1 or all_labels.dtype.kind not in "iu":
-        raise ValueError(f"{target!r}: label column {lab_col!r} must hold one integer per sample, "
-                         f"got {all_labels.dtype} {all_labels.shape}")
-    label_feature = features[lab_col]
-    if isinstance(label_feature, datasets.ClassLabel):
-        num_classes, class_names = label_feature.num_classes, list(label_feature.names)
-    else:
-        num_classes, class_names = (int(all_labels.max()) + 1 if len(all_labels) else 1), None
+    all_labels, num_classes, class_names = _hf_labels(ds, lab_col, target)
 
     if limit is not None and limit < len(ds):
         ds = ds.select(range(limit))
@@ -513,7 +521,28 @@ def _hf_to_arrays(ds: Any, target: str, limit: int | None, image_size: int | Non
     col = ds.select_columns([img_col])
     if not len(col):
         raise ValueError(f"{target!r}: the split is empty")
-    feature = features[img_col]
+    images = _hf_images(col, features[img_col], img_col, image_size, target)
+    return {"images": images, "labels": labels, "num_classes": num_classes, "class_names": class_names}
+
+
+def _hf_labels(ds: Any, lab_col: str, target: str) -> tuple[np.ndarray, int, list[str] | None]:
+    """The whole split's label column (cheap), so num_classes describes the split, not just the limit."""
+    import datasets
+
+    all_labels = np.asarray(ds.select_columns([lab_col]).with_format("numpy")[:][lab_col])
+    if all_labels.ndim != 1 or all_labels.dtype.kind not in "iu":
+        raise ValueError(f"{target!r}: label column {lab_col!r} must hold one integer per sample, "
+                         f"got {all_labels.dtype} {all_labels.shape}")
+    label_feature = ds.features[lab_col]
+    if isinstance(label_feature, datasets.ClassLabel):
+        return all_labels, label_feature.num_classes, list(label_feature.names)
+    return all_labels, (int(all_labels.max()) + 1 if len(all_labels) else 1), None
+
+
+def _hf_images(col: Any, feature: Any, img_col: str, image_size: int | None, target: str) -> np.ndarray:
+    """Decodes the image column ``img_col`` of the one-column dataset ``col`` to an (N, C, H, W) array."""
+    import datasets
+
     if (isinstance(feature, dict) and set(feature) == {"bytes", "path"}) or (
         isinstance(feature, datasets.Image) and not feature.decode
     ):
@@ -521,33 +550,25 @@ def _hf_to_arrays(ds: Any, target: str, limit: int | None, image_size: int | Non
         # Image(decode=False) yields the same dicts. Both need decoding to pixels.
         col = col.cast_column(img_col, datasets.Image())
         feature = datasets.Image()
-    if isinstance(feature, datasets.Image):
-        # Decode to L or RGB only, so palette/alpha/16-bit files still give 1 or 3 channels.
-        first_mode = col[0][img_col].mode
-        if first_mode in ("L", "1", "LA", "I", "I;16", "F"):
-            # A gray first image leaves later colour images alone (_stack_ragged promotes to RGB).
-            if first_mode != "L":
-                col = col.cast_column(img_col, datasets.Image(mode="L"))
-        elif feature.mode != "RGB":
-            # Colour sets may mix RGB with palette/RGBA/CMYK files: convert all while decoding.
-            col = col.cast_column(img_col, datasets.Image(mode="RGB"))
-        # The numpy formatter decodes every image and stacks them when shapes agree.
-        images = col.with_format("numpy")[:][img_col]
-        if images.dtype == object:  # ragged sizes or mixed L/RGB: no single stack
-            images = _stack_ragged(list(images), image_size, target, channels_last=True)
-        elif images.ndim == 3:
-            images = images[:, None]
-        else:
-            images = images.transpose(0, 3, 1, 2)
-    else:  # e.g. pre-extracted pixel_values arrays
+    if not isinstance(feature, datasets.Image):  # e.g. pre-extracted pixel_values arrays
         images = np.asarray(col.with_format("numpy")[:][img_col])
         if images.dtype == object:
-            images = _stack_ragged(list(images), image_size, target, channels_last=None)
-        elif images.ndim == 3:
-            images = images[:, None]
-        else:
-            images = _to_nchw(images, target)
-    return {"images": images, "labels": labels, "num_classes": num_classes, "class_names": class_names}
+            return _stack_ragged(list(images), image_size, target, channels_last=None)
+        return images[:, None] if images.ndim == 3 else _to_nchw(images, target)
+    # Decode to L or RGB only, so palette/alpha/16-bit files still give 1 or 3 channels.
+    first_mode = col[0][img_col].mode
+    if first_mode in ("L", "1", "LA", "I", "I;16", "F"):
+        # A gray first image leaves later colour images alone (_stack_ragged promotes to RGB).
+        if first_mode != "L":
+            col = col.cast_column(img_col, datasets.Image(mode="L"))
+    elif feature.mode != "RGB":
+        # Colour sets may mix RGB with palette/RGBA/CMYK files: convert all while decoding.
+        col = col.cast_column(img_col, datasets.Image(mode="RGB"))
+    # The numpy formatter decodes every image and stacks them when shapes agree.
+    images = col.with_format("numpy")[:][img_col]
+    if images.dtype == object:  # ragged sizes or mixed L/RGB: no single stack
+        return _stack_ragged(list(images), image_size, target, channels_last=True)
+    return images[:, None] if images.ndim == 3 else images.transpose(0, 3, 1, 2)
 
 
 # --------------------------------------------------------------------------- torchvision
@@ -575,6 +596,13 @@ def _load_torchvision(
     cls = classes.get(tv_name) or {n.lower(): c for n, c in classes.items()}.get(tv_name.lower())
     if cls is None:
         raise ValueError(f"dataset spec {spec!r}: torchvision.datasets has no dataset {tv_name!r}")
+    ds = _open_torchvision(cls, tv_root, split, spec)
+    return _torchvision_arrays(ds, spec, limit, image_size), f"torchvision:{cls.__name__}"
+
+
+def _open_torchvision(cls: type, tv_root: str, split: str, spec: str) -> Any:
+    """Instantiates ``cls`` under ``tv_root`` for ``split`` without downloading; a missing file names the root."""
+    import torchvision.datasets as tvd
 
     params = inspect.signature(cls.__init__).parameters
     kwargs: dict[str, Any] = {}
@@ -585,7 +613,7 @@ def _load_torchvision(
     elif "split" in params:
         kwargs["split"] = split
     try:
-        ds = cls(tv_root, **kwargs)
+        return cls(tv_root, **kwargs)
     except (RuntimeError, FileNotFoundError) as exc:
         hint_words = ("not found", "download", "corrupt")
         if isinstance(exc, RuntimeError) and not any(w in str(exc).lower() for w in hint_words):
@@ -599,6 +627,9 @@ def _load_torchvision(
             f"downloads are disabled here, so place the files there first ({exc})"
         ) from exc
 
+
+def _torchvision_arrays(ds: Any, spec: str, limit: int | None, image_size: int | None) -> dict[str, Any]:
+    """The first ``limit`` samples of a torchvision dataset as raw arrays (in-memory data when it has any)."""
     data = getattr(ds, "data", None)
     targets = getattr(ds, "targets", None)
     if targets is None:
@@ -618,9 +649,8 @@ def _load_torchvision(
         raise ValueError(f"{spec!r}: labels must be 1-D integers, got {all_labels.dtype} {all_labels.shape}")
     class_names = [str(c) for c in getattr(ds, "classes", None) or []] or None
     num_classes = len(class_names) if class_names else (int(all_labels.max()) + 1 if len(all_labels) else 1)
-    raw = {"images": images, "labels": all_labels[:n].astype(np.int64), "num_classes": num_classes,
-           "class_names": class_names}
-    return raw, f"torchvision:{cls.__name__}"
+    return {"images": images, "labels": all_labels[:n].astype(np.int64), "num_classes": num_classes,
+            "class_names": class_names}
 
 
 # --------------------------------------------------------------------------- shared helpers

@@ -263,22 +263,16 @@ def _pct(value: Optional[float]) -> str:
     return "not reported" if value is None else f"{100.0 * value:.2f} %"
 
 
-def _render_card(card: StudentCard, config: Mapping[str, Any], *, db3_import: bool) -> Any:
-    """Builds the ``README.md`` :class:`huggingface_hub.ModelCard` from the card and timm's config.json."""
-    from huggingface_hub import EvalResult, ModelCard, ModelCardData
+def _dataset_id(card: StudentCard) -> str:
+    """The card metadata's dataset id: ``dataset_id``, else ``NAME`` of ``hf:NAME``, else ``dataset``."""
+    return card.dataset_id or (card.dataset[3:] if card.dataset.startswith("hf:") else card.dataset)
 
-    arch = card.architecture
-    pcfg = config.get("pretrained_cfg", {})
-    repo = card.repo_id or PLACEHOLDER_REPO_ID
-    title = card.model_name or f"{arch} distilled from {card.teacher}"
-    dataset_id = card.dataset_id or (card.dataset[3:] if card.dataset.startswith("hf:") else card.dataset)
-    kind_text = {
-        "final": "final: the last epoch's weights (no checkpoint selection)",
-        "best-val": f"best-val: the weights of the epoch with the best {card.eval_split} accuracy, which is the number "
-                    f"reported (selected on this split, so optimistic if it is also the test split)",
-        "val-selected": f"val-selected: the weights of the epoch with the best accuracy on held-out validation data, "
-                        f"scored on the {card.eval_split} split",
-    }[card.accuracy_kind]
+
+def _card_metadata(card: StudentCard, title: str) -> Any:
+    """The card's YAML metadata (a :class:`huggingface_hub.ModelCardData`)."""
+    from huggingface_hub import EvalResult, ModelCardData
+
+    dataset_id = _dataset_id(card)
     eval_results = None
     if card.student_accuracy is not None:
         eval_results = [
@@ -293,7 +287,7 @@ def _render_card(card: StudentCard, config: Mapping[str, Any], *, db3_import: bo
                 metric_value=round(card.student_accuracy, 6),
             )
         ]
-    data = ModelCardData(
+    return ModelCardData(
         library_name="timm",
         pipeline_tag="image-classification",
         license=card.license,
@@ -306,6 +300,21 @@ def _render_card(card: StudentCard, config: Mapping[str, Any], *, db3_import: bo
         eval_results=eval_results,
         base_model=card.base_model,
     )
+
+
+def _accuracy_kind_text(card: StudentCard) -> str:
+    return {
+        "final": "final: the last epoch's weights (no checkpoint selection)",
+        "best-val": f"best-val: the weights of the epoch with the best {card.eval_split} accuracy, which is the number "
+                    f"reported (selected on this split, so optimistic if it is also the test split)",
+        "val-selected": f"val-selected: the weights of the epoch with the best accuracy on held-out validation data, "
+                        f"scored on the {card.eval_split} split",
+    }[card.accuracy_kind]
+
+
+def _card_rows(card: StudentCard, config: Mapping[str, Any]) -> List[Tuple[str, str]]:
+    """The rows of the card's summary table."""
+    pcfg = config.get("pretrained_cfg", {})
     rows = [
         ("Method", _METHOD_TEXT[card.method]),
         ("Teacher (label-only)", f"`{card.teacher}`"),
@@ -321,8 +330,8 @@ def _render_card(card: StudentCard, config: Mapping[str, Any], *, db3_import: bo
         ("Dataset", f"{card.dataset} (accuracy on the `{card.eval_split}` split)"),
         ("Student accuracy", _pct(card.student_accuracy)),
         ("Teacher accuracy", _pct(card.teacher_accuracy)),
-        ("Which accuracy", kind_text),
-        ("Architecture", f"`{arch}` ({config.get('num_classes')} classes)"),
+        ("Which accuracy", _accuracy_kind_text(card)),
+        ("Architecture", f"`{card.architecture}` ({config.get('num_classes')} classes)"),
         (
             "Input",
             f"{tuple(pcfg.get('input_size', ()))}, mean {tuple(pcfg.get('mean', ()))}, std {tuple(pcfg.get('std', ()))}",
@@ -332,27 +341,21 @@ def _render_card(card: StudentCard, config: Mapping[str, Any], *, db3_import: bo
         rows.insert(2, ("Teacher weights", f"`{card.teacher_fingerprint}`"))
     if card.hyperparameters:
         rows.append(("Training", ", ".join(f"{k}={v}" for k, v in card.hyperparameters.items())))
-    table = "| | |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
-    reg = f"import db3_timm  # registers `{arch}` with timm (pip install db3-timm)\n" if db3_import else ""
-    labeler_opt = f" --labeler {card.labeler}" if card.labeler else ""
-    if card.method == "db3kd":
-        qpt = card.labeler_config.get("queries_per_target")
-        reproduce = (
-            f"\nTo soft-label with the original teacher the same way: `db3 label --teacher {card.teacher} "
-            f"--data {card.dataset}{labeler_opt}" + (f" --queries-per-target {qpt}" if qpt else "") + " --out labels/`.\n"
-        )
-    else:
-        reproduce = ""
-    body = f"""
-# {title}
+    return rows
 
-A `{arch}` student distilled with **{card.method.upper()}** from `{card.teacher}`, a teacher that answered
-only top-1 class labels (no logits, no gradients): {card.queries:,} label queries in total.
-Made with db3-timm {__version__}.
 
-{table}
+def _card_table(rows: List[Tuple[str, str]]) -> str:
+    return "| | |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
 
-## Use the student
+
+def _labeler_option(card: StudentCard) -> str:
+    return f" --labeler {card.labeler}" if card.labeler else ""
+
+
+def _usage_sections(card: StudentCard, repo: str, *, db3_import: bool) -> str:
+    """The card's "Use the student" and "Use it as a label-only teacher" sections."""
+    reg = f"import db3_timm  # registers `{card.architecture}` with timm (pip install db3-timm)\n" if db3_import else ""
+    return f"""## Use the student
 
 ```python
 import timm
@@ -376,10 +379,41 @@ labels = oracle(images)  # images: float (N, C, H, W) in [0, 1]
 or soft-label a dataset with the command line:
 
 ```bash
-db3 label --teacher hf-hub:{repo} --data {card.dataset}{labeler_opt} --out labels/
+db3 label --teacher hf-hub:{repo} --data {card.dataset}{_labeler_option(card)} --out labels/
 ```
-{reproduce}""".lstrip("\n")
-    body += _limitations(card)
+"""
+
+
+def _reproduce_text(card: StudentCard) -> str:
+    """For DB3KD, the ``db3 label`` command that soft-labels with the original teacher; else nothing."""
+    if card.method != "db3kd":
+        return ""
+    qpt = card.labeler_config.get("queries_per_target")
+    return (
+        f"\nTo soft-label with the original teacher the same way: `db3 label --teacher {card.teacher} "
+        f"--data {card.dataset}{_labeler_option(card)}" + (f" --queries-per-target {qpt}" if qpt else "")
+        + " --out labels/`.\n"
+    )
+
+
+def _render_card(card: StudentCard, config: Mapping[str, Any], *, db3_import: bool) -> Any:
+    """Builds the ``README.md`` :class:`huggingface_hub.ModelCard` from the card and timm's config.json."""
+    from huggingface_hub import ModelCard
+
+    arch = card.architecture
+    repo = card.repo_id or PLACEHOLDER_REPO_ID
+    title = card.model_name or f"{arch} distilled from {card.teacher}"
+    data = _card_metadata(card, title)
+    body = f"""# {title}
+
+A `{arch}` student distilled with **{card.method.upper()}** from `{card.teacher}`, a teacher that answered
+only top-1 class labels (no logits, no gradients): {card.queries:,} label queries in total.
+Made with db3-timm {__version__}.
+
+{_card_table(_card_rows(card, config))}
+
+"""
+    body += _usage_sections(card, repo, db3_import=db3_import) + _reproduce_text(card) + _limitations(card)
     if card.notes:
         body += f"\n## Notes\n\n{card.notes}\n"
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}")
@@ -483,11 +517,16 @@ def _files_to_upload(folder: Path) -> List[str]:
     return sorted(files)
 
 
-def _fill_repo_id(folder: Path, repo_id: str) -> None:
-    """Puts ``repo_id`` into a card saved before it was known (the usage snippet and ``db3.json``)."""
+def _fill_repo_id(folder: Path, repo_id: str) -> Dict[Path, bytes]:
+    """Puts ``repo_id`` into a card saved before it was known (the usage snippet and ``db3.json``).
+
+    Returns:
+        The original bytes of each file rewritten, so :func:`_restore_files` can undo the change when
+        the push fails (a failed push must not leave its repo id in the card for the next push).
+    """
     meta_path = folder / DB3_CARD_NAME
     if not meta_path.is_file():
-        return
+        return {}
     meta = json.loads(meta_path.read_text(encoding="utf-8"))
     if meta.get("repo_id") not in (None, repo_id):
         warnings.warn(
@@ -495,13 +534,22 @@ def _fill_repo_id(folder: Path, repo_id: str) -> None:
             f"its model card's usage snippet keeps {meta['repo_id']!r}",
             stacklevel=3,
         )
-        return
-    if meta.get("repo_id") is None:
-        readme = folder / CARD_NAME
-        text = readme.read_text(encoding="utf-8")
-        readme.write_text(text.replace(f"hf-hub:{PLACEHOLDER_REPO_ID}", f"hf-hub:{repo_id}"), encoding="utf-8")
-        meta["repo_id"] = repo_id
-        write_json_atomic(meta_path, meta)
+        return {}
+    if meta.get("repo_id") is not None:
+        return {}
+    readme = folder / CARD_NAME
+    originals = {readme: readme.read_bytes(), meta_path: meta_path.read_bytes()}
+    text = originals[readme].decode("utf-8")
+    readme.write_text(text.replace(f"hf-hub:{PLACEHOLDER_REPO_ID}", f"hf-hub:{repo_id}"), encoding="utf-8")
+    meta["repo_id"] = repo_id
+    write_json_atomic(meta_path, meta)
+    return originals
+
+
+def _restore_files(originals: Mapping[Path, bytes]) -> None:
+    """Writes back the bytes :func:`_fill_repo_id` replaced."""
+    for path, data in originals.items():
+        path.write_bytes(data)
 
 
 def _env_offline() -> bool:
@@ -536,6 +584,102 @@ def _later_hint(folder: Path, repo_id: str, private: bool) -> str:
     )
 
 
+def _one_line(err: BaseException, limit: int = 300) -> str:
+    """``TYPE: message`` on one line (Hub errors span several), cut to about ``limit`` characters."""
+    text = " ".join(f"{type(err).__name__}: {err}".split())
+    return text if len(text) <= limit else text[: limit - 3].rstrip() + "..."
+
+
+def _http_error_detail(err: BaseException) -> str:
+    """The first line of a Hub HTTP error and the server's own message, on one line."""
+    lines = [line for line in str(err).splitlines() if line.strip()]
+    detail = " ".join(lines[0].split()).rstrip(":") if lines else type(err).__name__
+    server = " ".join(str(getattr(err, "server_message", None) or "").split())
+    if server and server not in detail:
+        detail += f"; the Hub says: {server}"
+    return detail if len(detail) <= 300 else detail[:297].rstrip() + "..."
+
+
+_HTTP_STATUS_HINTS = {
+    400: "the Hub rejected the request as malformed",
+    404: "the repo or its namespace was not found, or the token cannot see it; check the ORG/NAME and the token",
+}
+
+
+def _push_error(err: BaseException, path: Path, repo_id: str, private: bool) -> Exception:
+    """Maps what ``create_repo``/``upload_folder`` raised to one error the ``db3 push`` CLI reports in one line.
+
+    401/403 become :class:`PermissionError`; every other HTTP status, an unreachable Hub, and an answer that
+    cannot be read (e.g. a 200 whose body is not JSON) become :class:`HubUnavailableError`.
+    """
+    from huggingface_hub.errors import HfHubHTTPError
+
+    later = _later_hint(path, repo_id, private)
+    where = f"cannot push to the Hugging Face Hub repo {repo_id!r}"
+    if isinstance(err, HfHubHTTPError):
+        status = getattr(getattr(err, "response", None), "status_code", None)
+        if status in (401, 403):
+            return PermissionError(
+                f"the Hub refused to create or write {repo_id!r} (HTTP {status}): pass a token with write access "
+                f"(token=..., the HF_TOKEN environment variable, `hf auth login`, or `db3 push --token-env VAR`). "
+                + later
+            )
+        hint = _HTTP_STATUS_HINTS.get(status) or ("a server error, try again later" if (status or 0) >= 500
+                                                  else "the push failed")
+        answered = f"HTTP {status}" if status is not None else "an HTTP error"
+        return HubUnavailableError(f"{where}: the Hub answered {answered}, {hint} ({_http_error_detail(err)}). {later}")
+    if isinstance(err, _transport_errors()):
+        return HubUnavailableError(
+            f"{where}: the Hub is unreachable or offline mode is on ({_one_line(err)}). " + later
+        )
+    if isinstance(err, json.JSONDecodeError) or "JSONDecodeError" in type(err).__name__:
+        return HubUnavailableError(f"{where}: the Hub's answer was not JSON, so it could not be read "
+                                   f"(a proxy or an outage page?) ({_one_line(err)}). {later}")
+    return HubUnavailableError(f"{where}: the Hub's answer could not be used ({_one_line(err)}). {later}")
+
+
+def _check_push_folder(folder: Union[str, os.PathLike], repo_id: str) -> Path:
+    """Validates ``repo_id`` and the folder's required files; returns the folder, absolute."""
+    validate_repo_id(repo_id)
+    path = Path(folder).expanduser().resolve()
+    if not path.is_dir():
+        raise FileNotFoundError(f"student folder not found: {str(folder)!r}")
+    missing = [name for name in REQUIRED_FILES if not (path / name).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"{path} is not a saved student: missing {', '.join(missing)}; write it with db3_timm.hub.save_student"
+        )
+    return path
+
+
+def _default_commit_message(path: Path) -> str:
+    try:
+        card = read_student_card(path)
+        return f"Upload {card.architecture} distilled ({card.method}) from {card.teacher}"
+    except (OSError, ValueError, TypeError):
+        return "Upload db3 student"
+
+
+def _upload(api: Any, path: Path, repo_id: str, *, token: Optional[str], private: bool, commit_message: str) -> str:
+    """``create_repo`` then ``upload_folder``; what they raise is mapped by :func:`_push_error`."""
+    from huggingface_hub.errors import HfHubHTTPError
+
+    files = _files_to_upload(path)
+    try:
+        repo_url = api.create_repo(repo_id=repo_id, repo_type="model", exist_ok=True, private=private, token=token)
+        commit = api.upload_folder(
+            folder_path=str(path),
+            repo_id=repo_id,
+            repo_type="model",
+            commit_message=commit_message,
+            allow_patterns=[glob.escape(f) for f in files],
+            token=token,
+        )
+    except (HfHubHTTPError, ValueError) + _transport_errors() as err:
+        raise _push_error(err, path, repo_id, private) from err
+    return str(commit if commit is not None else repo_url)
+
+
 def push_student(
     folder: Union[str, os.PathLike],
     repo_id: str,
@@ -550,7 +694,8 @@ def push_student(
     Calls ``api.create_repo(repo_id=..., repo_type='model', exist_ok=True, private=...)`` then
     ``api.upload_folder(folder_path=..., repo_id=..., repo_type='model', allow_patterns=FILES, ...)``
     where ``FILES`` are the folder's files, hidden ones excluded. A card saved without a repo id
-    gets this one filled into its usage snippet and ``db3.json`` first.
+    gets this one filled into its usage snippet and ``db3.json`` first; if the push fails, the
+    card is put back as it was, so a later push to another repo names that repo.
 
     Args:
         folder: folder written by :func:`save_student` (needs config.json, model.safetensors, README.md).
@@ -566,22 +711,14 @@ def push_student(
     Raises:
         ValueError: ``repo_id`` is not ``ORG/NAME``.
         FileNotFoundError: ``folder`` is missing or lacks a required file.
-        HubUnavailableError: offline mode is on or the Hub cannot be reached; the message gives the
-            local path and the ``db3 push`` command to run later.
+        HubUnavailableError: offline mode is on, the Hub cannot be reached, answers an HTTP error other
+            than 401/403 (e.g. 400, 404, 5xx) or an answer that cannot be read (e.g. not JSON); the
+            one-line message gives the local path and the ``db3 push`` command to run later.
         PermissionError: the Hub refused the token (401/403).
     """
     from huggingface_hub import HfApi
-    from huggingface_hub.errors import HfHubHTTPError
 
-    validate_repo_id(repo_id)
-    path = Path(folder).expanduser().resolve()
-    if not path.is_dir():
-        raise FileNotFoundError(f"student folder not found: {str(folder)!r}")
-    missing = [name for name in REQUIRED_FILES if not (path / name).is_file()]
-    if missing:
-        raise FileNotFoundError(
-            f"{path} is not a saved student: missing {', '.join(missing)}; write it with db3_timm.hub.save_student"
-        )
+    path = _check_push_folder(folder, repo_id)
     if api is None:
         api = HfApi(token=token)
     if isinstance(api, HfApi) and _env_offline():
@@ -589,41 +726,11 @@ def push_student(
             f"cannot push to the Hugging Face Hub repo {repo_id!r}: offline mode is on (HF_HUB_OFFLINE). "
             + _later_hint(path, repo_id, private)
         )
-    _fill_repo_id(path, repo_id)
-    files = _files_to_upload(path)
+    originals = _fill_repo_id(path, repo_id)
     if commit_message is None:
-        try:
-            card = read_student_card(path)
-            commit_message = f"Upload {card.architecture} distilled ({card.method}) from {card.teacher}"
-        except (OSError, ValueError, TypeError):
-            commit_message = "Upload db3 student"
+        commit_message = _default_commit_message(path)
     try:
-        repo_url = api.create_repo(repo_id=repo_id, repo_type="model", exist_ok=True, private=private, token=token)
-        commit = api.upload_folder(
-            folder_path=str(path),
-            repo_id=repo_id,
-            repo_type="model",
-            commit_message=commit_message,
-            allow_patterns=[glob.escape(f) for f in files],
-            token=token,
-        )
-    except HfHubHTTPError as err:
-        status = getattr(getattr(err, "response", None), "status_code", None)
-        if status in (401, 403):
-            raise PermissionError(
-                f"the Hub refused to create or write {repo_id!r} (HTTP {status}): pass a token with write access "
-                f"(token=..., the HF_TOKEN environment variable, `hf auth login`, or `db3 push --token-env VAR`). "
-                + _later_hint(path, repo_id, private)
-            ) from err
-        if status is not None and status >= 500:
-            raise HubUnavailableError(
-                f"cannot push to the Hugging Face Hub repo {repo_id!r}: the Hub answered HTTP {status}. "
-                + _later_hint(path, repo_id, private)
-            ) from err
+        return _upload(api, path, repo_id, token=token, private=private, commit_message=commit_message)
+    except BaseException:
+        _restore_files(originals)
         raise
-    except _transport_errors() as err:
-        raise HubUnavailableError(
-            f"cannot push to the Hugging Face Hub repo {repo_id!r}: the Hub is unreachable or offline mode is on "
-            f"({type(err).__name__}: {err}). " + _later_hint(path, repo_id, private)
-        ) from err
-    return str(commit if commit is not None else repo_url)

@@ -264,9 +264,10 @@ def _check_images(oracle: LabelOracle, images: Optional[torch.Tensor], labels: O
         raise ValueError(f"labels must be a tensor of shape ({images.shape[0]},), got {tuple(getattr(labels, 'shape', ()))}")
 
 
-def _card(oracle: LabelOracle, student_name: str, dataset: str, cfg: DistillConfig, zero_shot: bool,
-          transfer: TransferSet, queries: Dict[str, int], accuracy: Tuple[Optional[float], Optional[float]],
-          kind: str, training: TrainResult) -> Dict[str, Any]:
+def _card(oracle: LabelOracle, student_name: str, dataset: str, cfg: DistillConfig, transfer: TransferSet,
+          queries: Dict[str, int], accuracy: Tuple[Optional[float], Optional[float]], kind: str,
+          training: TrainResult) -> Dict[str, Any]:
+    zero_shot = "generator" in transfer.info
     labeler = dict(transfer.info.get("labeler") or {})
     identity = str(getattr(oracle, "identity", ""))
     card = {"teacher": oracle.name, "dataset": dataset, "queries": queries["total"],
@@ -277,8 +278,8 @@ def _card(oracle: LabelOracle, student_name: str, dataset: str, cfg: DistillConf
             "student_accuracy": accuracy[0], "teacher_accuracy": accuracy[1], "accuracy_kind": kind,
             "teacher_fingerprint": identity.split(" weights ", 1)[1] if " weights " in identity else None}
     if zero_shot:
-        card["generator"] = cfg.zero_shot.generator
-        card["generator_config"] = transfer.info.get("generator", {})
+        card["generator"] = transfer.info["generator"].get("generator", cfg.zero_shot.generator)
+        card["generator_config"] = transfer.info["generator"]
     return card
 
 
@@ -331,59 +332,70 @@ def distill_student(
     Raises:
         BudgetTooSmallError: the plan needs more than ``budget`` queries (nothing was spent).
     """
-    from accelerate.utils import set_seed
-
-    from .hub import save_student
-
     cfg = config or DistillConfig()
     _check_images(oracle, images, labels)
     check_int("seed", seed, 0)
-    out = Path(out_dir)
     if transfer_dir is not None and images is not None:
         raise ValueError("pass either images (to build a transfer set) or transfer_dir (to train on one), not both")
     plan = plan_queries(oracle, None if images is None else images.shape[0], cfg,
                         test_images=0 if test is None else len(test[0]), budget=budget, seed=seed,
                         transfer_dir=transfer_dir)
     plan.check()
-    t0 = time.monotonic()
+    if budget is not None and (oracle.budget is None or oracle.budget > oracle.queries + budget):
+        oracle.budget = oracle.queries + budget  # this call never spends more than the budget
+    t0, out = time.monotonic(), Path(out_dir)
     accelerator = accelerator or make_accelerator(out, seed=seed, mixed_precision=cfg.mixed_precision,
                                                   gradient_accumulation_steps=cfg.gradient_accumulation_steps, cpu=cfg.cpu)
     source = images if transfer_dir is None else Path(transfer_dir)
     transfer, train_rows, val, val_source = _transfer(oracle, source, labels, cfg, out, seed, class_names, prior,
                                                       accelerator, progress)
+    model, training, kind = _train_student(accelerator, student, transfer, train_rows, val, cfg, seed, out, progress)
+    accuracy = _evaluate(accelerator, model, oracle, test, cfg, out)
+    queries = {**{k: v for k, v in transfer.queries.items() if k != "total"}, **({"evaluation": accuracy[2]} if accuracy[2] else {})}
+    queries["total"] = sum(queries.values())
+    model = accelerator.unwrap_model(model).eval()
+    results = {"student": student, "queries": queries, "plan": [list(s) for s in plan.steps], "transfer_rows": len(transfer.rows),
+               "validation": val_source, "accuracy_kind": kind, "test_accuracy": accuracy[0], "teacher_accuracy": accuracy[1],
+               "training": asdict(training), "config": _jsonable(asdict(cfg)), "num_processes": accelerator.num_processes}
+    card = _card(oracle, student, dataset, cfg, transfer, queries, accuracy[:2], kind, training)
+    _save(accelerator, model, out, card, results, t0)
+    return DistillResult(model, queries, plan, transfer, training, accuracy[0], accuracy[1], out)
+
+
+def _train_student(accelerator: Any, name: str, transfer: TransferSet, rows: Any, val: Any, cfg: DistillConfig, seed: int,
+                   out: Path, progress: bool) -> Tuple[nn.Module, TrainResult, str]:
+    """Trains (or resumes) the student; returns it with the best validation epoch's weights when one was picked."""
+    from accelerate.utils import set_seed
+
+    from .oracle import load_checkpoint_state_dict
+
     set_seed(seed)  # the student's initialisation does not depend on how the transfer set was made
-    model = _build_student(student, transfer.num_classes, transfer.image_shape, cfg.student_pretrained)
-    task = _task(model, cfg.train)
+    model = _build_student(name, transfer.num_classes, transfer.image_shape, cfg.student_pretrained)
     best_dir = out / "checkpoints" / "best"
 
     def on_best(epoch: int) -> None:
         _save_weights(accelerator, model, best_dir)
 
-    training = train(accelerator, task, model, _rows(train_rows), cfg.train, output_dir=out, val_set=val,
+    training = train(accelerator, _task(model, cfg.train), model, _rows(rows), cfg.train, output_dir=out, val_set=val,
                      resume="latest", on_best=on_best, progress_bar=progress)
-    kind = "final"
-    if training.best_epoch is not None and (best_dir / "model.safetensors").is_file():
-        from .oracle import load_checkpoint_state_dict
+    if training.best_epoch is None or not (best_dir / "model.safetensors").is_file():
+        return model, training, "final"
+    accelerator.unwrap_model(model).load_state_dict(load_checkpoint_state_dict(best_dir / "model.safetensors"))
+    return model, training, "val-selected"
 
-        accelerator.unwrap_model(model).load_state_dict(load_checkpoint_state_dict(best_dir / "model.safetensors"))
-        kind = "val-selected"
-    student_acc, teacher_acc, eval_q = _evaluate(accelerator, model, oracle, test, cfg, out)
-    queries = {**{k: v for k, v in transfer.queries.items() if k != "total"}, **({"evaluation": eval_q} if eval_q else {})}
-    queries["total"] = sum(queries.values())
-    model = accelerator.unwrap_model(model).eval()
+
+def _save(accelerator: Any, model: nn.Module, out: Path, card: Dict[str, Any], results: Dict[str, Any], t0: float) -> None:
+    """Main process: the student folder with its card, and ``results.json``."""
     from accelerate.utils import gather_object
+
+    from .hub import save_student
 
     weights = gather_object([module_fingerprint(model)])  # every process must hold the same student
     if accelerator.is_main_process:
-        card = _card(oracle, student, dataset, cfg, images is None, transfer, queries, (student_acc, teacher_acc), kind, training)
         save_student(model, out / "model", card=card)
-        write_json_atomic(out / "results.json", {
-            "student": student, "queries": queries, "plan": [list(s) for s in plan.steps], "transfer_rows": len(transfer.rows),
-            "validation": val_source, "accuracy_kind": kind, "test_accuracy": student_acc, "teacher_accuracy": teacher_acc,
-            "training": asdict(training), "config": _jsonable(asdict(cfg)), "weights_per_process": weights,
-            "num_processes": accelerator.num_processes, "wall_s": round(time.monotonic() - t0, 2)})
+        write_json_atomic(out / "results.json", {**results, "weights_per_process": weights,
+                                                 "wall_s": round(time.monotonic() - t0, 2)})
     accelerator.wait_for_everyone()
-    return DistillResult(model, queries, plan, transfer, training, student_acc, teacher_acc, out)
 
 
 def _task(model: nn.Module, cfg: TrainConfig) -> nn.Module:

@@ -39,7 +39,7 @@ import math
 import os
 import threading
 import time
-from typing import Any, Dict, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -47,15 +47,42 @@ import torch.nn as nn
 
 from .oracle import LabelPredictor
 
+if TYPE_CHECKING:  # starlette is the optional 'serve' extra: imported where used
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
 __all__ = ["create_app", "create_app_from_timm", "load_timm_teacher"]
 
 _VERSION = "1"
+_MAX_ECHO = 80  # characters of a client-sent value quoted back in an error message
+
+
+def _clip(value: Any) -> str:
+    """``repr(value)``, cut to :data:`_MAX_ECHO` characters: errors quote client input, never all of it."""
+    try:
+        text = repr(value)
+    except ValueError:  # an int past sys.get_int_max_str_digits() has no repr
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= _MAX_ECHO else text[:_MAX_ECHO - 3] + "..."
 
 
 class _HTTPError(Exception):
     def __init__(self, status: int, message: str, headers: Optional[Dict[str, str]] = None):
         super().__init__(message)
         self.status, self.message, self.headers = status, message, headers or {}
+
+
+def _respond(content: Any, status: int = 200, headers: Optional[Dict[str, str]] = None) -> JSONResponse:
+    """A JSON response (starlette is imported here so this module imports without the 'serve' extra)."""
+    from starlette.responses import JSONResponse
+
+    return JSONResponse(content, status_code=status, headers=headers)
+
+
+def _error(err: _HTTPError) -> JSONResponse:
+    """The ``{"error": MESSAGE}`` response for ``err``, with its status and headers."""
+    return _respond({"error": err.message}, err.status, err.headers)
 
 
 class _Quota:
@@ -67,6 +94,7 @@ class _Quota:
         self._used: Dict[str, Tuple[float, int]] = {}
 
     def take(self, key: str, n: int) -> None:
+        """Spends ``n`` queries of ``key``'s window; raises ``400`` (``n`` over the quota) or ``429``."""
         if n > self.quota:
             raise _HTTPError(400, f"batch of {n} images exceeds the query quota of {self.quota} per "
                                   f"{self.window:g} s window; send smaller batches")
@@ -83,10 +111,239 @@ class _Quota:
             self._used[key] = (start, used + n)
 
     def refund(self, key: str, n: int) -> None:
+        """Gives back ``n`` queries spent by ``key`` (for a request the model failed to answer)."""
         with self._lock:
             if key in self._used:
                 start, used = self._used[key]
                 self._used[key] = (start, max(0, used - n))
+
+
+def _check_quota_args(quota: Optional[int], quota_window: float) -> None:
+    """Raises a one-line :class:`ValueError` naming a bad ``quota`` or ``quota_window``."""
+    if quota is not None:
+        try:
+            whole = int(quota)
+        except (TypeError, ValueError, OverflowError):  # None-like, NaN, inf
+            whole = 0
+        if whole < 1 or whole != quota:
+            raise ValueError(f"quota must be an integer >= 1, got {quota!r}")
+    try:
+        window = float(quota_window)
+    except (TypeError, ValueError):
+        window = math.nan
+    # A NaN window never ends and an infinite one has no Retry-After: both would turn every
+    # request past the quota into a 500, so refuse them here rather than at request time.
+    if not (math.isfinite(window) and window > 0):
+        raise ValueError(f"quota_window must be a finite number of seconds > 0, got {quota_window!r}")
+
+
+class _LabelServer:
+    """The state and route handlers behind :func:`create_app` (arguments already validated).
+
+    Every malformed request is answered ``400``: its failure depends only on its body, so a
+    retry (which clients do on ``5xx``) could never succeed. ``500`` is kept for the model failing.
+    """
+
+    def __init__(self, predictor: LabelPredictor, *, model_name: str, num_classes: Optional[int],
+                 token: Optional[str], max_batch_size: int, max_request_bytes: int, quota: Optional[_Quota]):
+        self.predictor, self.model_name, self.quota = predictor, model_name, quota
+        self.input_size: Tuple[int, int, int] = tuple(predictor.input_size)
+        self.per_image = int(np.prod(self.input_size))
+        self.max_batch_size, self.max_request_bytes = max_batch_size, max_request_bytes
+        self.token_bytes = None if token is None else token.encode()
+        self.lock = threading.Lock()  # one forward pass at a time: the model is not thread-safe
+        self.metadata = {
+            "name": model_name,
+            "versions": [_VERSION],
+            "platform": "pytorch_timm",
+            "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, *self.input_size]}],
+            "outputs": [{"name": "label", "datatype": "INT64", "shape": [-1]}],
+            "parameters": {"num_classes": num_classes, "label_only": True, "max_batch_size": max_batch_size},
+        }
+
+    # ------------------------------------------------------------------ access
+    def authorize(self, request: Request) -> str:
+        """Checks the bearer token (``401`` / ``403``); returns the quota key of the client."""
+        if self.token_bytes is None:
+            return request.client.host if request.client else "anonymous"
+        header = request.headers.get("authorization", "")
+        scheme, _, given = header.partition(" ")
+        if scheme.lower() != "bearer" or not given.strip():
+            raise _HTTPError(401, "missing bearer token (send 'Authorization: Bearer TOKEN')",
+                             {"WWW-Authenticate": 'Bearer realm="db3"'})
+        if not hmac.compare_digest(given.strip().encode(), self.token_bytes):
+            raise _HTTPError(403, "invalid token")
+        return "token"
+
+    def check_model(self, request: Request) -> None:
+        """Raises ``404`` when the path names another model."""
+        name = request.path_params["name"]
+        if name != self.model_name:
+            raise _HTTPError(404, f"unknown model {_clip(name)}; this server serves {self.model_name!r}")
+
+    def refused(self, request: Request) -> Optional[JSONResponse]:
+        """The error response for a request that fails auth or names another model, else ``None``."""
+        try:
+            self.authorize(request)
+            self.check_model(request)
+        except _HTTPError as err:
+            return _error(err)
+        return None
+
+    # ------------------------------------------------------------------ request decoding
+    async def read_body(self, request: Request) -> bytes:
+        """The request body; ``413`` from its Content-Length or as soon as it streams past the limit."""
+        limit = self.max_request_bytes
+        declared = request.headers.get("content-length")
+        if declared is not None:
+            try:
+                size = int(declared)
+            except ValueError:
+                raise _HTTPError(400, "invalid Content-Length header") from None
+            if size > limit:
+                raise _HTTPError(413, f"request body of {size} bytes exceeds the limit of {limit} bytes")
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise _HTTPError(413, f"request body exceeds the limit of {limit} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def decode(self, body: bytes) -> torch.Tensor:
+        """Parses an infer request; returns its ``(N, C, H, W)`` float32 batch, or raises ``400``."""
+        try:
+            req = json.loads(body)
+        except RecursionError:  # json's C parser recurses once per nesting level
+            raise _HTTPError(400, "request body is not valid JSON: nested too deeply") from None
+        except (ValueError, UnicodeDecodeError) as err:  # also ints past the 4300-digit limit
+            raise _HTTPError(400, f"request body is not valid JSON: {str(err)[:200]}") from None
+        if not isinstance(req, dict) or not isinstance(req.get("inputs"), list) or len(req["inputs"]) != 1:
+            raise _HTTPError(400, "expected a JSON object with 'inputs': a list holding one tensor named 'input'")
+        self._check_outputs(req.get("outputs"))
+        tensor = req["inputs"][0]
+        if not isinstance(tensor, dict):
+            raise _HTTPError(400, "each input must be an object with name, shape, datatype and data")
+        if tensor.get("name", "input") != "input":
+            raise _HTTPError(400, f"unknown input {_clip(tensor.get('name'))}; expected 'input'")
+        if tensor.get("datatype") != "FP32":
+            raise _HTTPError(400, f"input datatype must be 'FP32', got {_clip(tensor.get('datatype'))}")
+        shape = self._check_shape(tensor.get("shape"))
+        return torch.from_numpy(self._pixels(tensor.get("data"), shape))
+
+    @staticmethod
+    def _check_outputs(outputs: Any) -> None:
+        """Raises ``400`` unless ``outputs`` is absent or a list asking only for ``label``."""
+        if outputs is None:
+            return
+        if not isinstance(outputs, list):
+            raise _HTTPError(400, f"'outputs' must be a list of objects naming 'label', got {_clip(outputs)}")
+        for out in outputs:
+            name = out.get("name") if isinstance(out, dict) else out
+            if name != "label":
+                raise _HTTPError(400, f"unknown output {_clip(name)}: this label-only endpoint answers only 'label'")
+
+    def _check_shape(self, shape: Any) -> List[int]:
+        """Returns ``shape`` if it is ``[N, C, H, W]`` with ``1 <= N <= max_batch_size`` and the model's
+        ``(C, H, W)``; raises ``400`` otherwise. Huge ints are fine: they are only compared."""
+        if (not isinstance(shape, list) or len(shape) != 4
+                or not all(isinstance(s, int) and not isinstance(s, bool) for s in shape)):
+            raise _HTTPError(400, f"input shape must be [N, C, H, W] integers, got {_clip(shape)}")
+        n = shape[0]
+        if n < 1:
+            raise _HTTPError(400, f"batch size must be at least 1, got {_clip(n)}")
+        if n > self.max_batch_size:
+            raise _HTTPError(400, f"batch of {_clip(n)} images exceeds max_batch_size {self.max_batch_size}; "
+                                  f"split the request")
+        if tuple(shape[1:]) != self.input_size:
+            c, h, w = self.input_size
+            raise _HTTPError(400, f"input shape {_clip(shape)} does not match the model input [N, {c}, {h}, {w}] "
+                                  f"(resize on the client)")
+        return shape
+
+    def _pixels(self, data: Any, shape: List[int]) -> np.ndarray:
+        """``data`` as a float32 array of ``shape`` (one vectorised conversion); raises ``400`` if it can't be."""
+        if not isinstance(data, list):
+            raise _HTTPError(400, "input 'data' must be a JSON array of numbers")
+        try:
+            arr = np.asarray(data, dtype=np.float32)
+        except OverflowError:  # a JSON integer beyond float range (e.g. 400 digits)
+            raise _HTTPError(400, "input 'data' holds a number too large for FP32") from None
+        except (ValueError, TypeError, RecursionError):
+            raise _HTTPError(400, "input 'data' must hold only numbers") from None
+        if arr.size != shape[0] * self.per_image:
+            raise _HTTPError(400, f"input 'data' holds {arr.size} values, shape {shape} needs "
+                                  f"{shape[0] * self.per_image}")
+        if not np.isfinite(arr).all():
+            raise _HTTPError(400, "input 'data' contains NaN or infinity; expected pixel values in [0, 1]")
+        return arr.reshape(shape)
+
+    # ------------------------------------------------------------------ inference
+    def predict(self, x: torch.Tensor) -> List[int]:
+        """The model's labels for batch ``x`` as a list of ints (runs in a worker thread)."""
+        with self.lock, torch.inference_mode():
+            labels = self.predictor(x.to(self.predictor.device))
+        return labels.cpu().tolist()
+
+    # ------------------------------------------------------------------ routes
+    async def live(self, request: Request) -> JSONResponse:
+        """``GET /v2/health/live``."""
+        return _respond({"live": True})
+
+    async def ready(self, request: Request) -> JSONResponse:
+        """``GET /v2/health/ready``."""
+        return _respond({"ready": True})
+
+    async def server_meta(self, request: Request) -> JSONResponse:
+        """``GET /v2``: server metadata."""
+        return _respond({"name": "db3-timm", "version": _VERSION, "extensions": []})
+
+    async def model_meta(self, request: Request) -> JSONResponse:
+        """``GET /v2/models/{name}``: the model metadata (see the module docstring)."""
+        return self.refused(request) or _respond(self.metadata)
+
+    async def model_ready(self, request: Request) -> JSONResponse:
+        """``GET /v2/models/{name}/ready``."""
+        return self.refused(request) or _respond({"name": self.model_name, "ready": True})
+
+    async def infer(self, request: Request) -> JSONResponse:
+        """``POST /v2/models/{name}/infer``: the labels of the posted batch, or an error response."""
+        from starlette.concurrency import run_in_threadpool
+
+        taken = None
+        try:
+            key = self.authorize(request)
+            self.check_model(request)
+            body = await self.read_body(request)
+            x = await run_in_threadpool(self.decode, body)  # parsing a big batch takes ms: off the event loop
+            if self.quota is not None:  # spent only once the request is known to be well-formed
+                self.quota.take(key, x.shape[0])
+                taken = (key, x.shape[0])
+            labels = await run_in_threadpool(self.predict, x)
+        except _HTTPError as err:
+            return _error(err)
+        except Exception as err:  # the model failed: report, refund, keep serving
+            if taken is not None:
+                self.quota.refund(*taken)
+            return _respond({"error": f"inference failed: {type(err).__name__}"}, 500)
+        return _respond({
+            "model_name": self.model_name,
+            "model_version": _VERSION,
+            "outputs": [{"name": "label", "shape": [len(labels)], "datatype": "INT64", "data": labels}],
+        })
+
+    def routes(self) -> List[Route]:
+        """The app's routes, bound to this server's handlers."""
+        from starlette.routing import Route
+
+        return [
+            Route("/v2", self.server_meta, methods=["GET"]),
+            Route("/v2/health/live", self.live, methods=["GET"]),
+            Route("/v2/health/ready", self.ready, methods=["GET"]),
+            Route("/v2/models/{name}", self.model_meta, methods=["GET"]),
+            Route("/v2/models/{name}/ready", self.model_ready, methods=["GET"]),
+            Route("/v2/models/{name}/infer", self.infer, methods=["POST"]),
+        ]
 
 
 def create_app(
@@ -115,190 +372,37 @@ def create_app(
         max_request_bytes: largest request body (``413`` above it); default fits a full batch of
             JSON floats (24 bytes per value) plus 64 KiB.
         quota: optional images per client per ``quota_window`` seconds (``429`` + ``Retry-After`` beyond).
-        quota_window: length of a quota window in seconds.
+        quota_window: length of a quota window in seconds; finite and ``> 0``.
 
     Returns:
-        A :class:`starlette.applications.Starlette` app.
+        A :class:`starlette.applications.Starlette` app; ``app.state.model_name`` is ``model_name``.
+
+    Raises:
+        ValueError: a bad ``input_size``, ``max_batch_size``, ``quota``, ``quota_window`` or ``token``.
     """
     from starlette.applications import Starlette
-    from starlette.concurrency import run_in_threadpool
-    from starlette.requests import Request
-    from starlette.responses import JSONResponse
-    from starlette.routing import Route
 
     input_size = tuple(int(s) for s in input_size)
     if len(input_size) != 3 or min(input_size) < 1:
         raise ValueError(f"input_size must be (C, H, W) positive integers, got {input_size!r}")
     if int(max_batch_size) < 1:
         raise ValueError(f"max_batch_size must be a positive integer, got {max_batch_size!r}")
-    if quota is not None and (int(quota) < 1 or quota_window <= 0):
-        raise ValueError(f"quota must be >= 1 and quota_window > 0, got {quota!r}, {quota_window!r}")
+    _check_quota_args(quota, quota_window)
     if token is not None and not token:
         raise ValueError("token must be a non-empty string or None")
     max_batch_size = int(max_batch_size)
-    per_image = int(np.prod(input_size))
     if max_request_bytes is None:
-        max_request_bytes = 24 * max_batch_size * per_image + 65536
-    predictor = LabelPredictor(model, mean, std, input_size)
-    device = predictor.device
-    if num_classes is None:
-        num_classes = getattr(model, "num_classes", None)
-    lock = threading.Lock()
-    quotas = _Quota(quota, quota_window) if quota is not None else None
-    token_bytes = None if token is None else token.encode()
-
-    metadata = {
-        "name": model_name,
-        "versions": [_VERSION],
-        "platform": "pytorch_timm",
-        "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, *input_size]}],
-        "outputs": [{"name": "label", "datatype": "INT64", "shape": [-1]}],
-        "parameters": {"num_classes": num_classes, "label_only": True, "max_batch_size": max_batch_size},
-    }
-
-    def error(err: _HTTPError) -> JSONResponse:
-        return JSONResponse({"error": err.message}, status_code=err.status, headers=err.headers)
-
-    def authorize(request: Request) -> str:
-        """Checks the bearer token; returns the quota key."""
-        if token_bytes is None:
-            return request.client.host if request.client else "anonymous"
-        header = request.headers.get("authorization", "")
-        scheme, _, given = header.partition(" ")
-        if scheme.lower() != "bearer" or not given.strip():
-            raise _HTTPError(401, "missing bearer token (send 'Authorization: Bearer TOKEN')",
-                             {"WWW-Authenticate": 'Bearer realm="db3"'})
-        if not hmac.compare_digest(given.strip().encode(), token_bytes):
-            raise _HTTPError(403, "invalid token")
-        return "token"
-
-    def check_model(request: Request) -> None:
-        name = request.path_params["name"]
-        if name != model_name:
-            raise _HTTPError(404, f"unknown model {name!r}; this server serves {model_name!r}")
-
-    async def live(request: Request) -> JSONResponse:
-        return JSONResponse({"live": True})
-
-    async def ready(request: Request) -> JSONResponse:
-        return JSONResponse({"ready": True})
-
-    async def server_meta(request: Request) -> JSONResponse:
-        return JSONResponse({"name": "db3-timm", "version": _VERSION, "extensions": []})
-
-    def refused(request: Request) -> Optional[JSONResponse]:
-        """The error response for a request that fails auth or names another model, else ``None``."""
-        try:
-            authorize(request)
-            check_model(request)
-        except _HTTPError as err:
-            return error(err)
-        return None
-
-    async def model_meta(request: Request) -> JSONResponse:
-        return refused(request) or JSONResponse(metadata)
-
-    async def model_ready(request: Request) -> JSONResponse:
-        return refused(request) or JSONResponse({"name": model_name, "ready": True})
-
-    async def read_body(request: Request) -> bytes:
-        declared = request.headers.get("content-length")
-        if declared is not None:
-            try:
-                if int(declared) > max_request_bytes:
-                    raise _HTTPError(413, f"request body of {int(declared)} bytes exceeds the limit of "
-                                          f"{max_request_bytes} bytes")
-            except ValueError:
-                raise _HTTPError(400, "invalid Content-Length header") from None
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > max_request_bytes:
-                raise _HTTPError(413, f"request body exceeds the limit of {max_request_bytes} bytes")
-            chunks.append(chunk)
-        return b"".join(chunks)
-
-    def decode(body: bytes) -> torch.Tensor:
-        try:
-            req = json.loads(body)
-        except (ValueError, UnicodeDecodeError) as err:
-            raise _HTTPError(400, f"request body is not valid JSON: {err}") from None
-        if not isinstance(req, dict) or not isinstance(req.get("inputs"), list) or len(req["inputs"]) != 1:
-            raise _HTTPError(400, "expected a JSON object with 'inputs': a list holding one tensor named 'input'")
-        for out in req.get("outputs") or []:
-            name = out.get("name") if isinstance(out, dict) else out
-            if name != "label":
-                raise _HTTPError(400, f"unknown output {name!r}: this label-only endpoint answers only 'label'")
-        tensor = req["inputs"][0]
-        if not isinstance(tensor, dict):
-            raise _HTTPError(400, "each input must be an object with name, shape, datatype and data")
-        if tensor.get("name", "input") != "input":
-            raise _HTTPError(400, f"unknown input {tensor.get('name')!r}; expected 'input'")
-        if tensor.get("datatype") != "FP32":
-            raise _HTTPError(400, f"input datatype must be 'FP32', got {tensor.get('datatype')!r}")
-        shape = tensor.get("shape")
-        if (not isinstance(shape, list) or len(shape) != 4
-                or not all(isinstance(s, int) and not isinstance(s, bool) for s in shape)):
-            raise _HTTPError(400, f"input shape must be [N, C, H, W] integers, got {shape!r}")
-        n = shape[0]
-        if n < 1:
-            raise _HTTPError(400, f"batch size must be at least 1, got {n}")
-        if n > max_batch_size:
-            raise _HTTPError(400, f"batch of {n} images exceeds max_batch_size {max_batch_size}; split the request")
-        if tuple(shape[1:]) != input_size:
-            raise _HTTPError(400, f"input shape {shape} does not match the model input [N, {input_size[0]}, "
-                                  f"{input_size[1]}, {input_size[2]}] (resize on the client)")
-        data = tensor.get("data")
-        if not isinstance(data, list):
-            raise _HTTPError(400, "input 'data' must be a JSON array of numbers")
-        try:
-            arr = np.asarray(data, dtype=np.float32)
-        except (ValueError, TypeError):
-            raise _HTTPError(400, "input 'data' must hold only numbers") from None
-        if arr.size != n * per_image:
-            raise _HTTPError(400, f"input 'data' holds {arr.size} values, shape {shape} needs {n * per_image}")
-        if not np.isfinite(arr).all():
-            raise _HTTPError(400, "input 'data' contains NaN or infinity; expected pixel values in [0, 1]")
-        return torch.from_numpy(arr.reshape(shape))
-
-    def predict(x: torch.Tensor) -> list:
-        with lock, torch.inference_mode():
-            labels = predictor(x.to(device))
-        return labels.cpu().tolist()
-
-    async def infer(request: Request) -> JSONResponse:
-        taken = None
-        try:
-            key = authorize(request)
-            check_model(request)
-            body = await read_body(request)
-            x = await run_in_threadpool(decode, body)
-            n = x.shape[0]
-            if quotas is not None:
-                quotas.take(key, n)
-                taken = (key, n)
-            labels = await run_in_threadpool(predict, x)
-        except _HTTPError as err:
-            return error(err)
-        except Exception as err:  # the model failed: report, refund, keep serving
-            if taken is not None:
-                quotas.refund(*taken)
-            return JSONResponse({"error": f"inference failed: {type(err).__name__}"}, status_code=500)
-        return JSONResponse({
-            "model_name": model_name,
-            "model_version": _VERSION,
-            "outputs": [{"name": "label", "shape": [len(labels)], "datatype": "INT64", "data": labels}],
-        })
-
-    routes = [
-        Route("/v2", server_meta, methods=["GET"]),
-        Route("/v2/health/live", live, methods=["GET"]),
-        Route("/v2/health/ready", ready, methods=["GET"]),
-        Route("/v2/models/{name}", model_meta, methods=["GET"]),
-        Route("/v2/models/{name}/ready", model_ready, methods=["GET"]),
-        Route("/v2/models/{name}/infer", infer, methods=["POST"]),
-    ]
-    app = Starlette(routes=routes)
+        max_request_bytes = 24 * max_batch_size * int(np.prod(input_size)) + 65536
+    server = _LabelServer(
+        LabelPredictor(model, mean, std, input_size),
+        model_name=model_name,
+        num_classes=getattr(model, "num_classes", None) if num_classes is None else num_classes,
+        token=token,
+        max_batch_size=max_batch_size,
+        max_request_bytes=int(max_request_bytes),
+        quota=None if quota is None else _Quota(quota, quota_window),
+    )
+    app = Starlette(routes=server.routes())
     app.state.model_name = model_name
     return app
 

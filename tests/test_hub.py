@@ -293,3 +293,110 @@ def test_cli_push_argument_errors(tmp_path, saved, capsys, monkeypatch):
     with pytest.raises(SystemExit) as info:
         cli_main(["push", str(saved), "--repo", REPO, "--token-env", "DB3_UNSET_TOKEN_VAR"])
     assert info.value.code == 2 and "'DB3_UNSET_TOKEN_VAR' is not set" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- (7) Hub errors become one clear line
+def _http_error(status, message=None):
+    """A huggingface_hub HfHubHTTPError as the Hub raises it, with a multi-line message."""
+    from types import SimpleNamespace
+
+    from huggingface_hub.errors import HfHubHTTPError
+
+    response = SimpleNamespace(status_code=status, headers={}, request=None)
+    message = message or (f"Client error '{status}' for url 'https://huggingface.co/api/repos/create'\n"
+                          f"For more information check: https://developer.mozilla.org/\n\nserver says no")
+    return HfHubHTTPError(message, response=response)
+
+
+class FailingApi(RecordingApi):
+    """A RecordingApi whose ``method`` ("create_repo" or "upload_folder") raises ``error``."""
+
+    def __init__(self, method, error):
+        super().__init__()
+        self.method, self.error = method, error
+
+    def create_repo(self, **kwargs):
+        if self.method == "create_repo":
+            raise self.error
+        return super().create_repo(**kwargs)
+
+    def upload_folder(self, **kwargs):
+        if self.method == "upload_folder":
+            self.calls.append(("upload_folder", {"_readme": (Path(kwargs["folder_path"]) / "README.md").read_text()}))
+            raise self.error
+        return super().upload_folder(**kwargs)
+
+
+def _assert_one_line_retry_message(msg, saved, status=None):
+    assert "\n" not in msg, msg
+    assert repr(REPO) in msg and str(saved) in msg and f"db3 push {saved} --repo {REPO}" in msg
+    if status is not None:
+        assert f"HTTP {status}" in msg
+    assert SECRET not in msg
+
+
+@pytest.mark.parametrize("method", ["create_repo", "upload_folder"])
+@pytest.mark.parametrize("status", [400, 404])
+def test_push_http_400_404_raises_hub_unavailable_in_one_line(saved, method, status):
+    api = FailingApi(method, _http_error(status))
+    with pytest.raises(HubUnavailableError) as info:
+        push_student(saved, REPO, token=SECRET, api=api)
+    _assert_one_line_retry_message(str(info.value), saved, status)
+
+
+@pytest.mark.parametrize("method", ["create_repo", "upload_folder"])
+def test_push_non_json_answer_raises_hub_unavailable_in_one_line(saved, method):
+    # A proxy or captive portal answering 200 with HTML: huggingface_hub's response.json() fails.
+    error = json.JSONDecodeError("Expecting value", "<html>\n<body>login</body>\n</html>", 0)
+    with pytest.raises(HubUnavailableError) as info:
+        push_student(saved, REPO, token=SECRET, api=FailingApi(method, error))
+    msg = str(info.value)
+    _assert_one_line_retry_message(msg, saved)
+    assert "not JSON" in msg and "JSONDecodeError" in msg
+
+    with pytest.raises(HubUnavailableError) as info:
+        push_student(saved, REPO, token=SECRET, api=FailingApi(method, ValueError("bad answer\nfrom the Hub")))
+    _assert_one_line_retry_message(str(info.value), saved)
+    assert "ValueError: bad answer from the Hub" in str(info.value)
+
+
+def test_cli_push_http_404_prints_one_line_and_exits_1(saved, capsys, monkeypatch):
+    import huggingface_hub
+
+    import db3_timm.hub as hub
+
+    class FakeHfApi(FailingApi):
+        def __init__(self, token=None):
+            super().__init__("create_repo", _http_error(404))
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeHfApi)
+    monkeypatch.setattr(hub, "_env_offline", lambda: False)
+    assert cli_main(["push", str(saved), "--repo", REPO]) == 1
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert err.startswith("db3 push:") and "\n" not in err and "Traceback" not in captured.err
+    assert "HTTP 404" in err and f"db3 push {saved} --repo {REPO}" in err
+
+
+# ---------------------------------------------------------------- (8) a failed push leaves no repo id behind
+@pytest.mark.parametrize("error", [_http_error(500), ConnectionError("refused"), _http_error(404)],
+                         ids=["http500", "unreachable", "http404"])
+def test_failed_push_then_push_elsewhere_names_the_new_repo(saved, error, recwarn):
+    first, second = "db3-org/first-try", "db3-org/second-try"
+    readme_before = (saved / "README.md").read_text()
+    failing = FailingApi("upload_folder", error)
+    with pytest.raises(HubUnavailableError):
+        push_student(saved, first, api=failing)
+    # What the failed push tried to upload named `first`; the local copy is back to the placeholder.
+    assert f'"hf-hub:{first}"' in failing.calls[-1][1]["_readme"]
+    assert (saved / "README.md").read_text() == readme_before
+    assert read_student_card(saved).repo_id is None
+
+    api = RecordingApi()
+    push_student(saved, second, api=api)
+    uploaded = api.calls[1][1]["_readme"]
+    assert f'timm.create_model("hf-hub:{second}", pretrained=True)' in uploaded
+    assert first not in uploaded and PLACEHOLDER_REPO_ID not in uploaded
+    assert read_student_card(saved).repo_id == second
+    assert first not in (saved / "README.md").read_text()
+    assert not [w for w in recwarn if "names repo" in str(w.message)]

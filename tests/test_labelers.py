@@ -150,6 +150,25 @@ def test_bad_configuration_is_named():
         create_labeler("sd", oracle).label(torch.rand(2, 1, 4, 4))
 
 
+@pytest.mark.parametrize("options, message", [
+    ({"queries_per_target": 1.5}, "queries_per_target must be an integer in \\[1, 1000000000\\], got 1.5"),
+    ({"queries_per_target": 1e30}, "queries_per_target must be an integer in \\[1, 1000000000\\], got 1e\\+30"),
+    ({"probes": -1}, "probes=-1: expected at least 1"),
+    ({"probes": 0}, "probes=0: expected at least 1"),
+    ({"momentum": -5}, "momentum=-5: expected at least 0"),
+    ({"num_classes": 50}, "num_classes=50 but the teacher answers 2 classes"),
+    ({"rule": "bogus"}, "unknown soft-label rule 'bogus'"),
+    ({"seed": 1.5}, "seed must be an integer"),
+    ({"prior": "lenet5"}, "prior must be a white-box nn.Module or a direction-prior callable"),
+])
+def test_nonsense_options_are_refused_when_the_labeler_is_built(options, message):
+    # Checked at construction, so a bad option never costs a query.
+    oracle, *_ = affine_problem()
+    with pytest.raises((ValueError, TypeError), match=message):
+        create_labeler("mbd", oracle, **options)
+    assert oracle.queries == 0
+
+
 @pytest.mark.parametrize("name", ["sd", "bd", "mbd"])
 def test_known_teacher_labels_skip_the_label_query_and_change_nothing_else(name):
     oracle, w, b, x, refs = affine_problem(num_classes=3, n=8)

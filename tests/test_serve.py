@@ -238,6 +238,95 @@ def test_quota_429_then_retry_after_window(model):
         s.stop()
 
 
+@pytest.mark.parametrize("window", [float("nan"), float("inf"), float("-inf"), 0, -1.0, "soon"])
+def test_quota_window_must_be_finite_and_positive(model, window):
+    # A NaN window never ended and an infinite one has no Retry-After: both used to be accepted and turn
+    # every request past the quota into a permanent 500. They are refused when the app is built.
+    with pytest.raises(ValueError) as info:
+        _app(model, quota=5, quota_window=window)
+    msg = str(info.value)
+    assert "quota_window" in msg and repr(window) in msg and "\n" not in msg
+    with pytest.raises(ValueError, match="quota_window"):  # also when no quota is set
+        _app(model, quota_window=window)
+
+
+@pytest.mark.parametrize("quota", [0, -3, 2.5, float("nan"), float("inf")])
+def test_quota_must_be_a_positive_integer(model, quota):
+    with pytest.raises(ValueError) as info:
+        _app(model, quota=quota)
+    assert "quota must be" in str(info.value) and repr(quota) in str(info.value)
+
+
+def _infer_json(shape=(1, 1, 28, 28), data=None, **extra):
+    """An infer body as text, so tests can splice in what `json.dumps` would not write."""
+    data = json.dumps([0.5] * 784) if data is None else data
+    rest = "".join(f", {json.dumps(k)}: {v}" for k, v in extra.items())
+    return (f'{{"inputs": [{{"name": "input", "shape": {json.dumps(list(shape))}, "datatype": "FP32", '
+            f'"data": {data}}}]{rest}}}').encode()
+
+
+def _assert_all_400_and_no_quota_spent(model, cases):
+    """Posts each malformed body to a server with a quota of 2: each must be a 400 (never a 5xx, which
+    clients retry) with a short message, and none may spend quota: 2 images still pass, a third is 429."""
+    s = Server(_app(model, quota=2, quota_window=3600, max_batch_size=4, max_request_bytes=1 << 20))
+    try:
+        url = f"{s.url}/v2/models/{NAME}/infer"
+        for what, (body, needle) in cases.items():
+            code, answer, _ = _post(url, body, token=None)
+            assert code == 400, (what, answer)
+            assert needle in answer["error"] and len(answer["error"]) < 300, (what, answer)
+        code, answer, _ = _post(url, _payload(_images(2)), token=None)
+        assert code == 200 and len(answer["outputs"][0]["data"]) == 2
+        assert _post(url, _payload(_images(1)), token=None)[0] == 429
+    finally:
+        s.stop()
+
+
+def test_malformed_json_is_400_not_500(model):
+    big = "9" * 400  # parses to an int, but overflows float32 / float64
+    cases = {
+        # json.loads raises RecursionError (not ValueError) on deep nesting: it used to be a 500.
+        "nested array": (b"[" * 100000 + b"]" * 100000, "nested too deeply"),
+        "nested in inputs": (b'{"inputs": ' + b"[" * 100000 + b"]" * 100000 + b"}", "nested too deeply"),
+        # json.loads raises ValueError for ints past sys.get_int_max_str_digits() (4300).
+        "5000-digit int": (_infer_json(data="[" + "1" * 5000 + "]"), "4300 digits"),
+        "5000-digit shape": (_infer_json(shape=[1], data="[]").replace(b"[1]", b"[" + b"7" * 5000 + b"]"),
+                             "4300 digits"),
+        # A 400-digit int parses, then np.asarray(..., float32) raises OverflowError: it used to be a 500.
+        "400-digit int in data": (_infer_json(data="[" + ", ".join([big] + ["0.5"] * 783) + "]"), "too large"),
+        "400-digit negative int": (_infer_json(data="[-" + big + ", " + ", ".join(["0.5"] * 783) + "]"),
+                                   "too large"),
+        "400-digit batch size": (_infer_json(shape=[int(big), 1, 28, 28]), "max_batch_size"),
+        "400-digit negative batch": (_infer_json(shape=[-int(big), 1, 28, 28]), "at least 1"),
+        "400-digit height": (_infer_json(shape=[1, 1, int(big), 28]), "does not match"),
+        "1e999 (inf)": (_infer_json(data="[1e999, " + ", ".join(["0.5"] * 783) + "]"), "infinity"),
+    }
+    _assert_all_400_and_no_quota_spent(model, cases)
+
+
+def test_malformed_tensor_is_400_not_500(model):
+    cases = {
+        # Iterating a non-list 'outputs' raised TypeError: it used to be a 500.
+        "outputs 5": (_infer_json(outputs="5"), "'outputs' must be a list"),
+        "outputs object": (_infer_json(outputs='{"label": 1}'), "'outputs' must be a list"),
+        "outputs string": (_infer_json(outputs='"label"'), "'outputs' must be a list"),
+        "outputs [5]": (_infer_json(outputs="[5]"), "unknown output 5"),
+        "outputs [null]": (_infer_json(outputs="[null]"), "unknown output None"),
+        "outputs name list": (_infer_json(outputs='[{"name": ["label"]}]'), "unknown output"),
+        "data string": (json.dumps({"inputs": [{"shape": [1, 1, 28, 28], "datatype": "FP32",
+                                                "data": "abc"}]}).encode(), "JSON array"),
+        "data objects": (_infer_json(data="[{}]"), "only numbers"),
+        "data ragged": (_infer_json(data="[[1, 2], [3]]"), "only numbers"),
+        "data too deep": (_infer_json(data="[" * 200 + "1" + "]" * 200), "only numbers"),
+        "huge shape list": (_infer_json(shape=[10 ** 300] * 2000), "[N, C, H, W]"),
+        "inputs not a list": (b'{"inputs": 5}', "'inputs'"),
+        "input not an object": (b'{"inputs": [5]}', "each input"),
+        "shape floats": (_infer_json(shape=[1.0, 1, 28, 28]), "[N, C, H, W]"),
+        "shape bools": (_infer_json(shape=[True, 1, 28, 28]), "[N, C, H, W]"),
+    }
+    _assert_all_400_and_no_quota_spent(model, cases)
+
+
 def test_parallel_clients(server, model):
     local = LabelOracle.from_timm_model(model)
     xs = [_images(20 + i, seed=10 + i) for i in range(8)]

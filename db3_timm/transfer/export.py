@@ -60,13 +60,14 @@ def _png(pixels: np.ndarray) -> bytes:
 def _resolve_source(source: Any) -> Any:
     import datasets
 
-    if isinstance(source, (datasets.Dataset,)):
+    if isinstance(source, datasets.Dataset):
         return source
     if isinstance(source, (str, os.PathLike)):
-        from .label import load_labeled_dataset
+        from .build import load_transfer_set
 
-        return load_labeled_dataset(source)
-    raise TypeError(f"source must be a label_dataset output folder or a datasets.Dataset, got {type(source).__name__}")
+        return load_transfer_set(source).rows.with_format(None)
+    raise TypeError(f"source must be a db3 dataset folder (db3 label / generate / distill) or a datasets.Dataset, "
+                    f"got {type(source).__name__}")
 
 
 def _card(num_rows: int, num_files: int, num_classes: int, class_names: Optional[List[str]],
@@ -151,19 +152,17 @@ def export_parquet(
     Returns:
         ``{"out_dir", "files", "num_rows", "num_classes", "max_rounding_error"}``.
     """
-    import datasets
-    from datasets import ClassLabel, Features, Image, Value
-
     if isinstance(rows_per_file, bool) or not isinstance(rows_per_file, int) or rows_per_file < 1:
         raise ValueError(f"rows_per_file must be a positive int, got {rows_per_file!r}")
     ds = _resolve_source(source)
     missing = [c for c in ("image", "label", "soft_logits", *extra_columns) if c not in ds.column_names]
     if missing:
         raise ValueError(f"source has no column(s) {missing}; it has {ds.column_names}")
-    n = len(ds)
-    if n == 0:
+    if len(ds) == 0:
         raise ValueError("source is empty; nothing to export")
     num_classes = len(ds[0]["soft_logits"])
+    if class_names is None and hasattr(ds.features["label"], "names"):
+        class_names = ds.features["label"].names
     if class_names is not None:
         class_names = [str(c) for c in class_names]
         if len(class_names) != num_classes:
@@ -177,29 +176,48 @@ def export_parquet(
     out.mkdir(parents=True, exist_ok=True)
     tmp_dir = out / f".data-{uuid.uuid4().hex[:8]}"
     tmp_dir.mkdir()
+    try:
+        files, max_err = _write_files(ds, _features(ds, class_names, extra_columns), tmp_dir, rows_per_file, extra_columns)
+        os.replace(tmp_dir, data_dir)  # the folder appears complete or not at all
+    except BaseException:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        raise
+    (out / "README.md").write_text(_card(len(ds), len(files), num_classes, class_names, max_err, list(extra_columns),
+                                         _provenance(source, len(ds), num_classes)))
+    return {"out_dir": str(out), "files": [str(data_dir / f) for f in files], "num_rows": len(ds),
+            "num_classes": num_classes, "max_rounding_error": max_err}
 
-    list_type = getattr(datasets, "List", None) or datasets.Sequence
+
+def _features(ds: Any, class_names: Optional[List[str]], extra_columns: Sequence[str]) -> Any:
+    import datasets
+    from datasets import ClassLabel, Features, Image, Value
+
     feats: Dict[str, Any] = {
         "image": Image(),
         "label": ClassLabel(names=class_names) if class_names is not None else Value("int64"),
-        "soft_logits": list_type(Value("float32")),
+        "soft_logits": datasets.List(Value("float32")),
     }
-    for c in extra_columns:
-        feats[c] = ds.features[c]
-    features = Features(feats)
+    feats.update({c: ds.features[c] for c in extra_columns})
+    return Features(feats)
 
+
+def _write_files(ds: Any, features: Any, folder: Path, rows_per_file: int, extra_columns: Sequence[str]):
+    """Writes the Parquet files into ``folder``; returns their names and the largest 8-bit rounding error."""
+    import datasets
+
+    from .disk import quiet_datasets
+
+    n = len(ds)
     num_files = math.ceil(n / rows_per_file)
     files: List[str] = []
     max_err = 0.0
     src = ds.with_format("numpy", columns=["image", "label", "soft_logits", *extra_columns])
-    bars_were_off = datasets.are_progress_bars_disabled()
-    datasets.disable_progress_bars()  # one "Creating parquet" bar per file would bury the caller's output
-    try:
+    with quiet_datasets():  # one "Creating parquet" bar per file would bury the caller's output
         for k in range(num_files):
             rows = src[k * rows_per_file:min(n, (k + 1) * rows_per_file)]
             x = np.asarray(rows["image"])
-            pixels = to_uint8_hwc(x)
-            max_err = max(max_err, float(np.abs(pixels.transpose(0, 3, 1, 2) / 255.0 - x).max()))
+            pixels = to_uint8_hwc(x) if x.dtype != np.uint8 else x.transpose(0, 2, 3, 1)
+            max_err = max(max_err, float(np.abs(pixels.transpose(0, 3, 1, 2) / 255.0 - _unit(x)).max()))
             columns = {
                 "image": [{"bytes": _png(p), "path": None} for p in pixels],
                 "label": np.asarray(rows["label"]).astype(np.int64).tolist(),
@@ -207,27 +225,23 @@ def export_parquet(
             }
             for c in extra_columns:
                 columns[c] = rows[c].tolist() if hasattr(rows[c], "tolist") else list(rows[c])
-            part = datasets.Dataset.from_dict(columns, features=features)
             name = f"train-{k:05d}-of-{num_files:05d}.parquet"
-            part.to_parquet(str(tmp_dir / name))
+            datasets.Dataset.from_dict(columns, features=features).to_parquet(str(folder / name))
             files.append(name)
-        os.replace(tmp_dir, data_dir)  # the folder appears complete or not at all
-    except BaseException:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-        raise
-    finally:
-        if not bars_were_off:
-            datasets.enable_progress_bars()
+    return files, max_err
 
-    provenance: Dict[str, Any] = {"rows": n, "num_classes": num_classes}
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / 255.0 if x.dtype == np.uint8 else x
+
+
+def _provenance(source: Any, rows: int, num_classes: int) -> Dict[str, Any]:
+    provenance: Dict[str, Any] = {"rows": rows, "num_classes": num_classes}
     if isinstance(source, (str, os.PathLike)):
-        from .label import read_manifest
+        from .._io import read_json
 
-        manifest = read_manifest(source)
-        provenance.update({"teacher": manifest.get("teacher"), "labeler": manifest["config"].get("labeler"),
-                           "queries": manifest.get("queries"), "db3_timm_version": manifest.get("db3_timm_version")})
-    (out / "README.md").write_text(
-        _card(n, num_files, num_classes, class_names, max_err, list(extra_columns), provenance)
-    )
-    return {"out_dir": str(out), "files": [str(data_dir / f) for f in files], "num_rows": n,
-            "num_classes": num_classes, "max_rounding_error": max_err}
+        manifest = read_json(Path(source) / "manifest.json", "manifest")
+        labeler = (manifest.get("config") or {}).get("labeler") or (manifest.get("info") or {}).get("labeler")
+        provenance.update({"teacher": manifest.get("teacher"), "labeler": labeler, "queries": manifest.get("queries"),
+                           "db3_timm_version": manifest.get("db3_timm_version")})
+    return provenance

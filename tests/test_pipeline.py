@@ -1,0 +1,101 @@
+"""The front door, in process: budgets refused before spending, resumption to the same student, zero-shot."""
+import json
+
+import pytest
+import torch
+
+from db3_timm import (BudgetTooSmallError, DistillConfig, LabelingConfig, LabelOracle, TrainConfig, ZeroShotConfig,
+                      distill_student, plan_queries)
+
+
+@pytest.fixture
+def one_thread():
+    from accelerate.state import AcceleratorState, GradientState
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+
+
+def _setup(perturbed_lenet_half, n=60):
+    oracle = LabelOracle.from_timm_model(perturbed_lenet_half)
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(n, 1, 28, 28, generator=g)
+    test = torch.rand(20, 1, 28, 28, generator=g)
+    return oracle, images, (test, oracle(test).clone())
+
+
+def _config(labeler="mbd", **train):
+    options = {"queries_per_target": 8} if labeler != "sd" else {}
+    return DistillConfig(labeling=LabelingConfig(labeler, options, references_per_class=2, shard_size=16),
+                         train=TrainConfig(**{"epochs": 2, "batch_size": 8, **train}), evaluate_teacher=False)
+
+
+def test_a_budget_below_the_plan_is_refused_before_any_query(perturbed_lenet_half, tmp_path, one_thread):
+    oracle, images, test = _setup(perturbed_lenet_half)
+    spent = oracle.queries
+    plan = plan_queries(oracle, len(images), _config())
+    assert plan.total == 20 + 54 + 54 * 9 * 8  # references, labels, 8 queries per image and other class
+    with pytest.raises(BudgetTooSmallError, match=f"needs up to {plan.total:,} teacher queries but the budget is 1,000"):
+        distill_student(oracle, "lenet5_fifth", images, 1000, tmp_path / "run", config=_config())
+    assert oracle.queries == spent and not (tmp_path / "run").exists()
+    with pytest.raises(ValueError, match="images have 3 channel"):
+        distill_student(oracle, "lenet5_fifth", torch.rand(4, 3, 28, 28), None, tmp_path / "run", config=_config())
+    assert oracle.queries == spent
+
+
+def test_the_front_door_gives_a_trained_student_within_budget(perturbed_lenet_half, tmp_path, one_thread):
+    oracle, images, test = _setup(perturbed_lenet_half)
+    plan = plan_queries(oracle, len(images), _config())
+    before = oracle.queries
+    result = distill_student(oracle, "lenet5_fifth", images, plan.total, tmp_path / "run", test=test,
+                             config=_config(), progress=False)
+    assert not result.model.training and result.model.pretrained_cfg["architecture"] == "lenet5_fifth"
+    assert result.queries["total"] == oracle.queries - before <= plan.total
+    assert 0.0 <= result.test_accuracy <= 1.0 and result.teacher_accuracy is None
+    card = json.loads((tmp_path / "run" / "model" / "db3.json").read_text())
+    assert card["queries"] == result.queries["total"] and card["transfer_rows"] == 54
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["accuracy_kind"] == "val-selected"
+
+
+def test_a_killed_run_resumes_to_the_same_student(perturbed_lenet_half, tmp_path, one_thread):
+    oracle, images, test = _setup(perturbed_lenet_half)
+    straight = distill_student(oracle, "lenet5_fifth", images, None, tmp_path / "straight", config=_config(), progress=False)
+
+    class Killed(KeyboardInterrupt):
+        pass
+
+    killer = LabelOracle.from_timm_model(perturbed_lenet_half)
+
+    def die(batch, total):
+        if total > 300:  # in the middle of labelling
+            raise Killed
+
+    killer.query_log = die
+    with pytest.raises(Killed):
+        distill_student(killer, "lenet5_fifth", images, None, tmp_path / "killed", config=_config(), progress=False)
+    again = distill_student(LabelOracle.from_timm_model(perturbed_lenet_half), "lenet5_fifth", images, None,
+                            tmp_path / "killed", config=_config(), progress=False)
+    from db3_timm._io import module_fingerprint
+
+    assert module_fingerprint(again.model) == module_fingerprint(straight.model)
+    assert again.training.history == straight.training.history
+    # What the killed shard had spent is counted too: the resumed student cost at least as much.
+    assert again.queries["total"] >= straight.queries["total"]
+
+
+def test_zero_shot_through_the_front_door(perturbed_lenet_half, tmp_path, one_thread):
+    oracle = LabelOracle.from_timm_model(perturbed_lenet_half)
+    zs = ZeroShotConfig(samples_per_class=2, iterations=1, queries_per_iteration=30,
+                        options={"start_pool": 40, "max_init_queries": 2000})
+    cfg = DistillConfig(labeling=LabelingConfig("sd"), zero_shot=zs, train=TrainConfig(epochs=1, batch_size=8),
+                        evaluate_teacher=False)
+    plan = plan_queries(oracle, None, cfg)
+    result = distill_student(oracle, "lenet5_fifth", None, plan.total, tmp_path / "zs", config=cfg, progress=False)
+    assert result.queries["generation"] > 0 and result.queries["total"] <= plan.total
+    card = json.loads((tmp_path / "zs" / "model" / "db3.json").read_text())
+    assert card["method"] == "zsdb3kd" and card["generator"] == "zsdb3" and card["queries"] == result.queries["total"]
+    assert (tmp_path / "zs" / "transfer" / "grids" / "all-classes.png").is_file()
