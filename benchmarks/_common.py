@@ -84,7 +84,7 @@ def fmnist_teacher(
 ) -> Tuple[nn.Module, float]:
     """The Fashion-MNIST ``lenet5`` teacher: trained once, then reloaded from ``cache_dir``.
 
-    Training uses :func:`db3_timm.distill.fit` (Adam, cosine schedule, the model's own
+    Training uses :func:`db3_timm.training.fit` (Adam, cosine schedule, the model's own
     mean/std) on all 60,000 real training images; the folder gets ``config.json`` +
     ``model.safetensors`` from ``timm.models.save_for_hf`` and ``db3_teacher.json`` with
     the test accuracy, the settings and the training time (``db3_teacher.json`` is written
@@ -107,7 +107,7 @@ def fmnist_teacher(
 
     import db3_timm  # noqa: F401  (registers lenet5)
     from db3_timm.data import load_image_dataset
-    from db3_timm.distill import evaluate, fit
+    from db3_timm.training import evaluate, fit
 
     folder = _resolve(cache_dir)
     meta_path = folder / _META
@@ -166,11 +166,11 @@ def _predict(model, images: torch.Tensor, batch_size: int = 2048) -> torch.Tenso
 
     if isinstance(model, LabelOracle):
         return torch.cat([model(images[s:s + batch_size]) for s in range(0, len(images), batch_size)]).cpu()
-    from db3_timm.distill import normalizer_for
+    from db3_timm._preprocess import PixelTransform
 
     was_training = model.training
     model.eval()
-    norm = normalizer_for(model)
+    norm = PixelTransform.for_model(model, resize_to_model="never")
     dev = next(model.parameters()).device
     out = torch.cat([
         model(norm(images[s:s + batch_size].to(dev))).argmax(1).cpu() for s in range(0, len(images), batch_size)

@@ -33,7 +33,7 @@ from _common import distance_setup, machine_info  # noqa: E402
 from whitebox import PixelSpace, min_norm_targeted  # noqa: E402
 
 from db3_timm import LabelOracle, create_labeler  # noqa: E402
-from db3_timm.boundary import PairQueries, bisect_to_boundary, minimize_boundary_distance  # noqa: E402
+from db3_timm.boundary import PLAIN_SEARCH, BoundarySearchConfig, PairQueries, bisect_to_boundary, minimize_boundary_distance  # noqa: E402
 from db3_timm.labelers.bd import BoundaryDistanceLabeler, PairBatch  # noqa: E402
 from db3_timm.labelers.mbd import MinimalBoundaryDistanceLabeler  # noqa: E402
 from db3_timm.labelers.sd import nearest_by_class  # noqa: E402
@@ -59,7 +59,7 @@ class _KeepStarts(MinimalBoundaryDistanceLabeler):
     def _search(self, x, pairs, refs, query, generator):
         points, found, info = BoundaryDistanceLabeler._search(self, x, pairs, refs, query, generator)
         self.starts = points.clone()
-        points = minimize_boundary_distance(query, pairs.x0, points, found, generator, tol=self.tol, **self.opt)
+        points = minimize_boundary_distance(query, pairs.x0, points, found, generator, self.search)
         return points, found, info
 
 
@@ -106,7 +106,7 @@ def main() -> None:
         start = (pairs.x0 + (1.02 * wb / along.clamp_min(1e-6)).unsqueeze(1) * u).clamp(0, 1)
         flat = HalfSpaceQueries(pairs.x0, normals, wb, pairs.image_shape, q)
         valid = ((start - pairs.x0) * normals).sum(1) >= wb
-        end = minimize_boundary_distance(flat, pairs.x0, start, valid, torch.Generator().manual_seed(lab.seed), **lab.opt)
+        end = minimize_boundary_distance(flat, pairs.x0, start, valid, torch.Generator().manual_seed(lab.seed), lab.search)
         report("mbd, flattened boundary", q, torch.where(valid, (end - pairs.x0).norm(dim=1), torch.inf))
 
         soft = create_labeler("mbd", oracle, queries_per_target=q, prior=teacher, prior_stall=0.0).label(x, checked)
@@ -122,8 +122,8 @@ def main() -> None:
         ok = ref_idx[:, j] >= 0
         query = PairQueries(oracle, pairs.image_shape, pairs.origin, pairs.target, args.basin_queries)
         b = bisect_to_boundary(query, pairs.x0, checked.images.flatten(1)[ref_idx[:, j].clamp_min(0)], ok, 1e-3)
-        end = minimize_boundary_distance(query, pairs.x0, b, ok, torch.Generator().manual_seed(j), prior=prior,
-                                         prior_stall=0.0)
+        walk = BoundarySearchConfig.from_dict({"tol": 1e-3, "prior_stall": 0.0}, base=PLAIN_SEARCH)
+        end = minimize_boundary_distance(query, pairs.x0, b, ok, torch.Generator().manual_seed(j), walk, prior=prior)
         found[:, j] = torch.where(ok, (end - pairs.x0).norm(dim=1), torch.inf)
     for k in args.starts:
         report(f"white-box walk, best of {k} starts", args.basin_queries * k, found[:, :k].min(1).values)

@@ -37,9 +37,9 @@ BENCHMARK_LABELERS = {"signopt": ReferenceSignOPTLabeler}
 
 def bare_forward_rate(model: torch.nn.Module, batch: int, seconds: float = 3.0) -> float:
     """Images/s of ``argmax(model(normalise(x)))`` under inference mode: the ceiling for any oracle."""
-    from db3_timm.distill import normalizer_for
+    from db3_timm._preprocess import PixelTransform
 
-    norm = normalizer_for(model)
+    norm = PixelTransform.for_model(model, resize_to_model="never")
     x = torch.rand(batch, 1, 28, 28)
     with torch.inference_mode():
         model(norm(x)).argmax(1)
@@ -86,7 +86,7 @@ def main() -> None:
     if args.prior:
         import timm
 
-        from db3_timm.distill import fit
+        from db3_timm.training import fit
 
         checked = create_labeler("sd", oracle).check_references(*refs)
         t = time.time()

@@ -4,7 +4,7 @@ For each batch size, times side by side (interleaved repeats, alternating which 
 first, median over repeats):
 
 * **bare**: ``model(norm(x)).argmax(1)`` under ``torch.inference_mode()``, ``norm`` being
-  the model's timm mean/std (:func:`db3_timm.distill.normalizer_for`);
+  the model's timm mean/std (:class:`db3_timm._preprocess.PixelTransform`);
 * **oracle**: ``LabelOracle.from_timm_model(model)(x)`` (input checks, clamping, fused
   normalisation, query accounting).
 
@@ -53,7 +53,7 @@ def main() -> None:
 
     from db3_timm import LabelOracle
     from db3_timm.data import load_image_dataset
-    from db3_timm.distill import normalizer_for
+    from db3_timm._preprocess import PixelTransform
 
     if args.threads > 0:
         torch.set_num_threads(args.threads)
@@ -61,7 +61,7 @@ def main() -> None:
     load_before = os.getloadavg()[0]
     model, acc = fmnist_teacher(device=args.device)
     print(f"teacher: lenet5 on Fashion-MNIST, test acc {acc:.4f}, device {args.device}\n")
-    norm = normalizer_for(model)
+    norm = PixelTransform.for_model(model, resize_to_model="never")
     oracle = LabelOracle.from_timm_model(model)
     test = load_image_dataset("fashion-mnist", "test")
     gen = torch.Generator().manual_seed(0)

@@ -17,7 +17,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import fmnist_teacher, machine_info  # noqa: E402
 from db3_timm import LabelOracle, create_labeler, distances_to_logits  # noqa: E402
 from db3_timm.data import load_image_dataset  # noqa: E402
-from db3_timm.distill import evaluate, fit, normalizer_for  # noqa: E402
+from db3_timm._preprocess import PixelTransform  # noqa: E402
+from db3_timm.training import evaluate, fit  # noqa: E402
 
 
 def main() -> None:
@@ -33,7 +34,7 @@ def main() -> None:
            for n in ('sd', 'mbd')}
     print(f"teacher test accuracy {acc:.4f}; soft labels for 500 images in {time.time() - t:.0f}s", flush=True)
     with torch.inference_mode():
-        wl = teacher(normalizer_for(teacher)(x)).clone()
+        wl = teacher(PixelTransform.for_model(teacher, resize_to_model="never")(x)).clone()
 
     def run(name, labels, logits, **kw):
         m = timm.create_model("lenet5_half", num_classes=10)

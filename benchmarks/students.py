@@ -30,7 +30,8 @@ import timm  # noqa: E402
 
 from db3_timm import LabelOracle, create_labeler  # noqa: E402
 from db3_timm.data import load_image_dataset  # noqa: E402
-from db3_timm.distill import evaluate, fit, normalizer_for  # noqa: E402
+from db3_timm._preprocess import PixelTransform  # noqa: E402
+from db3_timm.training import evaluate, fit  # noqa: E402
 
 
 def train_student(arch, x, labels, soft, *, epochs, seed, temperature, val, test):
@@ -84,7 +85,7 @@ def main() -> None:
     if not args.skip_baselines:
         targets.append(("(a) hard labels", x, hard, None, 20.0, args.samples, time.perf_counter() - t))
         with torch.inference_mode():
-            logits = teacher(normalizer_for(teacher)(x))
+            logits = teacher(PixelTransform.for_model(teacher, resize_to_model="never")(x))
         for temp in (20.0, 4.0):
             targets.append((f"(b) white-box KD, T={temp:g}", x, hard, logits.clone(), temp, 0, 0.0))
     specs = [(n, {}) if n == "sd" else (n, {"queries_per_target": q}) for n in args.labelers for q in (

@@ -29,8 +29,8 @@ import timm  # noqa: E402
 
 from db3_timm import LabelOracle, create_generator, create_labeler  # noqa: E402
 from db3_timm.data import load_image_dataset  # noqa: E402
-from db3_timm.distill import evaluate, fit  # noqa: E402
-from db3_timm.generators import label_pseudo_samples  # noqa: E402
+from db3_timm.training import evaluate, fit  # noqa: E402
+from db3_timm.transfer.build import LabelingConfig, ZeroShotConfig, generate_zero_shot  # noqa: E402
 
 # (start prior, samples per class, iterations, queries per iteration, MBD queries per target, start pool, mixes)
 SCHEDULES = {
@@ -65,6 +65,8 @@ def main() -> None:
     ap.add_argument("--save", action="store_true",
                     help="also save each transfer set (images, labels, soft logits) for benchmarks/students.py --zero-shot")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--work", default="benchmarks/results/zero_shot_work",
+                    help="where each schedule's transfer set is built (resumable; delete it for a fresh run)")
     args = ap.parse_args()
 
     print(machine_info(), flush=True)
@@ -76,13 +78,16 @@ def main() -> None:
     for i in args.schedules if args.schedules is not None else range(len(plan)):
         start, spc, iters, qpi, qpt, pool, mixes = plan[i]
         before, t = oracle.queries, time.perf_counter()
-        gen = create_generator("zsdb3", oracle, seed=0, start=start, start_pool=pool, mixes=mixes)
-        pseudo = gen.generate(spc, iters, qpi, progress=False)
-        gen_q = oracle.queries - before
-        images, labels, logits = label_pseudo_samples(pseudo, create_labeler("mbd", oracle, queries_per_target=qpt))
-        total = oracle.queries - before
+        work = Path(args.work) / f"{args.dataset}_{i}"
+        zs = ZeroShotConfig(samples_per_class=spc, iterations=iters, queries_per_iteration=qpi,
+                            options={"start": start, "start_pool": pool, "mixes": mixes})
+        ts = generate_zero_shot(oracle, work, zs, LabelingConfig("mbd", {"queries_per_target": qpt}), progress=False)
+        cols = ts.tensors()
+        images, labels, logits = cols["image"], cols["label"], cols["soft_logits"]
+        gen_q, total = ts.queries["generation"], ts.queries["total"]
         secs = time.perf_counter() - t
-        n = int(pseudo.labels.shape[0])
+        n = ts.info["parts"][0]["rows"]
+        robustness = json.loads((work / "generation.json").read_text())["mean_robustness"]
         epochs = max(5, min(args.epochs, math.ceil(args.train_images / len(images))))
         t = time.perf_counter()
         torch.manual_seed(0)
@@ -93,7 +98,7 @@ def main() -> None:
                "queries_per_target": qpt, "start_pool": pool, "mixes": mixes, "samples": n, "transfer_rows": len(images),
                "generation_queries": gen_q, "total_queries": total, "seconds": secs, "epochs": epochs,
                "train_seconds": time.perf_counter() - t, "kd_weight": args.kd_weight, "student_acc": acc, "reference_schedule_queries": n * 40 * 5000,
-               "robustness_first_last": [float(pseudo.robustness[0].mean()), float(pseudo.robustness[-1].mean())]}
+               "robustness_first_last": [robustness[0], robustness[-1]] if robustness else []}
         rows.append(row)
         print(f"  start {start:9s} {spc}/class x {iters} it x {qpi} q/it, MBD @{qpt}, pool {pool:,d}, mixes {mixes:,d}: "
               f"{total:,d} queries "

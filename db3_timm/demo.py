@@ -84,7 +84,7 @@ def run_demo(
     idx = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:samples]
     zs = {"samples_per_class": 30, "iterations": 4, "queries_per_iteration": 100,
           "options": {"start": "smooth", "start_pool": 5_000, "max_init_queries": 100_000}}
-    rows: List[Dict[str, Any]] = [{"student": "teacher (lenet5)", "accuracy": teacher_acc, "queries": 0, "wall_s": None}]
+    rows: List[Dict[str, Any]] = [{"student": "teacher (lenet5)", "accuracy": teacher_acc, "queries": None, "wall_s": None}]
     for k, arm in enumerate(_arms(samples, queries_per_target, zs)):
         print_fn(f"[{k + 1}/4] {arm['name']}")
         t0 = time.time()
@@ -96,13 +96,13 @@ def run_demo(
                      "wall_s": round(time.time() - t0, 1)})
         print_fn(f"    test accuracy {result.test_accuracy:.2%} for {result.queries['total']:,} teacher queries "
                  f"({rows[-1]['wall_s']} s) -> {result.out_dir / 'model'}")
-    plot_points({r["student"]: (r["queries"], r["accuracy"]) for r in rows if r["queries"] > 0},
+    plot_points({r["student"]: (r["queries"], r["accuracy"]) for r in rows if r["queries"]},
                 out / "accuracy_vs_queries.png", xlabel="teacher queries", ylabel="student test accuracy",
                 title="digits: lenet5 teacher -> lenet5_half students", hline=(teacher_acc, "teacher"))
     write_json_atomic(out / "results.json", rows)
     print_fn("\n| student (lenet5_half) | test accuracy | teacher queries |\n|---|---|---|")
     for r in rows:
-        print_fn(f"| {r['student']} | {r['accuracy']:.2%} | {r['queries']:,} |")
+        print_fn(f"| {r['student']} | {r['accuracy']:.2%} | {'–' if r['queries'] is None else format(r['queries'], ',')} |")
     print_fn(f"\nresults: {out / 'results.json'}; plot: {out / 'accuracy_vs_queries.png'}; pseudo samples: "
              f"{out / 'students' / 'zero-shot' / 'transfer' / 'grids'}")
     return {"rows": rows}

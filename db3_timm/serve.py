@@ -24,12 +24,19 @@ speaks the KServe / Triton "Open Inference Protocol" v2 REST API, restricted to 
 
 Errors are ``{"error": MESSAGE}`` with: ``401`` no bearer token, ``403`` wrong token (compared
 with :func:`hmac.compare_digest`), ``404`` unknown model, ``413`` body over ``max_request_bytes``,
-``400`` malformed JSON / tensor, wrong shape, datatype, non-finite values or a batch over
-``max_batch_size``, ``429`` (with ``Retry-After`` seconds) when the per-client query quota of the
-current window is spent. The quota counts images (one query each) per bearer token (per client
-address without auth) in fixed windows of ``quota_window`` seconds; a refused request spends
-nothing. Inference runs in a worker thread under one lock with ``torch.inference_mode``, so
-concurrent requests are safe and the event loop keeps answering health checks.
+``400`` malformed JSON (also nested too deeply, or numbers too long or too large) / tensor, wrong
+shape, datatype, non-finite values or a batch over ``max_batch_size``, ``429`` (with ``Retry-After``
+seconds) when the per-client query quota of the current window is spent. A malformed request is
+never a ``5xx`` (clients retry those); ``500`` means the model itself failed. Messages quote at most
+80 characters of any value the client sent. The quota counts images (one query each) per bearer
+token (per client address without auth) in fixed windows of ``quota_window`` seconds (finite,
+``> 0``); a refused request spends nothing. Inference runs in a worker thread under one lock with
+``torch.inference_mode``, so concurrent requests are safe and the event loop keeps answering
+health checks.
+
+Inside, :func:`create_app` validates its arguments and wires routes to a ``_LabelServer``, which
+holds the settings, predictor, lock and quota with one method per concern (auth, body reading,
+JSON decoding and tensor validation, prediction, one handler per route).
 """
 from __future__ import annotations
 
@@ -68,6 +75,8 @@ def _clip(value: Any) -> str:
 
 
 class _HTTPError(Exception):
+    """A request refused with ``status`` and ``{"error": message}`` (and optional response headers)."""
+
     def __init__(self, status: int, message: str, headers: Optional[Dict[str, str]] = None):
         super().__init__(message)
         self.status, self.message, self.headers = status, message, headers or {}
