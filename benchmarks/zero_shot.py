@@ -27,7 +27,7 @@ from _common import fmnist_teacher, machine_info  # noqa: E402
 
 import timm  # noqa: E402
 
-from db3_timm import LabelOracle, create_generator, create_labeler  # noqa: E402
+from db3_timm import LabelOracle  # noqa: E402
 from db3_timm.data import load_image_dataset  # noqa: E402
 from db3_timm.training import evaluate, fit  # noqa: E402
 from db3_timm.transfer.build import LabelingConfig, ZeroShotConfig, generate_zero_shot  # noqa: E402
@@ -77,7 +77,7 @@ def main() -> None:
     plan = SCHEDULES[args.dataset]
     for i in args.schedules if args.schedules is not None else range(len(plan)):
         start, spc, iters, qpi, qpt, pool, mixes = plan[i]
-        before, t = oracle.queries, time.perf_counter()
+        t = time.perf_counter()
         work = Path(args.work) / f"{args.dataset}_{i}"
         zs = ZeroShotConfig(samples_per_class=spc, iterations=iters, queries_per_iteration=qpi,
                             options={"start": start, "start_pool": pool, "mixes": mixes})

@@ -13,7 +13,6 @@ import torch
 import db3_timm  # noqa: F401  (registers lenet5_half)
 import timm
 from db3_timm import HubUnavailableError
-from db3_timm.cli import main as cli_main
 from db3_timm.hub import (
     PLACEHOLDER_REPO_ID,
     StudentCard,
@@ -271,30 +270,6 @@ def test_good_repo_ids_pass():
         assert validate_repo_id(good) == good
 
 
-# ---------------------------------------------------------------- (6) db3 push on the command line
-def test_cli_push_offline_exits_nonzero_with_message(tmp_path, saved):
-    env = {"HF_HUB_OFFLINE": "1", "DB3_TEST_TOKEN": SECRET}
-    run = _run([sys.executable, "-m", "db3_timm.cli", "push", str(saved), "--repo", REPO, "--private",
-                "--token-env", "DB3_TEST_TOKEN"], env, tmp_path)
-    assert run.returncode == 1, (run.stdout, run.stderr)
-    assert "db3 push:" in run.stderr and "offline" in run.stderr and str(saved) in run.stderr
-    assert f"db3 push {saved} --repo {REPO} --private" in run.stderr
-    assert SECRET not in run.stdout + run.stderr
-
-
-def test_cli_push_argument_errors(tmp_path, saved, capsys, monkeypatch):
-    with pytest.raises(SystemExit) as info:
-        cli_main(["push", str(saved), "--repo", "not-a-repo-id"])
-    assert info.value.code == 2 and "invalid Hub repo id 'not-a-repo-id'" in capsys.readouterr().err
-    with pytest.raises(SystemExit) as info:
-        cli_main(["push", str(tmp_path / "nowhere"), "--repo", REPO])
-    assert info.value.code == 2 and "folder not found" in capsys.readouterr().err
-    monkeypatch.delenv("DB3_UNSET_TOKEN_VAR", raising=False)
-    with pytest.raises(SystemExit) as info:
-        cli_main(["push", str(saved), "--repo", REPO, "--token-env", "DB3_UNSET_TOKEN_VAR"])
-    assert info.value.code == 2 and "'DB3_UNSET_TOKEN_VAR' is not set" in capsys.readouterr().err
-
-
 # ---------------------------------------------------------------- (7) Hub errors become one clear line
 def _http_error(status, message=None):
     """A huggingface_hub HfHubHTTPError as the Hub raises it, with a multi-line message."""
@@ -358,24 +333,6 @@ def test_push_non_json_answer_raises_hub_unavailable_in_one_line(saved, method):
         push_student(saved, REPO, token=SECRET, api=FailingApi(method, ValueError("bad answer\nfrom the Hub")))
     _assert_one_line_retry_message(str(info.value), saved)
     assert "ValueError: bad answer from the Hub" in str(info.value)
-
-
-def test_cli_push_http_404_prints_one_line_and_exits_1(saved, capsys, monkeypatch):
-    import huggingface_hub
-
-    import db3_timm.hub as hub
-
-    class FakeHfApi(FailingApi):
-        def __init__(self, token=None):
-            super().__init__("create_repo", _http_error(404))
-
-    monkeypatch.setattr(huggingface_hub, "HfApi", FakeHfApi)
-    monkeypatch.setattr(hub, "_env_offline", lambda: False)
-    assert cli_main(["push", str(saved), "--repo", REPO]) == 1
-    captured = capsys.readouterr()
-    err = captured.err.strip()
-    assert err.startswith("db3 push:") and "\n" not in err and "Traceback" not in captured.err
-    assert "HTTP 404" in err and f"db3 push {saved} --repo {REPO}" in err
 
 
 # ---------------------------------------------------------------- (8) a failed push leaves no repo id behind

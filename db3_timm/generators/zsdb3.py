@@ -7,7 +7,6 @@ away from it, so the samples become robust, typical members of their class.
 from __future__ import annotations
 
 import json
-import math
 import os
 import warnings
 from dataclasses import dataclass, field

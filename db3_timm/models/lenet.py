@@ -24,7 +24,7 @@ The flatten size of ``fc1`` is computed from ``img_size`` (default 28), so other
 sizes and channel counts work (e.g. ``img_size=32`` or ``in_chans=3``). The model needs a
 fixed input size, which its pretrained cfg declares with ``fixed_input_size=True``.
 """
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
