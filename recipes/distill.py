@@ -26,18 +26,7 @@ from db3_timm.training import make_accelerator
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=opt.Formatter)
-    p.add_argument("--config", metavar="FILE", help="YAML config (recipes/configs/*.yaml); flags override it")
-    opt.add_teacher(p, required=False)
-    p.add_argument("--student", metavar="MODEL", help="timm student architecture, e.g. lenet5_half, resnet18")
-    p.add_argument("--student-pretrained", action="store_true", help="start from the student's pretrained weights")
-    p.add_argument("--eval-teacher", action=argparse.BooleanOptionalAction, default=True,
-                   help="report the teacher's test accuracy (one counted query per test image)")
-    p.add_argument("--output-dir", "--out", dest="out", metavar="DIR", help="where everything goes; model/ is the student")
-    opt.add_data(p)
-    opt.add_labeling(p, transfer_dir=True)
-    opt.add_zero_shot(p)
-    opt.add_training(p)
-    opt.add_accelerate(p)
+    opt.add_distill(p)
     return p
 
 
@@ -61,6 +50,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     config = db3_timm.DistillConfig(labeling=opt.labeling_config(args), zero_shot=opt.zero_shot_config(args),
                                     train=opt.train_config(args), val_fraction=args.val_fraction,
                                     evaluate_teacher=args.eval_teacher, student_pretrained=args.student_pretrained)
+    plan = db3_timm.plan_queries(oracle, None if train is None else len(train), config, test_images=len(test),
+                                 budget=args.budget, seed=args.seed, transfer_dir=args.transfer_dir)
+    accelerator.print(f"plan:\n{plan.describe()}")
+    if args.dry_run:
+        return 0
     result = db3_timm.distill_student(
         oracle, args.student, None if train is None else train.images, args.budget, args.out, args.seed,
         labels=None if train is None else train.labels, test=(test.images, test.labels), class_names=test.class_names,

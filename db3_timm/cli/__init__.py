@@ -42,9 +42,7 @@ def _add_label(sub: argparse._SubParsersAction) -> None:
     opt.add_teacher(p)
     opt.add_data(p, splits=False)
     opt.add_labeling(p)
-    p.add_argument("--seed", type=opt.int_at_least(0), default=0)
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    p.add_argument("--out", "--output-dir", dest="out", required=True, metavar="DIR", help="output folder")
+    opt.add_job(p)
 
 
 def _add_generate(sub: argparse._SubParsersAction) -> None:
@@ -55,28 +53,14 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--input-shape", type=opt.shape, metavar="C,H,W", help="teacher input shape (default: the model's)")
     opt.add_zero_shot(p, flag=False)
     opt.add_labeling(p)
-    p.add_argument("--seed", type=opt.int_at_least(0), default=0)
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    p.add_argument("--out", "--output-dir", dest="out", required=True, metavar="DIR", help="output folder")
+    opt.add_job(p)
 
 
 def _add_distill(sub: argparse._SubParsersAction) -> None:
     p = _sub(sub, "distill", "the front door: plan the queries, label, train a timm student, write it with its card",
              "Distil --student from a label-only --teacher on --data (or --zero-shot) within --budget queries.\n"
              "Prints the plan first; --dry-run stops there. Rerun the same command to resume.", commands.cmd_distill)
-    p.add_argument("--config", metavar="FILE", help="YAML config (recipes/configs/*.yaml, section 'distill'); flags win")
-    opt.add_teacher(p, required=False)
-    p.add_argument("--student", metavar="MODEL", help="timm student architecture, e.g. lenet5_half, resnet18")
-    p.add_argument("--student-pretrained", action="store_true", help="start from the student's pretrained weights")
-    p.add_argument("--eval-teacher", action=argparse.BooleanOptionalAction, default=True,
-                   help="also score the teacher on the test split (one counted query per test image)")
-    p.add_argument("--dry-run", action="store_true", help="print the plan and the estimated time, then stop")
-    p.add_argument("--out", "--output-dir", dest="out", metavar="DIR", help="output folder (model/ is the student)")
-    opt.add_data(p)
-    opt.add_labeling(p, transfer_dir=True)
-    opt.add_zero_shot(p)
-    opt.add_training(p)
-    opt.add_accelerate(p)
+    opt.add_distill(p)
 
 
 def _add_push_serve(sub: argparse._SubParsersAction) -> None:

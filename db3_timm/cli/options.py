@@ -10,7 +10,7 @@ from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 __all__ = [
     "Formatter", "int_at_least", "number", "json_object", "shape", "model_spec", "existing_file", "labeler_name",
     "CONFIG_SECTIONS", "load_config", "parse_with_config", "require", "add_teacher", "add_data", "add_labeling",
-    "add_zero_shot", "add_training", "add_accelerate", "labeling_config", "zero_shot_config", "train_config",
+    "add_zero_shot", "add_training", "add_accelerate", "add_distill", "add_job", "labeling_config", "zero_shot_config", "train_config",
 ]
 
 
@@ -277,6 +277,30 @@ def add_accelerate(p: argparse.ArgumentParser) -> None:
                    help="(default: the launcher's setting, else 1)")
     g.add_argument("--cpu", action="store_true", help="train on the CPU even when an accelerator is present")
     g.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def add_distill(p: argparse.ArgumentParser) -> None:
+    """Every option of ``db3 distill`` and ``recipes/distill.py`` (the same names in both)."""
+    p.add_argument("--config", metavar="FILE", help="YAML config (recipes/configs/*.yaml, section 'distill'); flags win")
+    add_teacher(p, required=False)
+    p.add_argument("--student", metavar="MODEL", help="timm student architecture, e.g. lenet5_half, resnet18")
+    p.add_argument("--student-pretrained", action="store_true", help="start from the student's pretrained weights")
+    p.add_argument("--eval-teacher", action=argparse.BooleanOptionalAction, default=True,
+                   help="also score the teacher on the test split (one counted query per test image)")
+    p.add_argument("--dry-run", action="store_true", help="print the plan and the estimated time, then stop")
+    p.add_argument("--out", "--output-dir", dest="out", metavar="DIR", help="output folder (model/ is the student)")
+    add_data(p)
+    add_labeling(p, transfer_dir=True)
+    add_zero_shot(p)
+    add_training(p)
+    add_accelerate(p)
+
+
+def add_job(p: argparse.ArgumentParser) -> None:
+    """``--seed``, ``--no-progress`` and the required ``--out`` of a job that writes one folder."""
+    p.add_argument("--seed", type=int_at_least(0), default=0)
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument("--out", "--output-dir", dest="out", required=True, metavar="DIR", help="output folder")
 
 
 # ---------------------------------------------------------------------- to the library's dataclasses
