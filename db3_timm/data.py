@@ -31,7 +31,8 @@ from typing import Any, Sequence, Union
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+
+from ._preprocess import resize
 
 __all__ = [
     "ImageData",
@@ -740,9 +741,7 @@ def _resize(images: torch.Tensor, size: int, chunk: int = 4096) -> torch.Tensor:
         return images
     out = images.new_empty((images.shape[0], images.shape[1], size, size))
     for start in range(0, images.shape[0], chunk):
-        out[start:start + chunk] = F.interpolate(
-            images[start:start + chunk], size=(size, size), mode="bilinear", align_corners=False, antialias=True
-        )
+        out[start:start + chunk] = resize(images[start:start + chunk], (size, size), antialias=True)
     # Bilinear weights are convex, but guard against float rounding just outside [0, 1].
     return out.clamp_(0.0, 1.0)
 

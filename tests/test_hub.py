@@ -357,3 +357,21 @@ def test_failed_push_then_push_elsewhere_names_the_new_repo(saved, error, recwar
     assert read_student_card(saved).repo_id == second
     assert first not in (saved / "README.md").read_text()
     assert not [w for w in recwarn if "names repo" in str(w.message)]
+
+
+# ---------------------------------------------------------------- (9) provenance without local paths
+def test_card_publishes_no_local_path_and_counts_every_query(tmp_path, student):
+    secret = tmp_path / "secret-project" / "teacher"
+    card = StudentCard(teacher=f"local-dir:{secret}", dataset=f"idx:{tmp_path / 'private-data'}", queries=27_274,
+                       query_breakdown={"generation": 12_874, "labelling": 14_000, "evaluation": 400},
+                       transfer_rows=572, hyperparameters={"epochs": 3, "batch_size": 64},
+                       teacher_fingerprint="sha256:abc", labeler="mbd")
+    folder = save_student(student, tmp_path / "out", card=card)
+    text = (folder / "README.md").read_text() + (folder / "db3.json").read_text()
+    assert str(tmp_path) not in text and "local-dir:teacher" in text and "idx:private-data" in text
+    assert "27,274 (generation 12,874, labelling 14,000, evaluation 400)" in text and "572 rows" in text
+    assert "## Limitations" in text and "epochs=3" in text and "sha256:abc" in text
+    with pytest.raises(ValueError, match="adds up to 27274, not queries=1"):
+        StudentCard(teacher="t", dataset="d", queries=1, query_breakdown=card.query_breakdown, labeler="sd")
+    hub = save_student(student, tmp_path / "hub", card={**card.to_dict(), "teacher": "hf-hub:org/teacher"})
+    assert "base_model: org/teacher" in (hub / "README.md").read_text()
