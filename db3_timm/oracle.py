@@ -8,7 +8,9 @@ counts for free.
 """
 from __future__ import annotations
 
+import math
 import os
+import threading
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Sequence, Union
 
@@ -95,6 +97,9 @@ class LabelOracle:
         query_log: optional observer called per batch sent as ``(batch_size, total_queries)``.
         device: where ``predict`` wants its input (``None``: leave inputs where they are).
         name: human-readable teacher id, used in reports and progress output.
+        quantize: ``"uint8"`` sends every query on the 8-bit grid (``round(255 x) / 255``), as an image API
+            that takes PNG/JPEG bytes would receive it; ``None`` sends the float pixels as they are.
+        store: a :class:`~db3_timm.store.QueryStore` keeping every (image, answer) (see also ``store.attached``).
         identity: what identifies the teacher itself (a weights fingerprint, an endpoint and model name),
             compared when a job resumes so two teachers' answers never mix in one output (default: ``name``).
     """
@@ -111,6 +116,8 @@ class LabelOracle:
         device: Optional[Union[str, torch.device]] = None,
         name: str = "teacher",
         identity: Optional[str] = None,
+        quantize: Optional[str] = None,
+        store: Any = None,
     ):
         if max_batch_size is not None and int(max_batch_size) < 1:
             raise ValueError(f"max_batch_size must be a positive integer, got {max_batch_size!r}")
@@ -127,6 +134,12 @@ class LabelOracle:
         self.device = None if device is None else torch.device(device)
         self.name = name
         self.identity = identity or name
+        if quantize not in (None, "uint8"):
+            raise ValueError(f"quantize must be None or 'uint8', got {quantize!r}")
+        self.quantize = quantize
+        self.store = store
+        self._lock = threading.Lock()
+        self._reserved = 0
         self.queries = 0
 
     # ------------------------------------------------------------------ accounting
@@ -137,7 +150,9 @@ class LabelOracle:
 
     @budget.setter
     def budget(self, value: Optional[int]) -> None:
-        if value is not None and (int(value) != value or value < 0):
+        ok = value is None or (isinstance(value, (int, float)) and not isinstance(value, bool)
+                               and math.isfinite(value) and int(value) == value and value >= 0)
+        if not ok:
             raise ValueError(f"budget must be a non-negative integer or None, got {value!r}")
         self._budget = None if value is None else int(value)
 
@@ -152,31 +167,53 @@ class LabelOracle:
 
     def load_state_dict(self, state: Dict[str, Optional[int]]) -> None:
         """Restores accounting saved by :meth:`state_dict` so a resumed job keeps honest totals."""
-        self.queries = int(state["queries"])
-        self.budget = state.get("budget", self._budget)
+        from ._checks import check_int
+
+        self.queries = check_int("queries", state.get("queries"), 0)
+        if state.get("budget") is not None:  # a saved "no budget" never lifts the budget this oracle has
+            self.budget = state["budget"]
 
     # ------------------------------------------------------------------ queries
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """Returns the teacher's labels, ``int64`` ``(N,)`` on ``x``'s device, for pixel-space images ``x``."""
         self._check_input(x)
         n = x.shape[0]
-        if self._budget is not None and self.queries + n > self._budget:
-            raise QueryBudgetExceeded(n, self._budget - self.queries)
+        with self._lock:  # check and reserve in one step, so concurrent calls never overrun the budget
+            if self._budget is not None and self.queries + self._reserved + n > self._budget:
+                raise QueryBudgetExceeded(n, self._budget - self.queries - self._reserved)
+            self._reserved += n
         step = self.max_batch_size or n
-        out = []
-        with torch.inference_mode():
-            for start in range(0, n, step):
-                chunk = x[start:start + step]
-                if self.device is not None:
-                    chunk = chunk.to(self.device, non_blocking=True)
-                labels = self._check_labels(self._predict(chunk), chunk.shape[0])
-                # Count as each batch is answered so a failure half-way leaves an honest total.
-                self.queries += chunk.shape[0]
-                if self.query_log is not None:
-                    self.query_log(chunk.shape[0], self.queries)
-                out.append(labels)
+        out, sent = [], 0
+        try:
+            with torch.inference_mode():
+                for start in range(0, n, step):
+                    chunk = self._prepare(x[start:start + step])
+                    answer = self._predict(chunk)
+                    # Counted once sent, before its answer is checked: a malformed answer was paid for too.
+                    with self._lock:
+                        self.queries += chunk.shape[0]
+                        self._reserved -= chunk.shape[0]
+                    sent += chunk.shape[0]
+                    labels = self._check_labels(answer, chunk.shape[0])
+                    if self.store is not None:
+                        self.store.record(chunk, labels)
+                    if self.query_log is not None:
+                        self.query_log(chunk.shape[0], self.queries)
+                    out.append(labels)
+        finally:
+            with self._lock:
+                self._reserved -= n - sent
         labels = out[0] if len(out) == 1 else torch.cat(out)
         return labels.to(x.device)
+
+    def _prepare(self, chunk: torch.Tensor) -> torch.Tensor:
+        """Moves a chunk to the teacher's device, in the box, on the 8-bit grid when ``quantize`` asks for it."""
+        if self.device is not None:
+            chunk = chunk.to(self.device, non_blocking=True)
+        chunk = chunk.clamp(0.0, 1.0)
+        if self.quantize == "uint8":  # what an image API receives: round(255 x) / 255
+            chunk = chunk.mul(255.0).round_().div_(255.0)
+        return chunk
 
     def _check_input(self, x: Any) -> None:
         if not isinstance(x, torch.Tensor):
