@@ -68,7 +68,9 @@ def test_8_bit_queries_are_stored_exactly_as_8_bit_images(tmp_path):
     x = _images(40)
     with store.attached(oracle), store.unit("hard-00000"):
         labels = oracle(x)
-    rows = {k: torch.from_numpy(v) for k, v in store.finish("card").with_format("numpy")[:].items() if k in ("image", "label")}
+    from db3_timm.transfer.disk import read_columns
+
+    rows = read_columns(store.finish("card"), ["image", "label"])
     assert rows["image"].dtype == torch.uint8 and torch.equal(rows["label"], labels)
     # The teacher answered exactly the stored 8-bit images.
     assert torch.equal(_oracle()(rows["image"].float() / 255), labels)

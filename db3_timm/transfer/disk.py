@@ -21,7 +21,7 @@ from typing import Any, Dict, Iterator, Mapping, Optional, Sequence
 
 from .._io import PathLike, file_sha256, tmp_path_for, write_json_atomic
 
-__all__ = ["SPLIT", "ShardedDataset", "quiet_datasets", "write_arrow_shard", "finish_dataset_dict", "dataset_card",
+__all__ = ["SPLIT", "ShardedDataset", "read_columns", "quiet_datasets", "write_arrow_shard", "finish_dataset_dict", "dataset_card",
            "is_dataset_dict"]
 
 SPLIT = "train"
@@ -80,6 +80,20 @@ def finish_dataset_dict(out_dir: PathLike, files: Sequence[str], features: Any, 
     tmp.write_text(card, encoding="utf-8")
     os.replace(tmp, out / "README.md")
     write_json_atomic(out / "dataset_dict.json", {"splits": [SPLIT]})
+
+
+def read_columns(ds: Any, columns: Sequence[str]) -> Dict[str, Any]:
+    """Returns ``columns`` of ``ds`` as CPU tensors, each in its stored dtype (``datasets`` would widen uint8 to int64)."""
+    import numpy as np
+    import torch
+
+    out = {}
+    for name in columns:
+        feature = ds.features[name]
+        dtype = getattr(feature, "dtype", None)
+        kwargs = {"dtype": np.dtype(dtype)} if dtype in ("uint8", "float32") else {}
+        out[name] = torch.from_numpy(np.ascontiguousarray(ds.with_format("numpy", columns=[name], **kwargs)[:][name]))
+    return out
 
 
 def is_dataset_dict(folder: PathLike) -> bool:
