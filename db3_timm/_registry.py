@@ -1,10 +1,10 @@
-"""One registry for DB3 components: soft-labelers and zero-shot transfer-set generators.
+"""One registry for the components: soft-labelers, zero-shot generators and query sources.
 
 Modelled on timm's model registry: components register with a plain decorator,
 users build them with ``create_*`` and discover them with ``list_*`` (fnmatch
 filters). Third-party packages plug in through the entry-point groups
-``db3_timm.labelers`` and ``db3_timm.generators``; each entry point's name is the
-component name and its object the factory, imported on first use.
+``db3_timm.labelers``, ``db3_timm.generators`` and ``db3_timm.sources``; each entry point's name is
+the component name and its object the factory, imported on first use.
 """
 from __future__ import annotations
 
@@ -22,11 +22,15 @@ __all__ = [
     "create_generator",
     "list_generators",
     "is_generator",
+    "register_source",
+    "create_source",
+    "list_sources",
+    "is_source",
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-_ENTRY_POINT_GROUPS = {"labeler": "db3_timm.labelers", "generator": "db3_timm.generators"}
+_ENTRY_POINT_GROUPS = {"labeler": "db3_timm.labelers", "generator": "db3_timm.generators", "source": "db3_timm.sources"}
 _factories: Dict[str, Dict[str, Callable[..., Any]]] = {kind: {} for kind in _ENTRY_POINT_GROUPS}
 # Entry points are listed once, but only imported when their component is created.
 _entry_points: Dict[str, Dict[str, metadata.EntryPoint]] = {}
@@ -149,3 +153,32 @@ def list_generators(filter: Union[str, Sequence[str]] = "", exclude_filters: Uni
 def is_generator(name: str) -> bool:
     """Returns whether ``name`` is a known generator."""
     return name in _factories["generator"] or name in _discover("generator")
+
+
+# ---------------------------------------------------------------------- query sources
+def register_source(fn: Optional[F] = None, *, name: Optional[str] = None) -> Union[F, Callable[[F], F]]:
+    """Registers a query-source factory ``factory(**options)`` (see :mod:`db3_timm.sources`).
+
+    Returns:
+        The factory unchanged (or a decorator when called with only ``name``).
+    """
+    return _register("source", fn, name)
+
+
+def create_source(name: str, **options: Any) -> Any:
+    """Builds the registered query source ``name`` (its options are checked now, before any query).
+
+    Returns:
+        The source instance.
+    """
+    return _resolve("source", name)(**options)
+
+
+def list_sources(filter: Union[str, Sequence[str]] = "", exclude_filters: Union[str, Sequence[str]] = "") -> List[str]:
+    """Returns the sorted names of registered query sources (entry-point plugins included) matching ``filter``."""
+    return _list("source", filter, exclude_filters)
+
+
+def is_source(name: str) -> bool:
+    """Returns whether ``name`` is a known query source."""
+    return name in _factories["source"] or name in _discover("source")

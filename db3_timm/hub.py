@@ -54,8 +54,9 @@ __all__ = [
     "PLACEHOLDER_REPO_ID",
 ]
 
-METHODS: Tuple[str, ...] = ("db3kd", "zsdb3kd")
-"""``db3kd``: soft labels for real samples; ``zsdb3kd``: zero-shot, on generated samples."""
+METHODS: Tuple[str, ...] = ("db3kd", "zsdb3kd", "label-kd")
+"""``db3kd``: soft labels for real samples; ``zsdb3kd``: zero-shot, on generated samples; ``label-kd``: the
+teacher's hard labels on real samples, their augmentations and mixes."""
 
 ACCURACY_KINDS: Tuple[str, ...] = ("final", "best-val", "val-selected")
 """``final``: the last epoch's weights; ``best-val``: the epoch with the best accuracy on the reported split;
@@ -76,6 +77,7 @@ _REPO_PART = re.compile(r"^(?![-.])(?!.*(?:--|\.\.))[A-Za-z0-9._-]{1,96}(?<![-.]
 _METHOD_TEXT = {
     "db3kd": "DB3KD (decision-based black-box KD on real samples)",
     "zsdb3kd": "ZSDB3KD (zero-shot decision-based black-box KD on generated samples)",
+    "label-kd": "KD from the teacher's labels on real samples, their augmentations and mixes",
 }
 
 
@@ -157,6 +159,7 @@ class StudentCard:
         hyperparameters: training settings (epochs, batch size, optimiser, temperature, ...).
         base_model: Hub id of the teacher when it lives on the Hub (default: read from ``teacher``).
         teacher_fingerprint: a fingerprint of the teacher's weights (identifies a local teacher without its path).
+        plan: the query plan the transfer set followed (``default``, ``paper``, ...).
         method: ``"db3kd"`` (real samples; needs ``labeler``) or ``"zsdb3kd"`` (generated samples;
             needs ``generator``).
         labeler: registered labeler name (``sd``, ``bd``, ``mbd``, ...).
@@ -184,6 +187,7 @@ class StudentCard:
     hyperparameters: Dict[str, Any] = field(default_factory=dict)
     base_model: Optional[str] = None
     teacher_fingerprint: Optional[str] = None
+    plan: Optional[str] = None
     method: str = "db3kd"
     labeler: Optional[str] = None
     labeler_config: Dict[str, Any] = field(default_factory=dict)
@@ -316,7 +320,7 @@ def _card_rows(card: StudentCard, config: Mapping[str, Any]) -> List[Tuple[str, 
     """The rows of the card's summary table."""
     pcfg = config.get("pretrained_cfg", {})
     rows = [
-        ("Method", _METHOD_TEXT[card.method]),
+        ("Method", _METHOD_TEXT[card.method] + (f", plan `{card.plan}`" if card.plan else "")),
         ("Teacher (label-only)", f"`{card.teacher}`"),
     ]
     if card.labeler:

@@ -12,7 +12,7 @@ import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -21,15 +21,12 @@ from ._checks import check_int, check_number
 from ._io import PathLike, module_fingerprint, write_json_atomic
 from .oracle import LabelOracle
 from .training import TensorDictDataset, TrainConfig, TrainResult, make_accelerator, test_accuracy, train
-from .transfer.build import (LabelingConfig, TransferSet, ZeroShotConfig, generate_zero_shot, label_real_images,
-                             load_transfer_set)
+from ._disk import read_columns
+from .transfer.build import LabelingConfig, TransferSet, ZeroShotConfig, build_transfer_set, load_transfer_set
+from .transfer.plan import PLANS, BudgetTooSmallError, Plan, PlanStep, make_plan
 
-__all__ = ["DistillConfig", "DistillResult", "QueryPlan", "plan_queries", "distill_student", "BudgetTooSmallError",
+__all__ = ["DistillConfig", "DistillResult", "plan_queries", "distill_student", "BudgetTooSmallError",
            "holdout_split", "measure_throughput"]
-
-
-class BudgetTooSmallError(ValueError):
-    """Raised before any query when the plan needs more queries than the budget allows."""
 
 
 @dataclass
@@ -37,7 +34,9 @@ class DistillConfig:
     """Everything :func:`distill_student` does besides the teacher, the student and the images.
 
     Attributes:
-        labeling: how images (or pseudo samples) are soft-labelled.
+        plan: how the budget is spent (:data:`~db3_timm.transfer.plan.PLANS`): ``default`` (the best student per
+            query measured), ``paper`` (the paper's DB3KD), ``hard``, ``mixes``; without images, ``zsdb3``.
+        labeling: how images (or pseudo samples) are soft-labelled (``paper``, ``zsdb3``).
         zero_shot: how pseudo samples are grown when there are no images.
         train: the student's optimisation.
         val_fraction: share of the images held out to pick the best epoch (0: keep the last epoch).
@@ -46,6 +45,7 @@ class DistillConfig:
         mixed_precision, gradient_accumulation_steps, cpu: Accelerate settings (``None``: the launcher decides).
     """
 
+    plan: str = "default"
     labeling: LabelingConfig = field(default_factory=LabelingConfig)
     zero_shot: ZeroShotConfig = field(default_factory=ZeroShotConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -58,43 +58,8 @@ class DistillConfig:
 
     def __post_init__(self) -> None:
         check_number("val_fraction", self.val_fraction, low=0, high=1, high_open=True)
-
-
-@dataclass
-class QueryPlan:
-    """What a run will ask the teacher, before it asks: queries per step, with why.
-
-    Attributes:
-        steps: ``(step, most queries, why)`` rows.
-        budget: the cap the plan must fit (``None``: no cap).
-    """
-
-    steps: List[Tuple[str, int, str]]
-    budget: Optional[int] = None
-
-    @property
-    def total(self) -> int:
-        """The most queries the plan can spend."""
-        return sum(q for _, q, _ in self.steps)
-
-    def describe(self, queries_per_second: Optional[float] = None) -> str:
-        """Returns the plan as a table (with an estimated time at ``queries_per_second``)."""
-        width = max(len(s) for s, _, _ in self.steps)
-        lines = [f"  {s:<{width}}  {q:>13,d}  {why}" for s, q, why in self.steps]
-        lines.append(f"  {'total':<{width}}  {self.total:>13,d}  "
-                     + ("(no budget set)" if self.budget is None else f"of a budget of {self.budget:,}"))
-        if queries_per_second:
-            lines.append(f"  estimated teacher time: {self.total / queries_per_second:,.0f} s at the measured "
-                         f"{queries_per_second:,.0f} queries/s")
-        return "\n".join(lines)
-
-    def check(self) -> None:
-        """Raises :class:`BudgetTooSmallError` when the plan does not fit the budget."""
-        if self.budget is not None and self.total > self.budget:
-            raise BudgetTooSmallError(
-                f"the plan needs up to {self.total:,} teacher queries but the budget is {self.budget:,}:\n"
-                f"{self.describe()}\nraise the budget to at least {self.total:,}, or plan fewer queries "
-                f"(fewer images, a smaller queries_per_target, fewer pseudo samples)")
+        if self.plan not in PLANS:
+            raise ValueError(f"unknown plan {self.plan!r}; plans: {', '.join(PLANS)}")
 
 
 @dataclass
@@ -104,7 +69,7 @@ class DistillResult:
     Attributes:
         model: the trained timm student (eval mode; the best-validation epoch's weights when one was picked).
         queries: every teacher query this student cost, by step, with ``total`` (earlier runs of a resumed job included).
-        plan: the :class:`QueryPlan` it followed.
+        plan: the :class:`~db3_timm.transfer.plan.Plan` it followed.
         transfer: the transfer set it trained on.
         training: the training history.
         test_accuracy / teacher_accuracy: on the test images, when given.
@@ -113,7 +78,7 @@ class DistillResult:
 
     model: nn.Module
     queries: Dict[str, int]
-    plan: QueryPlan
+    plan: Plan
     transfer: TransferSet
     training: TrainResult
     test_accuracy: Optional[float]
@@ -130,47 +95,33 @@ def holdout_split(n: int, fraction: float, seed: int) -> Tuple[torch.Tensor, tor
 
 
 def plan_queries(oracle: LabelOracle, num_images: Optional[int], config: DistillConfig, *, test_images: int = 0,
-                 budget: Optional[int] = None, seed: int = 0, transfer_dir: Optional[PathLike] = None) -> QueryPlan:
-    """Returns the most queries each step of :func:`distill_student` can spend (labelers and generators are built,
-    so their options are checked, but nothing is asked).
+                 budget: Optional[int] = None, seed: int = 0, transfer_dir: Optional[PathLike] = None,
+                 with_labels: bool = False, prior: Any = None) -> Plan:
+    """Returns the plan :func:`distill_student` will follow: queries per source, with why (sources are built, so
+    their options are checked, but nothing is asked).
 
     Args:
         oracle: the teacher (its ``num_classes`` sizes the plan).
-        num_images: images to label (``None``: zero-shot).
-        config: the run's settings.
+        num_images: images given (``None``: zero-shot).
+        config: the run's settings (``config.plan`` names the plan).
         test_images: test images the teacher is scored on (when ``config.evaluate_teacher``).
-        budget: the cap.
-        transfer_dir: an existing transfer set to train on (nothing is labelled; its queries were paid already).
+        budget: the cap on the whole job.
+        seed: the run's seed (it picks the held-out images).
+        transfer_dir: an existing transfer set to train on (nothing is asked for it).
+        with_labels: the images come with dataset labels, so ``val_fraction`` of them are held out for validation.
+        prior: an optional white-box surrogate for ``mbd``.
     """
+    evaluation = int(test_images) if config.evaluate_teacher else 0
     if transfer_dir is not None:
-        steps = [("teacher evaluation", int(test_images), "one label query per test image")] \
-            if config.evaluate_teacher and test_images else []
-        return QueryPlan(steps or [("transfer set", 0, f"already built in {transfer_dir}")], budget)
-    lab = config.labeling.build(oracle, seed)
-    c = lab.num_classes
-    qpt = int(getattr(lab, "queries_per_target", 0)) if lab.uses_queries else 0
-    steps: List[Tuple[str, int, str]] = []
+        steps = [PlanStep("evaluation", evaluation, "the teacher's accuracy on the test images")] if evaluation else []
+        return Plan("transfer-dir", steps, budget)
+    n = None
     if num_images is not None:
-        n_train = int(num_images) - holdout_split(int(num_images), config.val_fraction, seed)[1].numel()
-        refs = min(n_train, config.labeling.references_per_class * c)
-        steps.append(("reference check", refs, f"teacher labels of up to {refs} reference images"))
-        steps.append(("labels", n_train, f"one label query per image ({n_train} images)"))
-        if qpt:
-            steps.append((f"{lab.name} distances", n_train * (c - 1) * qpt,
-                          f"{qpt} queries per image and other class ({c - 1} classes)"))
-    else:
-        zs = config.zero_shot
-        gen = zs.build(oracle, seed)
-        steps.append((f"{zs.generator} generation", gen.planned_queries(zs.samples_per_class, zs.iterations,
-                                                                        zs.queries_per_iteration),
-                      f"start search + {zs.samples_per_class} samples x {c} classes x {zs.iterations} iterations "
-                      f"x {zs.queries_per_iteration} queries"))
-        if qpt:
-            steps.append((f"{lab.name} distances", zs.samples_per_class * c * (c - 1) * qpt,
-                          f"{qpt} queries per pseudo sample and other class"))
-    if config.evaluate_teacher and test_images:
-        steps.append(("teacher evaluation", int(test_images), "one label query per test image"))
-    return QueryPlan(steps, budget)
+        n = int(num_images) - (holdout_split(int(num_images), config.val_fraction, seed)[1].numel() if with_labels else 0)
+    # Without images, the default and the paper's method are the paper's zero-shot ZSDB3KD.
+    name = "zsdb3" if n is None and config.plan in ("default", "paper") else config.plan
+    return make_plan(name, oracle, n, budget=budget, labeling=config.labeling, zero_shot=config.zero_shot,
+                     prior=prior, evaluation=evaluation)
 
 
 def measure_throughput(oracle: LabelOracle, images: Optional[torch.Tensor] = None, n: int = 256) -> float:
@@ -190,37 +141,32 @@ def measure_throughput(oracle: LabelOracle, images: Optional[torch.Tensor] = Non
     return len(batch) / max(time.perf_counter() - t0, 1e-9)
 
 
-def _split_images(images: torch.Tensor, labels: Optional[torch.Tensor], fraction: float, seed: int):
-    keep, held = holdout_split(images.shape[0], fraction, seed)
-    val = None if not len(held) or labels is None else TensorDictDataset(images[held], labels[held])
-    return images[keep], None if labels is None else labels[keep], val
-
-
-def _transfer(oracle: LabelOracle, images: Optional[torch.Tensor], labels: Optional[torch.Tensor],
-              config: DistillConfig, out: Path, seed: int, class_names: Any, prior: Any, accelerator: Any, progress: bool):
-    """Builds (or resumes) the transfer set; returns it with the validation rows (real, or held-out transfer rows)."""
-    if isinstance(images, (str, Path)):  # an existing transfer set
-        transfer = load_transfer_set(images)
-    elif images is not None:
-        train_images, train_labels, val = _split_images(images, labels, config.val_fraction, seed)
-        transfer = label_real_images(oracle, train_images, out / "transfer", config.labeling, dataset_labels=train_labels,
-                                     class_names=class_names, seed=seed, prior=prior, accelerator=accelerator,
-                                     progress=progress)
-        if val is not None:
-            return transfer, transfer.rows, val, "held-out images with their dataset labels"
+def _transfer(oracle: LabelOracle, images: Any, labels: Optional[torch.Tensor], plan: Plan, config: DistillConfig,
+              out: Path, seed: int, class_names: Any, accelerator: Any, progress: bool):
+    """Builds (or resumes) the transfer set; returns it with the rows to train on and the validation rows
+    (held-out images with their dataset labels, else held-out transfer rows scored against the teacher's labels)."""
+    if isinstance(images, Path):  # an existing transfer set
+        transfer, val = load_transfer_set(images), None
     else:
-        transfer = generate_zero_shot(oracle, out / "transfer", config.zero_shot, config.labeling,
-                                      class_names=class_names, seed=seed, accelerator=accelerator, progress=progress)
+        val = None
+        if images is not None and labels is not None:
+            keep, held = holdout_split(images.shape[0], config.val_fraction, seed)
+            val = TensorDictDataset(images[held], labels[held]) if len(held) else None
+            images = images[keep]
+        transfer = build_transfer_set(oracle, plan, out / "transfer", images=images, class_names=class_names, seed=seed,
+                                      accelerator=accelerator, progress=progress)
+    if val is not None:
+        return transfer, transfer.rows, val, "held-out images with their dataset labels"
     keep, held = holdout_split(len(transfer.rows), config.val_fraction, seed)
     if not len(held):
         return transfer, transfer.rows, None, None
-    cols = transfer.tensors()
-    val = TensorDictDataset(cols["image"][held], cols["label"][held])
-    return transfer, transfer.rows.select(keep.tolist()), val, "held-out transfer rows scored against the teacher's labels"
+    cols = read_columns(transfer.rows.select(held.tolist()), ["image", "label"])
+    return (transfer, transfer.rows.select(keep.tolist()), TensorDictDataset(cols["image"], cols["label"]),
+            "held-out transfer rows scored against the teacher's labels")
 
 
 def _rows(ds: Any) -> TensorDictDataset:
-    cols = dict(ds.with_format("torch", columns=["image", "label", "soft_logits", "kd_weight"])[:])
+    cols = read_columns(ds, ["image", "label", "soft_logits", "kd_weight"])
     return TensorDictDataset(cols["image"], cols["label"], cols["soft_logits"], cols["kd_weight"])
 
 
@@ -267,19 +213,25 @@ def _check_images(oracle: LabelOracle, images: Optional[torch.Tensor], labels: O
 def _card(oracle: LabelOracle, student_name: str, dataset: str, cfg: DistillConfig, transfer: TransferSet,
           queries: Dict[str, int], accuracy: Tuple[Optional[float], Optional[float]], kind: str,
           training: TrainResult) -> Dict[str, Any]:
-    zero_shot = "generator" in transfer.info
-    labeler = dict(transfer.info.get("labeler") or {})
+    info = transfer.info
+    labeler, labeler_cfg = info.get("labeler"), {}
+    if isinstance(labeler, dict):  # a `db3 label` output records the labeler's whole config
+        labeler_cfg = {k: v for k, v in labeler.items() if k != "labeler"}
+        labeler = labeler.get("labeler")
+    else:
+        soft = next((st["config"] for st in info.get("steps", []) if st["source"] == "db3"), {})
+        labeler_cfg = dict(soft.get("options", {}))
+    method = "zsdb3kd" if info.get("generator") else ("db3kd" if labeler else "label-kd")
     identity = str(getattr(oracle, "identity", ""))
-    card = {"teacher": oracle.name, "dataset": dataset, "queries": queries["total"],
+    card = {"teacher": oracle.name, "dataset": dataset, "queries": queries["total"], "plan": info.get("plan"),
             "query_breakdown": {k: v for k, v in queries.items() if k != "total"},
-            "transfer_rows": len(transfer.rows), "method": "zsdb3kd" if zero_shot else "db3kd",
-            "labeler": labeler.pop("labeler", cfg.labeling.labeler), "labeler_config": labeler,
+            "transfer_rows": len(transfer.rows), "method": method, "labeler": labeler, "labeler_config": labeler_cfg,
             "hyperparameters": {"student": student_name, **cfg.train.to_dict(), "batch_size": training.batch_size},
             "student_accuracy": accuracy[0], "teacher_accuracy": accuracy[1], "accuracy_kind": kind,
             "teacher_fingerprint": identity.split(" weights ", 1)[1] if " weights " in identity else None}
-    if zero_shot:
-        card["generator"] = transfer.info["generator"].get("generator", cfg.zero_shot.generator)
-        card["generator_config"] = transfer.info["generator"]
+    if info.get("generator"):
+        card["generator"] = info["generator"].get("generator", cfg.zero_shot.generator)
+        card["generator_config"] = info["generator"]
     return card
 
 
@@ -339,7 +291,7 @@ def distill_student(
         raise ValueError("pass either images (to build a transfer set) or transfer_dir (to train on one), not both")
     plan = plan_queries(oracle, None if images is None else images.shape[0], cfg,
                         test_images=0 if test is None else len(test[0]), budget=budget, seed=seed,
-                        transfer_dir=transfer_dir)
+                        transfer_dir=transfer_dir, with_labels=labels is not None, prior=prior)
     plan.check()
     if budget is not None and (oracle.budget is None or oracle.budget > oracle.queries + budget):
         oracle.budget = oracle.queries + budget  # this call never spends more than the budget
@@ -347,14 +299,15 @@ def distill_student(
     accelerator = accelerator or make_accelerator(out, seed=seed, mixed_precision=cfg.mixed_precision,
                                                   gradient_accumulation_steps=cfg.gradient_accumulation_steps, cpu=cfg.cpu)
     source = images if transfer_dir is None else Path(transfer_dir)
-    transfer, train_rows, val, val_source = _transfer(oracle, source, labels, cfg, out, seed, class_names, prior,
+    transfer, train_rows, val, val_source = _transfer(oracle, source, labels, plan, cfg, out, seed, class_names,
                                                       accelerator, progress)
     model, training, kind = _train_student(accelerator, student, transfer, train_rows, val, cfg, seed, out, progress)
     accuracy = _evaluate(accelerator, model, oracle, test, cfg, out)
     queries = {**{k: v for k, v in transfer.queries.items() if k != "total"}, **({"evaluation": accuracy[2]} if accuracy[2] else {})}
     queries["total"] = sum(queries.values())
     model = accelerator.unwrap_model(model).eval()
-    results = {"student": student, "queries": queries, "plan": [list(s) for s in plan.steps], "transfer_rows": len(transfer.rows),
+    results = {"student": student, "queries": queries, "plan": transfer.info.get("steps", []), "plan_name": plan.name,
+               "transfer_rows": len(transfer.rows),
                "validation": val_source, "accuracy_kind": kind, "test_accuracy": accuracy[0], "teacher_accuracy": accuracy[1],
                "training": asdict(training), "config": _jsonable(asdict(cfg)), "num_processes": accelerator.num_processes}
     card = _card(oracle, student, dataset, cfg, transfer, queries, accuracy[:2], kind, training)

@@ -8,7 +8,7 @@ fails, so a resumed job, which repeats the unit it was in, never stores an answe
 only up to ``flush_rows`` before going to a pending file, so a store of ten million answers never needs more
 RAM than one flush.
 
-The folder is a db3 dataset (:mod:`~db3_timm.transfer.disk`): ``datasets.load_from_disk(DIR)["train"]`` opens it,
+The folder is a db3 dataset (:mod:`~db3_timm._disk`): ``datasets.load_from_disk(DIR)["train"]`` opens it,
 with the columns of a transfer set (:func:`transfer_features`): ``image``, ``label``, ``soft_logits``,
 ``kd_weight`` (0 on hard-labelled rows; soft rows are added with :meth:`QueryStore.add_rows`) and the
 provenance ``source`` (the component), ``unit`` and ``call`` (the oracle call within the unit).
@@ -67,10 +67,11 @@ class QueryStore:
         class_names: the teacher's classes (their number sizes ``soft_logits``).
         image_dtype: ``"float32"`` (exactly what was asked) or ``"uint8"`` (for 8-bit queries: exact, 4x smaller).
         flush_rows: rows kept in memory before they go to a pending file.
+        clean: delete what a killed job left pending (the main process does; the others must not).
     """
 
     def __init__(self, out_dir: PathLike, *, image_shape: Sequence[int], class_names: Sequence[str],
-                 image_dtype: str = "float32", flush_rows: int = 32768):
+                 image_dtype: str = "float32", flush_rows: int = 32768, clean: bool = True):
         if image_dtype not in STORE_DTYPES:
             raise ValueError(f"image_dtype must be one of {STORE_DTYPES}, got {image_dtype!r}")
         self.out = Path(out_dir)
@@ -79,7 +80,8 @@ class QueryStore:
         self.image_dtype, self.flush_rows = image_dtype, int(flush_rows)
         self._unit: Optional[_Unit] = None
         (self.out / "units").mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(self.out / "pending", ignore_errors=True)  # left by a killed job: never committed
+        if clean:
+            shutil.rmtree(self.out / "pending", ignore_errors=True)  # left by a killed job: never committed
 
     # ------------------------------------------------------------------ units
     def committed(self) -> Dict[str, Dict[str, Any]]:
@@ -153,7 +155,7 @@ class QueryStore:
             self._flush(unit)
 
     def _flush(self, unit: _Unit) -> None:
-        from .transfer.disk import write_arrow_shard
+        from ._disk import write_arrow_shard
 
         if not unit.buffered:
             return
@@ -189,7 +191,7 @@ class QueryStore:
 
     def finish(self, card: str) -> Any:
         """Writes the ``DatasetDict`` index over every committed unit (in name order) and returns the ``train`` split."""
-        from .transfer.disk import finish_dataset_dict, quiet_datasets
+        from ._disk import finish_dataset_dict, quiet_datasets
 
         units = self.committed()
         files = [f for name in sorted(units) for f in units[name]["files"]]

@@ -47,11 +47,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     test = load_image_dataset(args.data, args.test_split, image_size=size, limit=args.test_limit)
     prior = None if args.prior is None else db3_timm.create_timm_model(
         args.prior, args.prior_checkpoint, num_classes=oracle.num_classes, device=accelerator.device)
-    config = db3_timm.DistillConfig(labeling=opt.labeling_config(args), zero_shot=opt.zero_shot_config(args),
+    config = db3_timm.DistillConfig(plan=args.plan, labeling=opt.labeling_config(args), zero_shot=opt.zero_shot_config(args),
                                     train=opt.train_config(args), val_fraction=args.val_fraction,
                                     evaluate_teacher=args.eval_teacher, student_pretrained=args.student_pretrained)
     plan = db3_timm.plan_queries(oracle, None if train is None else len(train), config, test_images=len(test),
-                                 budget=args.budget, seed=args.seed, transfer_dir=args.transfer_dir)
+                                 budget=args.budget, seed=args.seed, transfer_dir=args.transfer_dir,
+                                 with_labels=train is not None, prior=prior)
     accelerator.print(f"plan:\n{plan.describe()}")
     if args.dry_run:
         return 0

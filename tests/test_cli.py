@@ -53,24 +53,30 @@ def _digits_teacher(tmp_path):
 def test_db3_distill_plans_trains_writes_a_pushable_student(tmp_path, capsys):
     teacher = _digits_teacher(tmp_path)
     base = ["distill", "--teacher", teacher, "--data", "digits", "--student", "lenet5_fifth", "--limit", "100",
-            "--labeler", "mbd", "--queries-per-target", "5", "--references-per-class", "2", "--epochs", "2",
-            "--test-limit", "50", "--no-progress", "--out", str(tmp_path / "run")]
+            "--epochs", "2", "--test-limit", "50", "--no-progress", "--out", str(tmp_path / "run")]
     # A dry run prints the plan and a measured estimate, spends only the probe, and writes nothing.
-    assert cli_main(base + ["--dry-run"]) == 0
+    paper = ["--plan", "paper", "--labeler", "mbd", "--queries-per-target", "5"]
+    assert cli_main(base + paper + ["--dry-run"]) == 0
     text = capsys.readouterr().out
-    total = 20 + 90 + 90 * 9 * 5 + 50
+    total = 90 + 90 * 9 * 5 + 50  # labels of the 90 training images, 5 per image and other class, the test split
     assert re.search(rf"total +{total:,} +\(no budget set\)", text), text
     assert "estimated teacher time" in text and "dry run" in text and not (tmp_path / "run").exists()
     # A budget below the plan is refused before any query, naming what it needs.
     with pytest.raises(SystemExit) as exc:
-        cli_main(base + ["--budget", "1000"])
+        cli_main(base + paper + ["--budget", "1000"])
     assert exc.value.code == 2 and f"needs up to {total:,} teacher queries but the budget is 1,000" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        cli_main(base + ["--budget", "100"])  # the default plan: 50 go to scoring the teacher, 50 < one per image
+    assert exc.value.code == 2 and "plan 'default' needs at least 91 teacher queries" in capsys.readouterr().err
     assert not (tmp_path / "run" / "transfer").exists()
-    assert cli_main(base + ["--budget", str(total)]) == 0
+    assert cli_main(base + ["--budget", "3000"]) == 0
     text = capsys.readouterr().out
-    assert "student test accuracy" in text and f"db3 push {tmp_path / 'run' / 'model'} --repo ORG/NAME" in text
+    assert "plan 'default'" in text and "student test accuracy" in text
+    assert f"db3 push {tmp_path / 'run' / 'model'} --repo ORG/NAME" in text
     card = json.loads((tmp_path / "run" / "model" / "db3.json").read_text())
-    assert card["queries"] <= total and card["teacher"] == "local-dir:teacher" and str(tmp_path) not in json.dumps(card)
+    assert card["queries"] <= 3000 and card["plan"] == "default" and card["method"] == "label-kd"
+    assert set(card["query_breakdown"]) == {"hard", "augment", "mixes", "evaluation"}
+    assert card["teacher"] == "local-dir:teacher" and str(tmp_path) not in json.dumps(card)
     assert cli_main(["push", str(tmp_path / "run" / "model"), "--repo", REPO]) == 1  # offline: one line, exit 1
     assert "offline" in capsys.readouterr().err
 
@@ -205,12 +211,13 @@ def test_db3_generate_cli_writes_figures_and_transfer_set(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert "transfer set of" in run.stdout and (out / "robustness.png").exists() and (out / "grids" / "all-classes.png").exists()
     assert summary["queries"]["total"] == sum(v for k, v in summary["queries"].items() if k != "total")
-    parts = {p["source"]: p["rows"] for p in summary["parts"]}
-    assert parts["pool"] == 50 + 10 and summary["rows"] == parts["pool"] + parts["pseudo"]  # start pool and mixes kept
+    by_source = summary["rows_by_source"]
+    # Every answer of the generation is a row (the start search, probes, mixes); the pseudo samples get sd labels.
+    assert by_source["zsdb3"] == summary["queries"]["zsdb3"] and summary["rows"] == sum(by_source.values())
     import datasets
 
     merged = datasets.load_from_disk(str(out))["train"]  # the output folder is the transfer set
-    assert len(merged) == summary["rows"] and sorted(set(merged["source"])) == ["pool", "pseudo"]
+    assert len(merged) == summary["rows"] and sorted(set(merged["source"])) == ["sd_pseudo", "zsdb3"]
     # A finished run read back reports the same totals (nothing is asked, nothing is overwritten with less).
     rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0 and json.loads((out / "summary.json").read_text())["queries"] == summary["queries"]

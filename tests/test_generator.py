@@ -152,20 +152,20 @@ def _transfer(tmp_path, oracle, zs, labeler="mbd", **lab):
     return generate_zero_shot(oracle, tmp_path / "ts", ZeroShotConfig(**zs), LabelingConfig(labeler, lab), progress=False)
 
 
-def test_transfer_set_soft_labels_pseudo_samples_against_each_other(tmp_path):
+def test_transfer_set_soft_labels_pseudo_samples_and_keeps_every_answer(tmp_path):
     oracle = affine_teacher()
     pseudo = create_generator("zsdb3", oracle, seed=0).generate(4, 2, 40, progress=False)
+    before = oracle.queries
     ts = _transfer(tmp_path, oracle, {"samples_per_class": 4, "iterations": 2, "queries_per_iteration": 40},
                    queries_per_target=60)
     rows = ts.tensors()
-    assert torch.equal(rows["label"], pseudo.labels) and torch.equal(rows["image"], pseudo.images)
-    labelled = ts.folder / "pseudo"
-    dist = torch.tensor(__import__("datasets").load_from_disk(str(labelled))["train"]["distances"])
-    others = torch.ones_like(dist, dtype=torch.bool).scatter_(1, pseudo.labels[:, None], False)
-    assert torch.isfinite(dist[others]).all() and (dist[others] > 0).all()
-    # Every query is counted: the generation's and the labelling's.
-    assert ts.queries["generation"] == sum(pseudo.queries.values()) and ts.queries["total"] == sum(
-        v for k, v in ts.queries.items() if k != "total")
+    soft = rows["kd_weight"] == 1
+    assert torch.equal(rows["label"][soft], pseudo.labels) and torch.equal(rows["image"][soft], pseudo.images)
+    others = torch.ones(int(soft.sum()), 4, dtype=torch.bool).scatter_(1, pseudo.labels[:, None], False)
+    assert torch.all(rows["soft_logits"][soft][others] < 0)  # z = -distance: every other class was reached
+    # Every query is counted and kept as a row: the generation's and the labelling's.
+    assert ts.queries["zsdb3"] == sum(pseudo.queries.values()) and ts.queries["mbd_pseudo"] > 0
+    assert ts.queries["total"] == oracle.queries - before == int((~soft).sum())
     grid = ts.folder / "grids" / "all-classes.png"
     assert grid.is_file() and (ts.folder / "robustness.png").read_bytes()[:4] == b"\x89PNG"
     from PIL import Image
@@ -197,11 +197,12 @@ def test_smooth_start_keeps_a_labelled_pool_that_joins_the_transfer_set(tmp_path
           "options": {"start": "smooth", "start_pool": 300, "init_batch": 128}}
     ts = _transfer(tmp_path, oracle, zs, labeler="sd")
     rows = ts.tensors()
-    assert len(ts.rows) == 12 + 300 and torch.equal(rows["label"], torch.cat([pseudo.labels, pseudo.pool_labels]))
-    # Every label is known from the generation and sd needs no boundary queries: only the generation was paid.
-    assert oracle.queries - before == sum(pseudo.queries.values())
-    assert ts.queries["pseudo_labelling"] == ts.queries["pool_labelling"] == 0
-    assert sorted(set(ts.rows["source"])) == ["pool", "pseudo"]
+    # Every start-search answer is a training row (the pool and more); sd labels the pseudo samples for free.
+    start = ts.rows.filter(lambda r: r["unit"] == "zsdb3-00000")
+    assert len(start) == pseudo.queries["init"] >= 300
+    assert oracle.queries - before == sum(pseudo.queries.values()) == ts.queries["total"]
+    assert ts.queries.get("sd_pseudo", 0) == 0 and int((rows["kd_weight"] == 1).sum()) == 12
+    assert sorted(set(ts.rows["source"])) == ["sd_pseudo", "zsdb3"]
     # Rerunning reads the finished set back: nothing is asked again.
     before = oracle.queries
     again = _transfer(tmp_path, oracle, zs, labeler="sd")

@@ -11,11 +11,12 @@ PACKAGE = Path(__file__).resolve().parents[1] / "db3_timm"
 
 # Lower layers never import higher ones (function-level imports included): a module may import its own layer or below.
 LAYERS = [
-    {"version", "_checks", "_io", "_preprocess", "_distributed", "_registry"},
+    {"version", "_checks", "_io", "_preprocess", "_distributed", "_registry", "_disk"},
     {"oracle", "remote", "data", "models", "report"},
     {"serve", "boundary"},
     {"labelers"},
-    {"generators"},
+    {"generators", "store"},
+    {"sources"},
     {"transfer"},
     {"training"},
     {"hub"},

@@ -28,9 +28,9 @@ def _setup(perturbed_lenet_half, n=60):
     return oracle, images, (test, oracle(test).clone())
 
 
-def _config(labeler="mbd", **train):
+def _config(labeler="mbd", plan="paper", **train):
     options = {"queries_per_target": 8} if labeler != "sd" else {}
-    return DistillConfig(labeling=LabelingConfig(labeler, options, references_per_class=2, shard_size=16),
+    return DistillConfig(plan=plan, labeling=LabelingConfig(labeler, options, references_per_class=2, shard_size=16),
                          train=TrainConfig(**{"epochs": 2, "batch_size": 8, **train}), evaluate_teacher=False)
 
 
@@ -38,9 +38,12 @@ def test_a_budget_below_the_plan_is_refused_before_any_query(perturbed_lenet_hal
     oracle, images, test = _setup(perturbed_lenet_half)
     spent = oracle.queries
     plan = plan_queries(oracle, len(images), _config())
-    assert plan.total == 20 + 54 + 54 * 9 * 8  # references, labels, 8 queries per image and other class
+    assert plan.total == 60 + 60 * 9 * 8  # labels, then 8 queries per image and other class
     with pytest.raises(BudgetTooSmallError, match=f"needs up to {plan.total:,} teacher queries but the budget is 1,000"):
         distill_student(oracle, "lenet5_fifth", images, 1000, tmp_path / "run", config=_config())
+    # A budget-driven plan refuses what cannot even pay for one query per image.
+    with pytest.raises(BudgetTooSmallError, match="plan 'default' needs at least 61 teacher queries"):
+        distill_student(oracle, "lenet5_fifth", images, 50, tmp_path / "run", config=_config(plan="default"))
     assert oracle.queries == spent and not (tmp_path / "run").exists()
     with pytest.raises(ValueError, match="images have 3 channel"):
         distill_student(oracle, "lenet5_fifth", torch.rand(4, 3, 28, 28), None, tmp_path / "run", config=_config())
@@ -57,7 +60,9 @@ def test_the_front_door_gives_a_trained_student_within_budget(perturbed_lenet_ha
     assert result.queries["total"] == oracle.queries - before <= plan.total
     assert 0.0 <= result.test_accuracy <= 1.0 and result.teacher_accuracy is None
     card = json.loads((tmp_path / "run" / "model" / "db3.json").read_text())
-    assert card["queries"] == result.queries["total"] and card["transfer_rows"] == 54
+    assert card["queries"] == result.queries["total"] and card["transfer_rows"] == result.queries["total"] + 60
+    # Every answer is a row: 60 label queries, every probe, plus the 60 soft-labelled images.
+    assert result.queries["hard"] == 60 and result.queries["total"] == 60 + result.queries["mbd"]
     assert json.loads((tmp_path / "run" / "results.json").read_text())["accuracy_kind"] == "val-selected"
 
 
@@ -91,11 +96,11 @@ def test_zero_shot_through_the_front_door(perturbed_lenet_half, tmp_path, one_th
     oracle = LabelOracle.from_timm_model(perturbed_lenet_half)
     zs = ZeroShotConfig(samples_per_class=2, iterations=1, queries_per_iteration=30,
                         options={"start_pool": 40, "max_init_queries": 2000})
-    cfg = DistillConfig(labeling=LabelingConfig("sd"), zero_shot=zs, train=TrainConfig(epochs=1, batch_size=8),
+    cfg = DistillConfig(plan="zsdb3", labeling=LabelingConfig("sd"), zero_shot=zs, train=TrainConfig(epochs=1, batch_size=8),
                         evaluate_teacher=False)
     plan = plan_queries(oracle, None, cfg)
     result = distill_student(oracle, "lenet5_fifth", None, plan.total, tmp_path / "zs", config=cfg, progress=False)
-    assert result.queries["generation"] > 0 and result.queries["total"] <= plan.total
+    assert result.queries["zsdb3"] > 0 and result.queries["total"] <= plan.total
     card = json.loads((tmp_path / "zs" / "model" / "db3.json").read_text())
     assert card["method"] == "zsdb3kd" and card["generator"] == "zsdb3" and card["queries"] == result.queries["total"]
     assert (tmp_path / "zs" / "transfer" / "grids" / "all-classes.png").is_file()

@@ -68,7 +68,7 @@ def test_8_bit_queries_are_stored_exactly_as_8_bit_images(tmp_path):
     x = _images(40)
     with store.attached(oracle), store.unit("hard-00000"):
         labels = oracle(x)
-    from db3_timm.transfer.disk import read_columns
+    from db3_timm._disk import read_columns
 
     rows = read_columns(store.finish("card"), ["image", "label"])
     assert rows["image"].dtype == torch.uint8 and torch.equal(rows["label"], labels)

@@ -114,7 +114,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_label(args: argparse.Namespace) -> int:
     """``db3 label``: soft-label a dataset into resumable shards of a standard Hugging Face dataset."""
     from .._distributed import process_state
-    from ..transfer.build import references_per_class
+    from ..sources.soft import references_per_class
     from ..transfer.label import ConfigMismatchError, label_dataset, read_manifest
 
     t0 = time.monotonic()
@@ -152,7 +152,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
     """``db3 generate``: grow a zero-shot transfer set from noise."""
     import json
 
+    from .._io import write_json_atomic
     from ..transfer.build import generate_zero_shot
+    from ..transfer.plan import BudgetTooSmallError
 
     oracle = _teacher(args)
     if args.input_shape is not None:
@@ -165,15 +167,20 @@ def cmd_generate(args: argparse.Namespace) -> int:
         args.queries_per_target = 200  # the pseudo samples' own default: 200 queries per other class
     labeling, _ = _labeling(args, oracle)
     t0 = time.monotonic()
-    transfer = generate_zero_shot(oracle, args.out, zs, labeling, seed=args.seed, progress=not args.no_progress)
+    try:
+        transfer = generate_zero_shot(oracle, args.out, zs, labeling, budget=args.budget, seed=args.seed,
+                                      progress=not args.no_progress)
+    except BudgetTooSmallError as err:
+        args.parser_error(f"argument --budget: {err}")
     gen = json.loads((Path(args.out) / "generation.json").read_text())
-    summary = {"generator": gen["generator"], "rows": len(transfer.rows), "parts": transfer.info["parts"],
+    sources = {}
+    for src in transfer.rows["source"]:
+        sources[src] = sources.get(src, 0) + 1
+    summary = {"generator": gen["generator"], "rows": len(transfer.rows), "rows_by_source": sources,
                "missing_classes": gen["missing_classes"], "queries": transfer.queries,
                "mean_robustness": gen["mean_robustness"], "wall_s": round(time.monotonic() - t0, 1)}
-    from .._io import write_json_atomic
-
     write_json_atomic(Path(args.out) / "summary.json", summary)
-    parts = ", ".join(f"{p['rows']:,} {p['source']}" for p in transfer.info["parts"])
+    parts = ", ".join(f"{n:,} {src}" for src, n in sources.items())
     print(f"transfer set of {len(transfer.rows):,} rows ({parts}) -> {args.out} "
           f"(missing classes: {gen['missing_classes'] or 'none'})")
     print(f"queries: {_queries_line(transfer.queries)}")
@@ -186,7 +193,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def cmd_distill(args: argparse.Namespace) -> int:
     """``db3 distill``: plan, label, train and write a student with its card."""
-    from ..pipeline import BudgetTooSmallError, DistillConfig, distill_student, measure_throughput, plan_queries
+    from ..pipeline import DistillConfig, distill_student, measure_throughput, plan_queries
+    from ..transfer.plan import BudgetTooSmallError
 
     opt.require(args.parser, args, "teacher", "student", "out")
     own_images = not (args.zero_shot or args.transfer_dir)
@@ -197,17 +205,20 @@ def cmd_distill(args: argparse.Namespace) -> int:
     test = _data(args, oracle, args.test_split, args.test_limit) if args.data else None
     labeling, prior = _labeling(args, oracle)
     try:
-        cfg = DistillConfig(labeling=labeling, zero_shot=_zero_shot(args, oracle), train=opt.train_config(args),
+        cfg = DistillConfig(plan=args.plan, labeling=labeling, zero_shot=_zero_shot(args, oracle), train=opt.train_config(args),
                             val_fraction=args.val_fraction, evaluate_teacher=args.eval_teacher,
                             student_pretrained=args.student_pretrained, mixed_precision=args.mixed_precision,
                             gradient_accumulation_steps=args.gradient_accumulation_steps, cpu=args.cpu)
         plan = plan_queries(oracle, None if train is None else len(train), cfg, test_images=0 if test is None else len(test),
-                            budget=args.budget, seed=args.seed, transfer_dir=args.transfer_dir)
+                            budget=args.budget, seed=args.seed, transfer_dir=args.transfer_dir, with_labels=train is not None,
+                            prior=prior)
+    except BudgetTooSmallError as err:
+        args.parser_error(f"argument --budget: {err}")
     except (TypeError, ValueError) as err:
         args.parser_error(str(err))
     rate = measure_throughput(oracle, None if train is None else train.images) if args.dry_run else None
     what = f"{len(train):,} images" if train is not None else (args.transfer_dir or "zero-shot")
-    print(f"plan for {args.student} from {args.teacher} ({what}):")
+    print(f"plan {plan.name!r} for {args.student} from {args.teacher} ({what}):")
     print(plan.describe(rate))
     if args.dry_run:
         print(f"dry run: nothing else was asked (the throughput probe spent {oracle.queries:,} queries)")

@@ -6,12 +6,13 @@ away from it, so the samples become robust, typical members of their class.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, ContextManager, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -396,6 +397,7 @@ class ZSDB3Generator:
         progress: bool = True,
         device: Optional[Union[str, torch.device]] = None,
         on_iteration: Optional[Callable[[int, Dict[str, Any]], None]] = None,
+        unit: Optional[Callable[[str], ContextManager[Any]]] = None,
     ) -> PseudoSamples:
         """Grows ``samples_per_class`` pseudo samples per class from noise.
 
@@ -419,6 +421,9 @@ class ZSDB3Generator:
             progress: show a tqdm bar (iteration, mean robustness, queries).
             device: where to build the samples (default: the oracle's device or CPU).
             on_iteration: optional callback ``(iteration, stats)``.
+            unit: optional ``unit(name)`` context (a :class:`~db3_timm.store.QueryStore`'s ``unit``) wrapped around
+                each step (``zsdb3-00000`` the start, ``zsdb3-0000k`` iteration k, ``zsdb3-mixes``) before its state
+                is saved, so every answer is stored exactly once however often the run is resumed.
 
         Returns:
             :class:`PseudoSamples`.
@@ -434,17 +439,14 @@ class ZSDB3Generator:
         meta = {"config": self.config(), "samples_per_class": int(samples_per_class),
                 "queries_per_iteration": int(queries_per_iteration), "step": float(step), "step_growth": float(step_growth)}
         path = Path(out_dir) / STATE_FILE if out_dir is not None else None
-        state = self._resume(path, meta, iterations, device) if path is not None and path.is_file() else None
-        if state is None:
-            state = self._start(samples_per_class, iterations, step, snapshots, device)
-            if path is not None:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                state.save(path, meta)
+        unit = unit or (lambda name: contextlib.nullcontext())
+        state = self._load_or_start(path, meta, samples_per_class, iterations, step, snapshots, device, unit)
         generator = torch.Generator(device=device)
         generator.set_state(state.rng)
         bar = tqdm(total=iterations, initial=state.iteration, desc="zsdb3", disable=not progress, unit="it")
         while state.iteration < iterations:
-            stats = self._iterate(state, queries_per_iteration, step_growth, generator)
+            with unit(f"zsdb3-{state.iteration + 1:05d}"):
+                stats = self._iterate(state, queries_per_iteration, step_growth, generator)
             if state.iteration in snapshots:
                 state.snapshots[state.iteration] = state.images.clone()
             if path is not None:
@@ -455,10 +457,23 @@ class ZSDB3Generator:
                 on_iteration(state.iteration, stats)
         bar.close()
         if self.mixes and "mixes" not in state.queries:  # a finished run read back is not mixed again
-            self._add_mixes(state, generator)
+            with unit("zsdb3-mixes"):
+                self._add_mixes(state, generator)
             if path is not None:
                 state.save(path, meta)
         return state.to_samples()
+
+    def _load_or_start(self, path: Optional[Path], meta: Dict[str, Any], samples_per_class: int, iterations: int,
+                       step: float, snapshots: Sequence[int], device: torch.device, unit: Callable) -> GenerationState:
+        """The saved state of ``path`` (checked against ``meta``), or a fresh start saved there."""
+        if path is not None and path.is_file():
+            return self._resume(path, meta, iterations, device)
+        with unit("zsdb3-00000"):
+            state = self._start(samples_per_class, iterations, step, snapshots, device)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            state.save(path, meta)
+        return state
 
     def _resume(self, path: Path, meta: Dict[str, Any], iterations: int, device: torch.device) -> GenerationState:
         """Reads a saved run and checks it can continue to ``iterations`` with the same settings."""

@@ -205,7 +205,7 @@ def _write_files(ds: Any, features: Any, folder: Path, rows_per_file: int, extra
     """Writes the Parquet files into ``folder``; returns their names and the largest 8-bit rounding error."""
     import datasets
 
-    from .disk import quiet_datasets
+    from .._disk import quiet_datasets
 
     n = len(ds)
     num_files = math.ceil(n / rows_per_file)

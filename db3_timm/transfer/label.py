@@ -1,7 +1,7 @@
 """Whole-dataset soft-labelling: sharded, resumable, split across processes, readable by ``datasets``.
 
 :func:`label_dataset` runs a DB3 labeler over every image and writes the answers as a saved
-``datasets.DatasetDict`` (see :mod:`db3_timm.transfer.disk`) plus its bookkeeping::
+``datasets.DatasetDict`` (see :mod:`db3_timm._disk`) plus its bookkeeping::
 
     out_dir/
       dataset_dict.json, train/, README.md   # the standard dataset, complete once every shard is done
@@ -42,7 +42,7 @@ from .._io import (PathLike, canonical, config_diff, digest, read_json, run_lock
                    tensor_fingerprint, write_json_atomic)
 from ..labelers.base import Labeler, References
 from ..version import __version__
-from .disk import SPLIT, ShardedDataset, dataset_card, is_dataset_dict, quiet_datasets
+from .._disk import SPLIT, ShardedDataset, dataset_card, is_dataset_dict, quiet_datasets
 
 __all__ = [
     "label_dataset",
@@ -247,7 +247,7 @@ class _LabelRun:
 
     # ------------------------------------------------------------------ disk state
     def records(self, verify: bool = False) -> Dict[int, Dict[str, Any]]:
-        """Finished shards by number (see :meth:`~db3_timm.transfer.disk.ShardedDataset.finished`)."""
+        """Finished shards by number (see :meth:`~db3_timm._disk.ShardedDataset.finished`)."""
         return {int(r["shard"]): r for r in self.shards.finished(verify).values()}
 
     def aborted_queries(self) -> int:

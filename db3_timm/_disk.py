@@ -19,7 +19,7 @@ import os
 from pathlib import Path
 from typing import Any, Dict, Iterator, Mapping, Optional, Sequence
 
-from .._io import PathLike, file_sha256, tmp_path_for, write_json_atomic
+from ._io import PathLike, file_sha256, tmp_path_for, write_json_atomic
 
 __all__ = ["SPLIT", "ShardedDataset", "read_columns", "quiet_datasets", "write_arrow_shard", "finish_dataset_dict", "dataset_card",
            "is_dataset_dict"]
@@ -162,7 +162,7 @@ class ShardedDataset:
         """
         import warnings
 
-        from .._io import read_json
+        from ._io import read_json
 
         found: Dict[str, Dict[str, Any]] = {}
         root = self.out / self.RECORDS

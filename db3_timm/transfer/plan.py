@@ -1,0 +1,171 @@
+"""Budget -> plan: how many queries go to which source, and why, before any query is spent.
+
+Named plans (``PLANS``):
+
+* ``default`` -- the best student per query we have measured (``benchmarks/frontier.py``): the images' labels,
+  then the rest of the budget on augmentations and mixes of them.
+* ``paper`` -- the paper's DB3KD: every image soft-labelled by a labeler (``mbd`` by default), the budget split
+  evenly over the images and their other classes.
+* ``hard`` -- the teacher's labels of the images, nothing else.
+* ``mixes`` -- labels, then teacher-labelled mixes of two images.
+* ``zsdb3`` -- no images: the paper's ZSDB3KD pseudo samples, soft-labelled by a labeler.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Tuple
+
+from .._registry import create_source
+
+__all__ = ["PlanStep", "Plan", "make_plan", "PLANS", "BudgetTooSmallError"]
+
+PLANS = ("default", "paper", "hard", "mixes", "zsdb3")
+
+#: Queries per image that ``default`` and ``mixes`` spend when no budget is given.
+DEFAULT_QUERIES_PER_IMAGE = 100
+
+
+class BudgetTooSmallError(ValueError):
+    """Raised before any query when a plan needs more queries than the budget allows."""
+
+
+@dataclass
+class PlanStep:
+    """One step of a plan: a registered source, the most queries it may spend, its options, and why."""
+
+    source: str
+    queries: int
+    why: str
+    options: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Plan:
+    """What a job will ask the teacher, in order (``evaluation`` is the test split, scored after training)."""
+
+    name: str
+    steps: List[PlanStep]
+    budget: Optional[int] = None
+
+    @property
+    def total(self) -> int:
+        """The most queries the plan can spend."""
+        return sum(s.queries for s in self.steps)
+
+    def describe(self, queries_per_second: Optional[float] = None) -> str:
+        """Returns the plan as a table (with an estimated time at ``queries_per_second``)."""
+        width = max([len(s.source) for s in self.steps] + [5])
+        lines = [f"  {s.source:<{width}}  {s.queries:>13,d}  {s.why}" for s in self.steps]
+        lines.append(f"  {'total':<{width}}  {self.total:>13,d}  "
+                     + ("(no budget set)" if self.budget is None else f"of a budget of {self.budget:,}"))
+        if queries_per_second:
+            lines.append(f"  estimated teacher time: {self.total / queries_per_second:,.0f} s at the measured "
+                         f"{queries_per_second:,.0f} queries/s")
+        return "\n".join(lines)
+
+    def check(self) -> None:
+        """Raises :class:`BudgetTooSmallError` when the plan does not fit the budget."""
+        if self.budget is not None and self.total > self.budget:
+            raise BudgetTooSmallError(
+                f"plan {self.name!r} needs up to {self.total:,} teacher queries but the budget is {self.budget:,}:\n"
+                f"{self.describe()}\nraise the budget to at least {self.total:,}, or plan fewer queries")
+
+    def sources(self) -> List[Tuple[PlanStep, Any]]:
+        """Returns every step with its source built (options checked), evaluation left out."""
+        return [(s, create_source(s.source, **s.options)) for s in self.steps if s.source != "evaluation"]
+
+
+def _need_budget(name: str, budget: int, minimum: int) -> int:
+    if budget < minimum:
+        raise BudgetTooSmallError(f"plan {name!r} needs at least {minimum:,} teacher queries (one per image, then "
+                                  f"more), but the budget is {budget:,}")
+    return budget
+
+
+def _soft_step(oracle: Any, n: int, labeling: Any, budget: Optional[int], on: str = "images",
+               prior: Any = None) -> PlanStep:
+    """The ``db3`` step: ``queries_per_target`` as given, else what the budget leaves per image and other class."""
+    options = dict(labeling.options)
+    probe = create_source("db3", labeler=labeling.labeler, options=options, prior=prior).build(oracle, 0)
+    c = probe.num_classes
+    if probe.uses_queries and budget is not None and "queries_per_target" not in options:
+        qpt = budget // max(1, n * (c - 1))
+        if qpt < 1:
+            raise BudgetTooSmallError(f"{labeling.labeler!r} needs at least one query per image and other class "
+                                      f"({n * (c - 1):,} queries) beyond the labels; the budget leaves {budget:,}")
+        options["queries_per_target"] = qpt
+    step = PlanStep("db3", 0, "", {"labeler": labeling.labeler, "options": options, "on": on, "prior": prior,
+                                   "references_per_class": labeling.references_per_class, "unit_size": labeling.shard_size})
+    step.queries = create_source("db3", **step.options).cost(oracle, n)
+    qpt = step.options["options"].get("queries_per_target", getattr(probe, "queries_per_target", 0))
+    step.why = (f"{labeling.labeler} soft labels: {qpt} queries per {'pseudo sample' if on == 'pseudo' else 'image'} "
+                f"and other class ({c - 1} classes)" if probe.uses_queries else f"{labeling.labeler} soft labels (no query)")
+    return step
+
+
+def make_plan(name: str, oracle: Any, num_images: Optional[int], *, budget: Optional[int] = None,
+              labeling: Any = None, zero_shot: Any = None, prior: Any = None, evaluation: int = 0) -> Plan:
+    """Returns plan ``name`` for ``num_images`` images (``None``: zero-shot) within ``budget`` queries.
+
+    Args:
+        name: one of :data:`PLANS`.
+        oracle: the teacher (its classes size the plan; nothing is asked).
+        num_images: images to learn from, or ``None``.
+        budget: the most queries for the whole job, ``evaluation`` included.
+        labeling: a :class:`~db3_timm.transfer.build.LabelingConfig` (``paper`` and ``zsdb3``).
+        zero_shot: a :class:`~db3_timm.transfer.build.ZeroShotConfig` (``zsdb3``).
+        prior: an optional white-box surrogate for ``mbd``.
+        evaluation: test images the teacher is scored on (one query each).
+
+    Raises:
+        BudgetTooSmallError: the budget cannot pay for the plan's least useful version.
+    """
+    if name not in PLANS:
+        raise ValueError(f"unknown plan {name!r}; plans: {', '.join(PLANS)}")
+    if (num_images is None) != (name == "zsdb3"):
+        raise ValueError(f"plan {name!r} {'learns from no images' if name == 'zsdb3' else 'needs images'}; "
+                         f"use {'images=None' if name == 'zsdb3' else 'plan zsdb3 without images'}")
+    spend = None if budget is None else budget - evaluation
+    if spend is not None and spend < 0:
+        raise BudgetTooSmallError(f"scoring the teacher on {evaluation:,} test images alone needs {evaluation:,} "
+                                  f"queries; the budget is {budget:,}")
+    steps = _real_steps(name, oracle, num_images, spend, labeling, prior) if num_images is not None else \
+        _zero_shot_steps(oracle, spend, labeling, zero_shot)
+    if evaluation:
+        steps.append(PlanStep("evaluation", evaluation, "the teacher's accuracy on the test images"))
+    return Plan(name, steps, budget)
+
+
+def _real_steps(name: str, oracle: Any, n: int, spend: Optional[int], labeling: Any, prior: Any) -> List[PlanStep]:
+    steps = [PlanStep("hard", n, f"the teacher's label of each of the {n:,} images")]
+    if name == "hard":
+        return steps
+    if name == "paper":
+        return steps + [_soft_step(oracle, n, labeling, None if spend is None else spend - n, prior=prior)]
+    if spend is None:  # no budget given: a modest default, printed with the plan before anything is spent
+        spend = DEFAULT_QUERIES_PER_IMAGE * n
+        steps[0].why += f" (no budget given: {DEFAULT_QUERIES_PER_IMAGE} queries per image in all)"
+    rest = _need_budget(name, spend, n + 1) - n
+    if name == "mixes":
+        return steps + [PlanStep("mixes", rest, "teacher-labelled mixes of two images")]
+    augment = rest // 2
+    return steps + [PlanStep("augment", augment, "teacher-labelled flips, shifts, rotations and contrast changes"),
+                    PlanStep("mixes", rest - augment, "teacher-labelled mixes of two images")]
+
+
+def _zero_shot_steps(oracle: Any, spend: Optional[int], labeling: Any, zero_shot: Any) -> List[PlanStep]:
+    options = {"samples_per_class": zero_shot.samples_per_class, "iterations": zero_shot.iterations,
+               "queries_per_iteration": zero_shot.queries_per_iteration, "step": zero_shot.step,
+               "step_growth": zero_shot.step_growth, "generator": zero_shot.generator, "options": zero_shot.options}
+    gen = create_source("zsdb3", **options)
+    cost = gen.cost(oracle)
+    steps = [PlanStep("zsdb3", cost, f"{zero_shot.samples_per_class} pseudo samples per class grown from noise, "
+                                     f"{zero_shot.iterations} iterations of {zero_shot.queries_per_iteration} queries",
+                      options)]
+    classes = gen.build(oracle, 0).num_classes
+    pseudo = zero_shot.samples_per_class * classes
+    soft = _soft_step(oracle, pseudo, labeling, None, on="pseudo")
+    if spend is not None and cost + soft.queries > spend:
+        raise BudgetTooSmallError(f"plan 'zsdb3' needs up to {cost + soft.queries:,} queries ({cost:,} to generate, "
+                                  f"{soft.queries:,} to soft-label); the budget leaves {spend:,}")
+    return steps + [soft]
