@@ -35,7 +35,8 @@ class DistillConfig:
 
     Attributes:
         plan: how the budget is spent (:data:`~db3_timm.transfer.plan.PLANS`): ``default`` (the best student per
-            query measured), ``paper`` (the paper's DB3KD), ``hard``, ``mixes``; without images, ``zsdb3``.
+            query measured), ``paper`` (the paper's DB3KD), ``db3`` (its queries, every answer trained on), ``hard``,
+            ``mixes``; without images, ``zsdb3``.
         labeling: how images (or pseudo samples) are soft-labelled (``paper``, ``zsdb3``).
         zero_shot: how pseudo samples are grown when there are no images.
         train: the student's optimisation.
@@ -155,13 +156,16 @@ def _transfer(oracle: LabelOracle, images: Any, labels: Optional[torch.Tensor], 
             images = images[keep]
         transfer = build_transfer_set(oracle, plan, out / "transfer", images=images, class_names=class_names, seed=seed,
                                       accelerator=accelerator, progress=progress)
+    rows = transfer.rows
+    if plan.train_rows == "soft":  # the paper trains on the soft-labelled images only
+        rows = rows.select(torch.nonzero(read_columns(rows, ["kd_weight"])["kd_weight"] > 0).flatten().tolist())
     if val is not None:
-        return transfer, transfer.rows, val, "held-out images with their dataset labels"
-    keep, held = holdout_split(len(transfer.rows), config.val_fraction, seed)
+        return transfer, rows, val, "held-out images with their dataset labels"
+    keep, held = holdout_split(len(rows), config.val_fraction, seed)
     if not len(held):
-        return transfer, transfer.rows, None, None
-    cols = read_columns(transfer.rows.select(held.tolist()), ["image", "label"])
-    return (transfer, transfer.rows.select(keep.tolist()), TensorDictDataset(cols["image"], cols["label"]),
+        return transfer, rows, None, None
+    cols = read_columns(rows.select(held.tolist()), ["image", "label"])
+    return (transfer, rows.select(keep.tolist()), TensorDictDataset(cols["image"], cols["label"]),
             "held-out transfer rows scored against the teacher's labels")
 
 
@@ -306,7 +310,7 @@ def distill_student(
     queries = {**{k: v for k, v in transfer.queries.items() if k != "total"}, **({"evaluation": accuracy[2]} if accuracy[2] else {})}
     queries["total"] = sum(queries.values())
     model = accelerator.unwrap_model(model).eval()
-    results = {"student": student, "queries": queries, "plan": transfer.info.get("steps", []), "plan_name": plan.name,
+    results = {"student": student, "queries": queries, "train_rows": len(train_rows), "plan": transfer.info.get("steps", []), "plan_name": plan.name,
                "transfer_rows": len(transfer.rows),
                "validation": val_source, "accuracy_kind": kind, "test_accuracy": accuracy[0], "teacher_accuracy": accuracy[1],
                "training": asdict(training), "config": _jsonable(asdict(cfg)), "num_processes": accelerator.num_processes}

@@ -293,11 +293,17 @@ class TensorDictDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> Dict[str, torch.Tensor]:
         return {k: v[i] for k, v in self.tensors.items()}
 
-    def __getitems__(self, idx: List[int]) -> List[Dict[str, torch.Tensor]]:
-        # Batched fetch (torch's DataLoader uses it when present): one gather per column.
+    def __getitems__(self, idx: List[int]) -> Dict[str, torch.Tensor]:
+        # Batched fetch (torch's DataLoader uses it when present): one gather per column, no per-row dicts;
+        # `collate_batch` passes the batch through.
         index = torch.as_tensor(idx, dtype=torch.long)
-        cols = {k: v[index] for k, v in self.tensors.items()}
-        return [{k: v[j] for k, v in cols.items()} for j in range(len(idx))]
+        return {k: v[index] for k, v in self.tensors.items()}
+
+
+def collate_batch(batch: Any) -> Any:
+    """The DataLoader ``collate_fn`` for :class:`TensorDictDataset`: its batches arrive whole; other datasets'
+    rows are collated as usual."""
+    return batch if isinstance(batch, dict) else torch.utils.data.default_collate(batch)
 
 
 def _batch_target(batch: Mapping[str, torch.Tensor]) -> Any:
@@ -441,7 +447,7 @@ def _loader(dataset: Any, batch_size: int, *, shuffle: bool, num_workers: int) -
     # Training drops the last incomplete batch (as timm's train.py does): accelerate would otherwise pad it with
     # repeated samples on some processes, and 1 and N processes would no longer train on the same batches.
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
-                                       drop_last=shuffle and len(dataset) >= batch_size)
+                                       drop_last=shuffle and len(dataset) >= batch_size, collate_fn=collate_batch)
 
 
 def _scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int) -> Any:

@@ -119,9 +119,11 @@ def test_distill_recipe_end_to_end_on_digits(single, teacher):
 
     out, proc = single
     r = _results(out)
-    # 180 training images: their 180 answers, and their 180 soft-labelled rows (sd asks nothing more); 3 epochs of 18.
-    assert r["num_processes"] == 1 and r["training"]["global_steps"] == 54 and r["plan_name"] == "paper"
-    assert r["transfer_rows"] == 360 and r["queries"]["hard"] == 180 and r["queries"].get("sd", 0) == 0
+    # 180 training images: their 180 answers and their 180 soft-labelled rows (sd asks nothing more); the paper's
+    # plan trains on the soft rows: 3 epochs of 9 batches of 20.
+    assert r["num_processes"] == 1 and r["training"]["global_steps"] == 27 and r["plan_name"] == "paper"
+    assert r["transfer_rows"] == 360 and r["train_rows"] == 180 and r["queries"]["hard"] == 180
+    assert r["queries"].get("sd", 0) == 0
     assert r["validation"] == "held-out images with their dataset labels" and r["accuracy_kind"] == "val-selected"
     losses = [h["train_loss"] for h in r["training"]["history"]]
     assert losses[-1] < losses[0]
@@ -161,15 +163,15 @@ def test_resume_mid_epoch_finishes_like_the_uninterrupted_run(single, teacher, t
     r = _results(out)
     resumed = tmp_path / "run"
     shutil.copytree(out, resumed)
-    # As if killed after optimizer step 24 (epoch 2, batch 6 of 18): only that checkpoint survives.
+    # As if killed after optimizer step 12 (epoch 2, batch 3 of 9): only that checkpoint survives.
     for ckpt in (resumed / "checkpoints").iterdir():
-        if ckpt.name not in ("step_24", "best"):
+        if ckpt.name not in ("step_12", "best"):
             shutil.rmtree(ckpt)
     shutil.rmtree(resumed / "model")
     (resumed / "results.json").unlink()
-    assert json.loads((resumed / "checkpoints" / "step_24" / "progress.json").read_text())["batch_in_epoch"] == 6
+    assert json.loads((resumed / "checkpoints" / "step_12" / "progress.json").read_text())["batch_in_epoch"] == 3
     proc = _run([sys.executable, str(RECIPES / "distill.py"), *_distill_args(teacher, resumed)])
-    assert "resumed from" in proc.stdout and "step_24 (epoch 2, batch 6, step 24)" in proc.stdout
+    assert "resumed from" in proc.stdout and "step_12 (epoch 2, batch 3, step 12)" in proc.stdout
     again = _results(resumed)
     assert again["training"]["history"] == r["training"]["history"]  # same loss trajectory, bit for bit
     assert again["weights_per_process"] == r["weights_per_process"]  # the same student

@@ -287,9 +287,10 @@ def add_distill(p: argparse.ArgumentParser) -> None:
     p.add_argument("--student-pretrained", action="store_true", help="start from the student's pretrained weights")
     p.add_argument("--eval-teacher", action=argparse.BooleanOptionalAction, default=True,
                    help="also score the teacher on the test split (one counted query per test image)")
-    p.add_argument("--plan", default="default", choices=["default", "paper", "hard", "mixes", "zsdb3"],
+    p.add_argument("--plan", default="default", choices=["default", "paper", "db3", "hard", "mixes", "zsdb3"],
                    help="how the budget is spent: default (the best student per query measured), paper (DB3KD soft "
-                        "labels from --labeler), hard (labels only), mixes; zsdb3 without images")
+                        "labels from --labeler), db3 (the same, every probe answer trained on too), hard (labels only), "
+                        "mixes; zsdb3 without images")
     p.add_argument("--dry-run", action="store_true", help="print the plan and the estimated time, then stop")
     p.add_argument("--out", "--output-dir", dest="out", metavar="DIR", help="output folder (model/ is the student)")
     add_data(p)

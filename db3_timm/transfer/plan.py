@@ -5,7 +5,8 @@ Named plans (``PLANS``):
 * ``default`` -- the best student per query we have measured (``benchmarks/frontier.py``): the images' labels,
   then the rest of the budget on augmentations and mixes of them.
 * ``paper`` -- the paper's DB3KD: every image soft-labelled by a labeler (``mbd`` by default), the budget split
-  evenly over the images and their other classes.
+  evenly over the images and their other classes; the student trains on the soft-labelled images only.
+* ``db3`` -- the same queries as ``paper``, and the student trains on every answer: the labeler's probes too.
 * ``hard`` -- the teacher's labels of the images, nothing else.
 * ``mixes`` -- labels, then teacher-labelled mixes of two images.
 * ``zsdb3`` -- no images: the paper's ZSDB3KD pseudo samples, soft-labelled by a labeler.
@@ -19,7 +20,7 @@ from .._registry import create_source
 
 __all__ = ["PlanStep", "Plan", "make_plan", "PLANS", "BudgetTooSmallError"]
 
-PLANS = ("default", "paper", "hard", "mixes", "zsdb3")
+PLANS = ("default", "paper", "db3", "hard", "mixes", "zsdb3")
 
 #: Queries per image that ``default`` and ``mixes`` spend when no budget is given.
 DEFAULT_QUERIES_PER_IMAGE = 100
@@ -41,11 +42,19 @@ class PlanStep:
 
 @dataclass
 class Plan:
-    """What a job will ask the teacher, in order (``evaluation`` is the test split, scored after training)."""
+    """What a job will ask the teacher, in order (``evaluation`` is the test split, scored after training).
+
+    Attributes:
+        name: the plan's name.
+        steps: its steps.
+        budget: the cap it must fit.
+        train_rows: ``"all"`` (every answer trains the student) or ``"soft"`` (only soft-labelled rows, as the paper).
+    """
 
     name: str
     steps: List[PlanStep]
     budget: Optional[int] = None
+    train_rows: str = "all"
 
     @property
     def total(self) -> int:
@@ -133,14 +142,14 @@ def make_plan(name: str, oracle: Any, num_images: Optional[int], *, budget: Opti
         _zero_shot_steps(oracle, spend, labeling, zero_shot)
     if evaluation:
         steps.append(PlanStep("evaluation", evaluation, "the teacher's accuracy on the test images"))
-    return Plan(name, steps, budget)
+    return Plan(name, steps, budget, train_rows="soft" if name == "paper" else "all")
 
 
 def _real_steps(name: str, oracle: Any, n: int, spend: Optional[int], labeling: Any, prior: Any) -> List[PlanStep]:
     steps = [PlanStep("hard", n, f"the teacher's label of each of the {n:,} images")]
     if name == "hard":
         return steps
-    if name == "paper":
+    if name in ("paper", "db3"):
         return steps + [_soft_step(oracle, n, labeling, None if spend is None else spend - n, prior=prior)]
     if spend is None:  # no budget given: a modest default, printed with the plan before anything is spent
         spend = DEFAULT_QUERIES_PER_IMAGE * n
