@@ -29,7 +29,7 @@ from ._io import PathLike, write_json_atomic
 from ._preprocess import PixelTransform
 
 __all__ = [
-    "kd_loss", "kd_loss_terms", "split_kd_target", "DB3DistillationTask", "fit", "evaluate",
+    "kd_loss", "kd_loss_terms", "split_kd_target", "DB3DistillationTask", "fit", "evaluate", "predict_proba",
     "TensorDictDataset", "TrainConfig", "TrainResult", "make_accelerator", "train", "evaluate_accuracy",
     "adapted_batch_size", "find_checkpoint", "test_accuracy",
 ]
@@ -273,6 +273,16 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, ba
     return correct / max(1, images.shape[0])
 
 
+@torch.inference_mode()
+def predict_proba(model: nn.Module, images: torch.Tensor, *, batch_size: int = 2048) -> torch.Tensor:
+    """Returns ``model``'s class probabilities ``(N, C)`` for pixel-space ``images`` (on the CPU)."""
+    model.eval()
+    device = next(model.parameters()).device
+    norm = PixelTransform.for_model(model, resize_to_model="fixed")
+    return torch.cat([model(norm(images[s:s + batch_size].to(device))).float().softmax(1).cpu()
+                      for s in range(0, images.shape[0], batch_size)])
+
+
 # ---------------------------------------------------------------------- data
 class TensorDictDataset(torch.utils.data.Dataset):
     """In-memory rows ``{"image", "label"[, "soft_logits", "kd_weight"]}`` over tensors of equal length."""
@@ -319,6 +329,7 @@ class TrainConfig:
 
     Attributes:
         epochs: passes over the training set.
+        max_samples: a cap on the samples seen (big transfer sets train fewer epochs, at least one; ``None``: no cap).
         batch_size: the *global* batch, split across processes (so 1 and N processes train on the same batches).
         eval_batch_size: batch of validation passes.
         opt, lr, momentum, weight_decay: timm's ``create_optimizer_v2`` settings.
@@ -334,6 +345,7 @@ class TrainConfig:
     """
 
     epochs: int = 10
+    max_samples: Optional[int] = None
     batch_size: int = 128
     eval_batch_size: int = 512
     opt: str = "adam"
@@ -355,6 +367,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "eval_batch_size"):
             check_int(name, getattr(self, name), 1)
+        if self.max_samples is not None:
+            check_int("max_samples", self.max_samples, 1)
         for name in ("min_steps_per_epoch", "checkpoint_every", "keep_checkpoints", "num_workers"):
             check_int(name, getattr(self, name), 0)
         check_number("lr", self.lr, low=0, low_open=True)
@@ -367,6 +381,10 @@ class TrainConfig:
         self.gamma = tuple(check_number("gamma", g, low=0) for g in self.gamma)
         if len(self.gamma) not in (1, len(self.milestones)) and self.sched == "step":
             raise ValueError(f"gamma needs one value or one per milestone ({len(self.milestones)}), got {len(self.gamma)}")
+
+    def epochs_for(self, rows: int) -> int:
+        """Returns the epochs a transfer set of ``rows`` rows trains for (``epochs``, fewer under ``max_samples``)."""
+        return self.epochs if self.max_samples is None else max(1, min(self.epochs, -(-self.max_samples // max(1, rows))))
 
     def to_dict(self) -> Dict[str, Any]:
         """Returns the settings as a plain dict (results, model cards)."""
@@ -382,6 +400,7 @@ class TrainResult:
     best_metric: Optional[float] = None
     global_steps: int = 0
     batch_size: int = 0
+    epochs: int = 0
 
 
 @dataclass
@@ -450,8 +469,8 @@ def _loader(dataset: Any, batch_size: int, *, shuffle: bool, num_workers: int) -
                                        drop_last=shuffle and len(dataset) >= batch_size, collate_fn=collate_batch)
 
 
-def _scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int) -> Any:
-    total = max(1, cfg.epochs * steps_per_epoch)
+def _scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int, epochs: int) -> Any:
+    total = max(1, epochs * steps_per_epoch)
     gammas = list(cfg.gamma) * (len(cfg.milestones) if len(cfg.gamma) == 1 else 1)
 
     def factor(step: int) -> float:
@@ -616,7 +635,8 @@ def train(
     from timm.optim import create_optimizer_v2
 
     optimizer = create_optimizer_v2(model, opt=cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum)
-    scheduler = _scheduler(optimizer, cfg, math.ceil(len(loader) / accelerator.gradient_accumulation_steps))
+    epochs = cfg.epochs_for(len(train_set))
+    scheduler = _scheduler(optimizer, cfg, math.ceil(len(loader) / accelerator.gradient_accumulation_steps), epochs)
     val_loader = None
     if val_set is not None and len(val_set):
         val_loader = accelerator.prepare(_loader(val_set, math.ceil(cfg.eval_batch_size / n) * n, shuffle=False,
@@ -627,9 +647,9 @@ def train(
     accelerator.register_for_checkpointing(progress)
     checkpoint_dir = Path(output_dir) / "checkpoints"
     _resume(accelerator, progress, resume, checkpoint_dir)
-    bar = tqdm(total=cfg.epochs * len(loader), initial=progress.epoch * len(loader) + progress.batch_in_epoch,
+    bar = tqdm(total=epochs * len(loader), initial=progress.epoch * len(loader) + progress.batch_in_epoch,
                desc="train", unit="batch", dynamic_ncols=True, disable=not (progress_bar and accelerator.is_main_process))
-    while progress.epoch < cfg.epochs:
+    while progress.epoch < epochs:
         _epoch(accelerator, task, optimizer, scheduler, loader, transform, progress, cfg, checkpoint_dir, bar)
         record = {"epoch": progress.epoch + 1, "train_loss": progress.loss_sum / max(progress.loss_count, 1),
                   "lr": float(scheduler.get_last_lr()[0]), "global_step": progress.global_step}
@@ -645,4 +665,5 @@ def train(
         bar.set_postfix({k: f"{v:.4g}" for k, v in record.items() if k in ("train_loss", "val_acc")}, refresh=False)
         _save_checkpoint(accelerator, progress, checkpoint_dir / f"epoch_{progress.epoch}", cfg.keep_checkpoints)
     bar.close()
-    return TrainResult(list(progress.history), progress.best_epoch, progress.best_metric, progress.global_step, batch_size)
+    return TrainResult(list(progress.history), progress.best_epoch, progress.best_metric, progress.global_step, batch_size,
+                       epochs)

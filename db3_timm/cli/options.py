@@ -246,6 +246,8 @@ def add_training(p: argparse.ArgumentParser) -> None:
     """The student's optimisation (:class:`~db3_timm.training.TrainConfig`)."""
     g = p.add_argument_group("training")
     g.add_argument("--epochs", type=int_at_least(1), default=10)
+    g.add_argument("--max-samples", type=int_at_least(1), default=None, metavar="N",
+                   help="cap on the samples seen: a big transfer set trains fewer epochs (at least one)")
     g.add_argument("--batch-size", type=int_at_least(1), default=128,
                    help="global batch, split across processes (1 and N processes train on the same batches)")
     g.add_argument("--eval-batch-size", type=int_at_least(1), default=512)
