@@ -5,6 +5,7 @@ Importing the package registers the paper's architectures as timm models
 """
 from . import generators, labelers, models, sources  # noqa: F401  (registers the components)
 from ._distributed import DistributedSetupError
+from ._io import ConfigMismatchError, RunLockedError
 from ._registry import (
     create_generator,
     create_labeler,
@@ -50,7 +51,8 @@ __all__ = [
     "QueryStore", "register_source", "create_source", "list_sources", "is_source",
     "LabelingConfig", "ZeroShotConfig", "TrainConfig",
     # the teacher
-    "LabelOracle", "QueryBudgetExceeded", "HubUnavailableError", "DistributedSetupError", "create_timm_model", "load_checkpoint_state_dict",
+    "LabelOracle", "QueryBudgetExceeded", "HubUnavailableError", "DistributedSetupError", "ConfigMismatchError",
+    "RunLockedError", "create_timm_model", "load_checkpoint_state_dict",
     # components
     "register_labeler", "create_labeler", "list_labelers", "is_labeler",
     "register_generator", "create_generator", "list_generators", "is_generator",

@@ -24,6 +24,7 @@ __all__ = [
     "canonical",
     "digest",
     "config_diff",
+    "ConfigMismatchError",
     "RunLockedError",
     "run_lock",
 ]
@@ -138,6 +139,11 @@ def config_diff(old: Mapping[str, Any], new: Mapping[str, Any], limit: int = 8) 
     keys = _diff_keys(old, new)
     return "; ".join(f"{k}: {_lookup(old, k)!r} -> {_lookup(new, k)!r}" for k in keys[:limit]) + (
         f"; and {len(keys) - limit} more" if len(keys) > limit else "")
+
+
+class ConfigMismatchError(ValueError):
+    """Raised when an output folder holds a job made with other settings than the current call (the message names
+    what differs)."""
 
 
 class RunLockedError(RuntimeError):

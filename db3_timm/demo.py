@@ -28,23 +28,23 @@ def _teacher(out: Path, train: Any, test: Any, seed: int, device: str, print_fn:
     return LabelOracle.from_timm(f"local-dir:{folder}", device=device)
 
 
-def _arms(samples: int, queries_per_target: int, zs: Dict[str, Any]) -> List[Dict[str, Any]]:
+def _arms(samples: int, queries_per_target: int, budget: int, zs: Dict[str, Any]) -> List[Dict[str, Any]]:
     from .pipeline import DistillConfig
     from .training import TrainConfig
     from .transfer.build import LabelingConfig, ZeroShotConfig
 
-    def cfg(labeling: LabelingConfig, kd_weight: float = 1.0, epochs: int = 40, **extra: Any) -> DistillConfig:
-        return DistillConfig(labeling=labeling, train=TrainConfig(epochs=epochs, lr=2e-3, batch_size=64, kd_weight=kd_weight),
+    def cfg(plan: str, epochs: int = 40, **extra: Any) -> DistillConfig:
+        return DistillConfig(plan=plan, train=TrainConfig(epochs=epochs, max_samples=600_000, lr=2e-3, batch_size=64),
                              evaluate_teacher=False, **extra)
 
+    mbd = LabelingConfig("mbd", {"queries_per_target": queries_per_target})
     return [
-        {"name": f"hard labels ({samples} images)", "images": True, "config": cfg(LabelingConfig("sd"), kd_weight=0.0)},
-        {"name": "DB3 sd", "images": True, "config": cfg(LabelingConfig("sd"))},
-        {"name": f"DB3 mbd @{queries_per_target}/target", "images": True,
-         "config": cfg(LabelingConfig("mbd", {"queries_per_target": queries_per_target}))},
-        {"name": "ZSDB3, no real image", "images": False,
-         "config": cfg(LabelingConfig("mbd", {"queries_per_target": queries_per_target}), epochs=8,
-                       zero_shot=ZeroShotConfig(**zs))},
+        {"name": f"hard labels ({samples} images)", "images": True, "budget": None, "config": cfg("hard")},
+        {"name": f"paper: DB3 mbd @{queries_per_target}/target", "images": True, "budget": None,
+         "config": cfg("paper", labeling=mbd)},
+        {"name": f"default plan, {budget:,} queries", "images": True, "budget": budget, "config": cfg("default")},
+        {"name": "zero-shot ZSDB3, no real image", "images": False, "budget": None,
+         "config": cfg("zsdb3", epochs=8, labeling=mbd, zero_shot=ZeroShotConfig(**zs))},
     ]
 
 
@@ -59,8 +59,9 @@ def run_demo(
     print_fn: Callable[..., None] = print,
 ) -> Dict[str, Any]:
     """Trains a LeNet-5 teacher on digits, hides it behind a label-only oracle and distils ``lenet5_half`` students
-    with :func:`~db3_timm.pipeline.distill_student`: hard labels, DB3 ``sd`` and ``mbd`` soft labels on ``samples``
-    training images, and a zero-shot student from ZSDB3 pseudo samples. Each is scored on the held-out digits.
+    with :func:`~db3_timm.pipeline.distill_student` from ``samples`` training images: the teacher's hard labels, the
+    paper's ``mbd`` soft labels, the default plan at 100 queries per image, and a zero-shot student from ZSDB3
+    pseudo samples. Each is scored on the held-out digits.
 
     Writes ``out_dir/students/<arm>/`` (each with ``model/`` and its card), ``results.json``,
     ``accuracy_vs_queries.png`` and the pseudo-sample grids (``students/zero-shot/transfer/grids``).
@@ -85,10 +86,10 @@ def run_demo(
     zs = {"samples_per_class": 30, "iterations": 4, "queries_per_iteration": 100,
           "options": {"start": "smooth", "start_pool": 5_000, "max_init_queries": 100_000}}
     rows: List[Dict[str, Any]] = [{"student": "teacher (lenet5)", "accuracy": teacher_acc, "queries": None, "wall_s": None}]
-    for k, arm in enumerate(_arms(samples, queries_per_target, zs)):
+    for k, arm in enumerate(_arms(samples, queries_per_target, 100 * samples, zs)):
         print_fn(f"[{k + 1}/4] {arm['name']}")
         t0 = time.time()
-        result = distill_student(oracle, "lenet5_half", train.images[idx] if arm["images"] else None, None,
+        result = distill_student(oracle, "lenet5_half", train.images[idx] if arm["images"] else None, arm["budget"],
                                  out / "students" / ("zero-shot" if not arm["images"] else f"arm{k}"), seed,
                                  labels=train.labels[idx] if arm["images"] else None, test=(test.images, test.labels),
                                  class_names=train.class_names, dataset="digits", config=arm["config"], progress=progress)

@@ -222,8 +222,12 @@ class LabelOracle:
             raise TypeError(f"oracle input must be a floating-point tensor in [0, 1], got dtype {x.dtype}")
         if x.dim() != 4:
             raise ValueError(f"oracle input must have shape (N, C, H, W), got {x.dim()} dims {tuple(x.shape)}")
+        if x.is_meta:
+            raise ValueError("oracle input is a meta tensor (shape only, no pixels); pass real image data")
         if x.shape[0] == 0:
             raise ValueError("oracle input is an empty batch (N=0); expected at least one image")
+        if min(x.shape[1:]) == 0:
+            raise ValueError(f"oracle input has an empty dimension, shape {tuple(x.shape)}; expected (N, C, H, W) >= 1")
         if self.input_size is not None and x.shape[1] != self.input_size[0]:
             raise ValueError(
                 f"oracle input has {x.shape[1]} channels, expected {self.input_size[0]} "
@@ -436,8 +440,8 @@ class LabelOracle:
             kwargs["input_size"] = predictor.input_size = meta["input_size"]
         if kwargs.get("num_classes") is None:
             kwargs["num_classes"] = meta["num_classes"]
-        kwargs.setdefault("name", f"{predictor.model}@{predictor.url}")
-        kwargs.setdefault("identity", f"endpoint {predictor.url}/v2/models/{predictor.model}")
+        kwargs.setdefault("name", f"{predictor.model}@{predictor.public_url}")
+        kwargs.setdefault("identity", f"endpoint {predictor.public_url}/v2/models/{predictor.model}")
         oracle = cls(predictor, max_batch_size=max_batch_size, **kwargs)
         predictor.bind(oracle)
         return oracle
@@ -474,7 +478,10 @@ def load_checkpoint_state_dict(path: Union[str, os.PathLike]) -> Dict[str, torch
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        state: Any = load_file(str(path), device="cpu")
+        try:
+            state: Any = load_file(str(path), device="cpu")
+        except Exception as err:  # safetensors raises its own error types for truncated or foreign files
+            raise ValueError(f"{str(path)!r} is not a readable .safetensors file ({err})") from None
     elif path.suffix in (".pt", ".pth", ".bin", ".ckpt"):
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)

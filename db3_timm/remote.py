@@ -44,6 +44,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+import uuid
 import weakref
 from typing import Any, Callable, Dict, Optional, Tuple
 
@@ -51,7 +52,7 @@ import torch
 
 from ._preprocess import resize
 
-__all__ = ["RemotePredictor", "RemoteOracleError", "RemoteAuthError", "TOKEN_ENV"]
+__all__ = ["RemotePredictor", "RemoteOracleError", "RemoteAuthError", "TOKEN_ENV", "public_url"]
 
 TOKEN_ENV = "DB3_TOKEN"
 logger = logging.getLogger(__name__)
@@ -107,12 +108,15 @@ class RemotePredictor:
         url = url.rstrip("/")
         if model is None:
             if "/v2/models/" not in url:
-                raise ValueError(f"pass model=NAME or a URL ending in /v2/models/NAME, got {url!r}")
+                raise ValueError(f"pass model=NAME or a URL ending in /v2/models/NAME, got {public_url(url)!r}")
             url, model = url.split("/v2/models/", 1)
             model = model.split("/", 1)[0]
         parts = urllib.parse.urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"url must be http(s)://host[:port], got {url!r}")
+            raise ValueError(f"url must be http(s)://host[:port], got {public_url(url)!r}")
+        if parts.username or parts.password:
+            raise ValueError(f"credentials in the URL ({public_url(url)!r}) would be logged and recorded; pass token= "
+                             f"or set {TOKEN_ENV} instead")
         if int(retries) < 0 or timeout <= 0:
             raise ValueError(f"retries must be >= 0 and timeout > 0, got {retries!r}, {timeout!r}")
         self.url = url
@@ -129,8 +133,13 @@ class RemotePredictor:
         self._meta_url = f"{url}/v2/models/{quoted}"
         self._infer_url = f"{url}/v2/models/{quoted}/infer"
 
+    @property
+    def public_url(self) -> str:
+        """The server URL as it may be shown or recorded: query values (keys, signatures) replaced by ``***``."""
+        return public_url(self.url)
+
     def __repr__(self) -> str:  # never shows the token
-        return f"RemotePredictor(url={self.url!r}, model={self.model!r}, auth={'yes' if self._token else 'no'})"
+        return f"RemotePredictor(url={self.public_url!r}, model={self.model!r}, auth={'yes' if self._token else 'no'})"
 
     def bind(self, oracle: Any) -> None:
         """Lets error messages report ``oracle.queries`` (held weakly)."""
@@ -147,13 +156,13 @@ class RemotePredictor:
             headers["Content-Type"] = "application/json"
         if self._token:
             headers["Authorization"] = f"Bearer {self._token}"
-        what = f"{'POST' if body is not None else 'GET'} {url}"
+        what = f"{'POST' if body is not None else 'GET'} {public_url(url)}"
         attempt = 0
         while True:
             retry_after = None
             req = urllib.request.Request(url, data=body, headers=headers, method="POST" if body is not None else "GET")
             try:
-                with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                with _OPENER.open(req, timeout=self.timeout) as resp:
                     raw = resp.read()
                 try:
                     return json.loads(raw)
@@ -185,7 +194,9 @@ class RemotePredictor:
             if retry_after is not None:
                 delay = min(max(retry_after, 0.0), self.max_backoff)
             # A rate-limited or flaky teacher slows a long job down; say why it is waiting.
-            logger.warning("%s: %s; retry %d of %d in %.1f s", what, failure[1], attempt + 1, self.retries, delay)
+            maybe_run = " (the lost request may have run: the retry carries its id)" if body and failure[0] is None else ""
+            logger.warning("%s: %s; retry %d of %d in %.1f s%s", what, failure[1], attempt + 1, self.retries, delay,
+                           maybe_run)
             self._sleep(delay)
             attempt += 1
 
@@ -229,7 +240,10 @@ class RemotePredictor:
         # 9 significant digits round-trip any float32 exactly and halve the body against repr()'s 17.
         data = ",".join(["%.9g"] * len(values)) % tuple(values)
         head = json.dumps({"name": "input", "shape": list(x.shape), "datatype": "FP32"})[:-1]
-        body = ('{"inputs":[' + head + ',"data":[' + data + ']}],"outputs":[{"name":"label"}]}').encode()
+        # A fresh id per request: a retry after a lost answer carries the same id, so a server that remembers ids
+        # (db3 serve does) answers it from its cache instead of running -- and charging -- the batch twice.
+        body = ('{"id":"' + uuid.uuid4().hex + '","inputs":[' + head + ',"data":[' + data
+                + ']}],"outputs":[{"name":"label"}]}').encode()
         answer = self._request(self._infer_url, body)
         try:
             outs = answer["outputs"]
@@ -241,6 +255,35 @@ class RemotePredictor:
         if labels.shape != (n,):
             labels = labels.reshape(-1)
         return labels
+
+
+def public_url(url: str) -> str:
+    """Returns ``url`` without user info and with every query value replaced by ``***`` (safe to log and record)."""
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    query = "&".join(f"{k}=***" for k, _ in urllib.parse.parse_qsl(parts.query, keep_blank_values=True))
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+
+
+def _origin(url: str) -> Tuple[str, str, Optional[int]]:
+    parts = urllib.parse.urlsplit(url)
+    return parts.scheme, (parts.hostname or "").lower(), parts.port or {"http": 80, "https": 443}.get(parts.scheme)
+
+
+class _SafeRedirects(urllib.request.HTTPRedirectHandler):
+    """Follows a redirect only for a GET to the same origin: a bearer token never travels to another host, and a
+    POST is never silently re-sent as a GET (urllib's default does both)."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: D102 (urllib's hook)
+        if req.get_method() != "GET" or _origin(newurl) != _origin(req.full_url):
+            raise urllib.error.HTTPError(
+                req.full_url, code, f"refused to follow a {code} redirect of a {req.get_method()} request to "
+                                    f"{public_url(newurl)}; point the client at the final URL", headers, None)
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+_OPENER = urllib.request.build_opener(_SafeRedirects)
 
 
 def _error_message(err: urllib.error.HTTPError) -> str:

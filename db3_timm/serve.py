@@ -127,6 +127,25 @@ class _Quota:
                 self._used[key] = (start, max(0, used - n))
 
 
+class _Recent:
+    """The last ``size`` answers by key, thread-safe (a small LRU)."""
+
+    def __init__(self, size: int):
+        from collections import OrderedDict
+
+        self.size, self._lock, self._items = size, threading.Lock(), OrderedDict()
+
+    def get(self, key: Any) -> Any:
+        with self._lock:
+            return self._items.get(key)
+
+    def put(self, key: Any, value: Any) -> None:
+        with self._lock:
+            self._items[key] = value
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+
+
 def _check_quota_args(quota: Optional[int], quota_window: float) -> None:
     """Raises a one-line :class:`ValueError` naming a bad ``quota`` or ``quota_window``."""
     if quota is not None:
@@ -161,6 +180,7 @@ class _LabelServer:
         self.max_batch_size, self.max_request_bytes = max_batch_size, max_request_bytes
         self.token_bytes = None if token is None else token.encode()
         self.lock = threading.Lock()  # one forward pass at a time: the model is not thread-safe
+        self.answered = _Recent(4096)  # request id -> answer, so a retried request is answered, not re-run
         self.metadata = {
             "name": model_name,
             "versions": [_VERSION],
@@ -219,8 +239,8 @@ class _LabelServer:
             chunks.append(chunk)
         return b"".join(chunks)
 
-    def decode(self, body: bytes) -> torch.Tensor:
-        """Parses an infer request; returns its ``(N, C, H, W)`` float32 batch, or raises ``400``."""
+    def decode(self, body: bytes) -> Tuple[torch.Tensor, Optional[str]]:
+        """Parses an infer request; returns its ``(N, C, H, W)`` float32 batch and its ``id``, or raises ``400``."""
         try:
             req = json.loads(body)
         except RecursionError:  # json's C parser recurses once per nesting level
@@ -238,7 +258,10 @@ class _LabelServer:
         if tensor.get("datatype") != "FP32":
             raise _HTTPError(400, f"input datatype must be 'FP32', got {_clip(tensor.get('datatype'))}")
         shape = self._check_shape(tensor.get("shape"))
-        return torch.from_numpy(self._pixels(tensor.get("data"), shape))
+        request_id = req.get("id")
+        if request_id is not None and (not isinstance(request_id, str) or not 0 < len(request_id) <= 128):
+            raise _HTTPError(400, f"request 'id' must be a string of 1 to 128 characters, got {_clip(request_id)}")
+        return torch.from_numpy(self._pixels(tensor.get("data"), shape)), request_id
 
     @staticmethod
     def _check_outputs(outputs: Any) -> None:
@@ -324,7 +347,10 @@ class _LabelServer:
             key = self.authorize(request)
             self.check_model(request)
             body = await self.read_body(request)
-            x = await run_in_threadpool(self.decode, body)  # parsing a big batch takes ms: off the event loop
+            x, request_id = await run_in_threadpool(self.decode, body)  # parsing takes ms: off the event loop
+            repeated = self.answered.get((key, request_id)) if request_id is not None else None
+            if repeated is not None:  # a client retrying a request whose answer it lost: no second query
+                return _respond(repeated)
             if self.quota is not None:  # spent only once the request is known to be well-formed
                 self.quota.take(key, x.shape[0])
                 taken = (key, x.shape[0])
@@ -335,11 +361,12 @@ class _LabelServer:
             if taken is not None:
                 self.quota.refund(*taken)
             return _respond({"error": f"inference failed: {type(err).__name__}"}, 500)
-        return _respond({
-            "model_name": self.model_name,
-            "model_version": _VERSION,
-            "outputs": [{"name": "label", "shape": [len(labels)], "datatype": "INT64", "data": labels}],
-        })
+        answer = {"model_name": self.model_name, "model_version": _VERSION,
+                  "outputs": [{"name": "label", "shape": [len(labels)], "datatype": "INT64", "data": labels}]}
+        if request_id is not None:
+            answer["id"] = request_id
+            self.answered.put((key, request_id), answer)
+        return _respond(answer)
 
     def routes(self) -> List[Route]:
         """The app's routes, bound to this server's handlers."""

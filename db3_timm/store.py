@@ -16,6 +16,7 @@ provenance ``source`` (the component), ``unit`` and ``call`` (the oracle call wi
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 from pathlib import Path
@@ -24,6 +25,8 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence
 import numpy as np
 import torch
 
+from . import _disk
+from ._disk import finish_dataset_dict, quiet_datasets
 from ._io import PathLike, read_json, write_json_atomic
 
 __all__ = ["QueryStore", "transfer_features", "STORE_DTYPES"]
@@ -155,8 +158,6 @@ class QueryStore:
             self._flush(unit)
 
     def _flush(self, unit: _Unit) -> None:
-        from ._disk import write_arrow_shard
-
         if not unit.buffered:
             return
         cols = {k: np.concatenate([b[k] if k in b else _default(k, b, self.num_classes) for b in unit.buffer])
@@ -166,7 +167,14 @@ class QueryStore:
         cols.update(source=[source] * n, unit=[unit.name] * n)
         unit.folder.mkdir(parents=True, exist_ok=True)
         name = f"data-{unit.name}-{len(unit.files):04d}.arrow"
-        write_arrow_shard(unit.folder / name, cols, self.features)
+        try:
+            _disk.write_arrow_shard(unit.folder / name, cols, self.features)
+        except OSError as err:
+            if err.errno != errno.ENOSPC:
+                raise
+            raise OSError(errno.ENOSPC, f"no space left on the device of the query store {str(self.out)!r}: the "
+                                        f"{len(self.committed())} units committed so far are kept; free some space and "
+                                        f"rerun the same command to continue") from err
         unit.files.append(name)
         unit.rows += n
         unit.buffer, unit.buffered = [], 0
@@ -191,8 +199,6 @@ class QueryStore:
 
     def finish(self, card: str) -> Any:
         """Writes the ``DatasetDict`` index over every committed unit (in name order) and returns the ``train`` split."""
-        from ._disk import finish_dataset_dict, quiet_datasets
-
         units = self.committed()
         files = [f for name in sorted(units) for f in units[name]["files"]]
         finish_dataset_dict(self.out, files, self.features, f"{len(files):08d}{sum(u['rows'] for u in units.values())}",

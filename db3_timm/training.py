@@ -29,7 +29,7 @@ from ._io import PathLike, write_json_atomic
 from ._preprocess import PixelTransform
 
 __all__ = [
-    "kd_loss", "kd_loss_terms", "split_kd_target", "DB3DistillationTask", "fit", "evaluate", "predict_proba",
+    "kd_loss", "kd_loss_terms", "split_kd_target", "DB3DistillationTask", "fit", "evaluate",
     "TensorDictDataset", "TrainConfig", "TrainResult", "make_accelerator", "train", "evaluate_accuracy",
     "adapted_batch_size", "find_checkpoint", "test_accuracy",
 ]
@@ -271,16 +271,6 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, ba
         pred = model(norm(images[start:start + batch_size].to(device))).argmax(1)
         correct += int((pred.cpu() == labels[start:start + batch_size]).sum())
     return correct / max(1, images.shape[0])
-
-
-@torch.inference_mode()
-def predict_proba(model: nn.Module, images: torch.Tensor, *, batch_size: int = 2048) -> torch.Tensor:
-    """Returns ``model``'s class probabilities ``(N, C)`` for pixel-space ``images`` (on the CPU)."""
-    model.eval()
-    device = next(model.parameters()).device
-    norm = PixelTransform.for_model(model, resize_to_model="fixed")
-    return torch.cat([model(norm(images[s:s + batch_size].to(device))).float().softmax(1).cpu()
-                      for s in range(0, images.shape[0], batch_size)])
 
 
 # ---------------------------------------------------------------------- data

@@ -302,3 +302,56 @@ def test_cli_serve_subprocess(tmp_path, model):
         proc.terminate()
         out, _ = proc.communicate(timeout=20)
     assert "/v2/models/lenet5_fifth/infer" in out and "MY_TOKEN" in out and TOKEN not in out
+
+
+# ---------------------------------------------------------------------- bad input: one line, before any query
+def test_bad_outputs_ports_and_weights_are_one_line_errors(tmp_path, local_teacher, capsys):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    base = ["label", "--teacher", f"local-dir:{local_teacher}", "--data", "digits", "--labeler", "sd"]
+    for argv, words in ((base + ["--out", str(afile)], f"argument --out/--output-dir: '{afile}' is a file"),
+                        (["serve", "--model", "lenet5", "--port", "99999"], "must be a port number in [0, 65535]")):
+        with pytest.raises(SystemExit) as exc:
+            cli_main(argv)
+        assert exc.value.code == 2 and words in capsys.readouterr().err
+    weights = tmp_path / "w.safetensors"
+    weights.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\":")  # truncated
+    with pytest.raises(SystemExit) as exc:
+        cli_main(["label", "--teacher", "lenet5_fifth", "--teacher-checkpoint", str(weights), "--data", "digits",
+                  "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "argument --teacher: cannot load 'lenet5_fifth'" in err and "w.safetensors" in err
+
+
+def test_another_generation_into_the_same_folder_is_refused_before_any_query(tmp_path, local_teacher, capsys):
+    argv = ["generate", "--teacher", f"local-dir:{local_teacher}", "--samples-per-class", "1", "--iterations", "1",
+            "--queries-per-iteration", "20", "--labeler", "sd", "--max-init-queries", "3000", "--no-progress",
+            "--out", str(tmp_path / "zs")]
+    assert cli_main(argv) == 0
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        cli_main(argv + ["--iterations", "2"])  # the later flag wins
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "holds a job with other settings" in err and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_sigterm_mid_labelling_keeps_an_honest_manifest(tmp_path, local_teacher):
+    import signal
+
+    out = tmp_path / "labels"
+    cmd = [sys.executable, "-m", "db3_timm.cli", "label", "--teacher", f"local-dir:{local_teacher}", "--data", "digits",
+           "--labeler", "mbd", "--queries-per-target", "400", "--references-per-class", "2", "--shard-size", "8",
+           "--no-progress", "--out", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.monotonic() + 120
+    while not list((out / "shards").glob("shard-*.json")) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM and "Traceback" not in err
+    manifest = read_manifest(out)
+    assert manifest["queries"]["aborted"] > 0  # the interrupted shard's spending is on the record
+    assert manifest["queries"]["total"] == (manifest["queries"]["reference_check"] + manifest["queries"]["shards"]
+                                            + manifest["queries"]["aborted"])

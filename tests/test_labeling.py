@@ -349,3 +349,52 @@ def test_two_processes_equal_one_process(tmp_path):
         assert m["queries"]["total"] == read_manifest(tmp_path / "one" / name)["queries"]["total"]
         records = [json.loads((tmp_path / "two" / name / "shards" / f"{s['name']}.json").read_text()) for s in m["shards"]]
         assert all(r["process"] == r["shard"] % 2 for r in records)
+
+
+# ---------------------------------------------------------------------- damaged folders, other teachers, two runs
+def test_resuming_with_another_teacher_is_refused(tmp_path):
+    x, refs, ref_labels = _data()
+    oracle = _oracle(query_log=FailAfter(calls=3))
+    with pytest.raises(KeyboardInterrupt):
+        label_dataset(_labeler(oracle), x, tmp_path, references=refs, dataset_labels=ref_labels, shard_size=SHARD,
+                      progress=False)
+    g = torch.Generator().manual_seed(9)
+    other = _oracle(AffineNet(torch.randn(4, 48, generator=g), torch.randn(4, generator=g)))
+    with pytest.raises(ConfigMismatchError, match="teacher"):
+        label_dataset(_labeler(other), x, tmp_path, references=refs, dataset_labels=ref_labels, shard_size=SHARD,
+                      progress=False)
+    assert other.queries == 0
+
+
+def test_a_second_run_into_the_same_folder_is_refused_while_the_first_runs(tmp_path):
+    from db3_timm._io import RunLockedError, run_lock
+
+    x, refs, ref_labels = _data()
+    with run_lock(tmp_path, "labelling run"):  # another process labelling into the folder right now
+        with pytest.raises(RunLockedError, match="another labelling run is writing into"):
+            label_dataset(_labeler(_oracle()), x, tmp_path, shard_size=SHARD, progress=False)
+
+
+def test_a_damaged_shard_is_never_trusted_and_is_labelled_again(tmp_path):
+    x, refs, ref_labels = _data()
+    whole = _columns(label_dataset(_labeler(_oracle()), x, tmp_path, references=refs, dataset_labels=ref_labels,
+                                   shard_size=SHARD, progress=False))  # in memory: the files are about to change
+    data = sorted((tmp_path / "train").glob("data-*.arrow"))[1]
+    raw = bytearray(data.read_bytes())
+    raw[-100] ^= 0xFF  # one flipped bit in the data
+    data.write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match="data-shard-00001.arrow' is damaged"):
+        load_labeled_dataset(tmp_path)
+    oracle = _oracle()
+    with pytest.warns(UserWarning, match="shard-00001.json' \(or its data file\) is damaged"):
+        again = label_dataset(_labeler(oracle), x, tmp_path, references=refs, dataset_labels=ref_labels,
+                              shard_size=SHARD, progress=False)
+    assert all(torch.equal(whole[k], v) for k, v in _columns(again).items())
+    assert oracle.queries == SHARD  # only the damaged shard was asked again (sd: one label query per image)
+
+
+@pytest.mark.parametrize("content", ["[1, 2]", "{\"format\": 3", ""])
+def test_a_damaged_manifest_is_named(tmp_path, content):
+    (tmp_path / "manifest.json").write_text(content)
+    with pytest.raises(ValueError, match="manifest.json"):
+        read_manifest(tmp_path)

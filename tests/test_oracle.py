@@ -187,3 +187,57 @@ def test_hf_hub_teacher_loads_offline_from_cache(tmp_path, trained_like_lenet):
     assert run.returncode == 0, run.stderr
     assert torch.equal(torch.load(tmp_path / "y.pt"), expected)
     assert "UNAVAILABLE" in run.stdout and "local-dir:PATH" in run.stdout and "not-cached" in run.stdout
+
+
+# ---------------------------------------------------------------------- hostile inputs and concurrency
+def test_the_budget_holds_under_concurrent_calls(affine_net):
+    import threading
+
+    oracle = LabelOracle.from_module(affine_net, input_size=(3, 4, 4), budget=100)
+    refused = []
+
+    def worker():
+        for _ in range(10):
+            try:
+                oracle(torch.rand(5, 3, 4, 4))
+            except QueryBudgetExceeded:
+                refused.append(1)
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert oracle.queries == 100 and len(refused) == 80 - 20  # exactly the budget, never more
+
+
+def test_a_short_answer_is_counted_as_spent():
+    oracle = LabelOracle.from_callable(lambda x: torch.zeros(len(x) - 1, dtype=torch.long), num_classes=3)
+    with pytest.raises(ValueError, match=r"teacher returned labels of shape \(4,\), expected \(5,\)"):
+        oracle(torch.rand(5, 1, 2, 2))
+    assert oracle.queries == 5  # the batch was sent and paid for
+
+
+@pytest.mark.parametrize("budget", [float("nan"), float("inf"), True, -1, 2.5])
+def test_nonsense_budgets_are_refused(affine_net, budget):
+    with pytest.raises(ValueError, match="budget must be a non-negative integer or None"):
+        LabelOracle.from_module(affine_net, input_size=(3, 4, 4), budget=budget)
+
+
+def test_saved_accounting_is_checked_and_never_lifts_a_budget(affine_net):
+    oracle = LabelOracle.from_module(affine_net, input_size=(3, 4, 4), budget=50)
+    with pytest.raises(ValueError, match="queries must be an integer at least 0, got -3"):
+        oracle.load_state_dict({"queries": -3, "budget": 50})
+    oracle.load_state_dict({"queries": 7, "budget": None})
+    assert oracle.queries == 7 and oracle.budget == 50
+
+
+@pytest.mark.parametrize("x, words", [
+    (torch.rand(2, 3, 0, 4), "empty dimension"),
+    (torch.empty(2, 3, 4, 4, device="meta"), "meta tensor"),
+])
+def test_degenerate_images_are_named(affine_net, x, words):
+    oracle = LabelOracle.from_module(affine_net, input_size=(3, 4, 4))
+    with pytest.raises(ValueError, match=words):
+        oracle(x)
+    assert oracle.queries == 0

@@ -79,3 +79,17 @@ def test_the_manifest_names_the_prior_by_its_weights_and_refuses_another_on_resu
     assert read_manifest(tmp_path)["config"]["labeler"]["prior"] == cfg
     with pytest.raises(ConfigMismatchError, match="labeler.prior.weights"):
         label_dataset(create_labeler("mbd", oracle, queries_per_target=40, prior=wrong), x[:3], tmp_path, **kw)
+
+
+@pytest.mark.parametrize("arch", ["resnet10t", "mobilenetv3_small_050"])
+def test_a_surrogate_with_batchnorm_is_fingerprinted(arch):
+    import timm
+
+    from db3_timm.labelers.prior import SurrogatePrior
+
+    model = timm.create_model(arch, num_classes=10, in_chans=1)
+    described = SurrogatePrior(model).describe()  # 0-dim BatchNorm counters included
+    assert described["weights"].startswith("sha256:")
+    with torch.no_grad():
+        next(model.parameters()).add_(1.0)
+    assert SurrogatePrior(model).describe()["weights"] != described["weights"]

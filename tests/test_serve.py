@@ -379,3 +379,89 @@ def test_server_down_mid_labelling_resumes(tmp_path, model):
         s2.stop()
     a, b = whole.with_format("torch")[:], resumed.with_format("torch")[:]
     assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ---------------------------------------------------------------------- hostile servers and URLs
+class _Redirector:
+    """A plain HTTP server answering every request with a redirect to ``target`` and remembering the headers it saw."""
+
+    def __init__(self, status, target):
+        import http.server
+
+        seen = self.seen = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _answer(self):
+                seen.append(dict(self.headers))
+                self.send_response(status)
+                self.send_header("Location", target)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            do_GET = do_POST = _answer
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_port}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def stop(self):
+        self.httpd.shutdown()
+
+
+def test_the_token_never_follows_a_redirect_to_another_origin():
+    thief = _Redirector(200, "/")  # the other origin: it must never see the token
+    redirect = _Redirector(302, f"{thief.url}/v2/models/{NAME}")
+    try:
+        with pytest.raises(RemoteOracleError, match="refused to follow a 302 redirect of a GET request"):
+            LabelOracle.from_url(redirect.url, NAME, token=TOKEN, retries=0)
+        assert thief.seen == [] and redirect.seen[0]["Authorization"] == f"Bearer {TOKEN}"
+    finally:
+        thief.stop()
+        redirect.stop()
+
+
+def test_a_post_is_never_redirected_into_a_get(model):
+    s = Server(_app(model))
+    redirect = _Redirector(307, f"{s.url}/v2/models/{NAME}/infer")
+    try:
+        predictor = RemotePredictor(redirect.url, NAME, retries=0, input_size=(1, 28, 28))
+        with pytest.raises(RemoteOracleError, match="refused to follow a 307 redirect of a POST request"):
+            predictor(_images(2))
+    finally:
+        redirect.stop()
+        s.stop()
+
+
+def test_credentials_never_appear_in_names_or_errors():
+    with pytest.raises(ValueError, match="credentials in the URL") as info:
+        LabelOracle.from_url("http://user:hunter2@127.0.0.1:9/v2/models/m")
+    assert "hunter2" not in str(info.value)
+    predictor = RemotePredictor("http://127.0.0.1:9/?api_key=hunter2", "m", retries=0)
+    assert "hunter2" not in repr(predictor) and predictor.public_url == "http://127.0.0.1:9/?api_key=***"
+    with pytest.raises(RemoteOracleError) as info:
+        predictor.metadata()
+    assert "hunter2" not in str(info.value)
+
+
+def test_a_retried_request_is_answered_from_memory_and_charged_once(model):
+    s = Server(_app(model, quota=4, quota_window=3600))
+    try:
+        x = _images(4)
+        body = json.loads(_payload(x))
+        body["id"] = "request-1"
+        first = _post(f"{s.url}/v2/models/{NAME}/infer", json.dumps(body).encode(), token=None)
+        again = _post(f"{s.url}/v2/models/{NAME}/infer", json.dumps(body).encode(), token=None)
+        assert first[0] == again[0] == 200 and first[1] == again[1] and first[1]["id"] == "request-1"
+        body["id"] = "request-2"  # a new request: the quota was spent once, by the first
+        assert _post(f"{s.url}/v2/models/{NAME}/infer", json.dumps(body).encode(), token=None)[0] == 429
+    finally:
+        s.stop()
+
+
+def test_retry_after_that_is_not_a_time_is_ignored():
+    from db3_timm.remote import _retry_after
+
+    assert _retry_after("nan") is None and _retry_after("inf") is None and _retry_after("2") == 2.0

@@ -99,3 +99,33 @@ def test_answers_outside_a_unit_are_kept_as_their_own_unit(tmp_path):
         oracle(_images(3))
     (name, record), = store.committed().items()
     assert name.startswith("loose-") and record["rows"] == 3
+
+
+def test_a_full_disk_fails_clearly_and_keeps_the_committed_units(tmp_path, monkeypatch):
+    import errno
+
+    from db3_timm import _disk
+
+    oracle = _oracle()
+    store = _store(tmp_path / "s", flush_rows=8)
+    x = _images(24)
+    real_write = _disk.write_arrow_shard
+    with store.attached(oracle):
+        with store.unit("mixes-00000"):
+            oracle(x[:8])
+        committed = dict(store.committed())
+
+        def full(*args, **kwargs):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        monkeypatch.setattr(_disk, "write_arrow_shard", full)
+        with pytest.raises(OSError, match="no space left on the device of the query store .* the 1 units committed so far "
+                                          "are kept; free some space and rerun"):
+            with store.unit("mixes-00001"):
+                oracle(x[8:])
+        assert store.committed() == committed and not (tmp_path / "s" / "pending" / "mixes-00001").exists()
+        monkeypatch.setattr(_disk, "write_arrow_shard", real_write)
+        with store.unit("mixes-00001"):  # space freed: the rerun finishes the job
+            oracle(x[8:])
+    rows = store.finish("card").with_format("torch")[:]
+    assert torch.equal(rows["image"], x)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import signal
 import sys
 from typing import List, Optional
@@ -83,7 +84,7 @@ def _add_push_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--num-classes", type=opt.int_at_least(2), metavar="N")
     p.add_argument("--name", metavar="NAME", help="model name in the URL (default: the last part of --model)")
     p.add_argument("--host", default="127.0.0.1", help="bind address")
-    p.add_argument("--port", type=opt.int_at_least(0), default=8000)
+    p.add_argument("--port", type=opt.port, default=8000)
     p.add_argument("--token-env", metavar="VAR", help="require the bearer token held in environment variable VAR")
     p.add_argument("--max-batch-size", type=opt.int_at_least(1), default=1024, metavar="N")
     p.add_argument("--quota", type=opt.int_at_least(1), metavar="Q", help="queries per client per --quota-window")
@@ -141,6 +142,9 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(f"db3 {args.command}: {err}. Finished work is kept in the output folder; rerun the same command "
                   f"with a larger --budget to resume.", file=sys.stderr)
             return 3
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EACCES, errno.EROFS):
+            print(f"db3 {args.command}: {err.strerror or err}", file=sys.stderr)
+            return 1
         raise
     finally:
         if previous is not None:

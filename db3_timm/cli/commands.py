@@ -153,7 +153,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     import json
 
     from .._io import write_json_atomic
-    from ..transfer.build import generate_zero_shot
+    from ..transfer.build import ConfigMismatchError, generate_zero_shot
     from ..transfer.plan import BudgetTooSmallError
 
     oracle = _teacher(args)
@@ -172,6 +172,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
                                       progress=not args.no_progress)
     except BudgetTooSmallError as err:
         args.parser_error(f"argument --budget: {err}")
+    except ConfigMismatchError as err:
+        args.parser_error(f"argument --out: {err}")
     gen = json.loads((Path(args.out) / "generation.json").read_text())
     sources = {}
     for src in transfer.rows["source"]:
@@ -194,6 +196,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 def cmd_distill(args: argparse.Namespace) -> int:
     """``db3 distill``: plan, label, train and write a student with its card."""
     from ..pipeline import DistillConfig, distill_student, measure_throughput, plan_queries
+    from ..transfer.build import ConfigMismatchError
     from ..transfer.plan import BudgetTooSmallError
 
     opt.require(args.parser, args, "teacher", "student", "out")
@@ -232,6 +235,8 @@ def cmd_distill(args: argparse.Namespace) -> int:
             prior=prior)
     except BudgetTooSmallError as err:
         args.parser_error(f"argument --budget: {err}")
+    except ConfigMismatchError as err:
+        args.parser_error(f"argument --out: {err}")
     print(f"queries: {_queries_line(result.queries)}")
     if result.test_accuracy is not None:
         teacher = "" if result.teacher_accuracy is None else f" (teacher {result.teacher_accuracy:.2%})"

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 __all__ = [
-    "Formatter", "int_at_least", "number", "json_object", "shape", "model_spec", "existing_file", "labeler_name",
+    "Formatter", "int_at_least", "number", "json_object", "shape", "model_spec", "existing_file", "labeler_name", "out_dir",
     "CONFIG_SECTIONS", "load_config", "parse_with_config", "require", "add_teacher", "add_data", "add_labeling",
     "add_zero_shot", "add_training", "add_accelerate", "add_distill", "add_job", "labeling_config", "zero_shot_config", "train_config",
 ]
@@ -54,6 +54,14 @@ def number(low: Optional[float] = None, *, low_open: bool = False, high: Optiona
 
     parse.__name__ = "number"
     return parse
+
+
+def port(text: str) -> int:
+    """Returns a TCP port number (0: any free port)."""
+    value = int_at_least(0)(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number in [0, 65535], got {text!r}")
+    return value
 
 
 def json_object(text: str) -> Dict[str, Any]:
@@ -106,6 +114,21 @@ def existing_file(text: str) -> str:
     if not Path(text).expanduser().is_file():
         raise argparse.ArgumentTypeError(f"file not found: {text!r}")
     return str(Path(text).expanduser())
+
+
+def out_dir(text: str) -> str:
+    """Returns a folder path that is, or can become, a writable folder (checked before any query)."""
+    import os
+
+    path = Path(text).expanduser()
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} is a file, not a folder")
+    probe = path
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise argparse.ArgumentTypeError(f"cannot write into {str(probe)!r} (to create {text!r}): no permission")
+    return str(path)
 
 
 def labeler_name(text: str) -> str:
@@ -294,7 +317,8 @@ def add_distill(p: argparse.ArgumentParser) -> None:
                         "labels from --labeler), db3 (the same, every probe answer trained on too), hard (labels only), "
                         "mixes; zsdb3 without images")
     p.add_argument("--dry-run", action="store_true", help="print the plan and the estimated time, then stop")
-    p.add_argument("--out", "--output-dir", dest="out", metavar="DIR", help="output folder (model/ is the student)")
+    p.add_argument("--out", "--output-dir", dest="out", type=out_dir, metavar="DIR",
+                   help="output folder (model/ is the student)")
     add_data(p)
     add_labeling(p, transfer_dir=True)
     add_zero_shot(p)
@@ -306,7 +330,7 @@ def add_job(p: argparse.ArgumentParser) -> None:
     """``--seed``, ``--no-progress`` and the required ``--out`` of a job that writes one folder."""
     p.add_argument("--seed", type=int_at_least(0), default=0)
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    p.add_argument("--out", "--output-dir", dest="out", required=True, metavar="DIR", help="output folder")
+    p.add_argument("--out", "--output-dir", dest="out", required=True, type=out_dir, metavar="DIR", help="output folder")
 
 
 # ---------------------------------------------------------------------- to the library's dataclasses

@@ -52,11 +52,11 @@ class SourceContext:
         return self.store.image_shape
 
     def run_units(self, source: str, total: int, per_unit: int, work: Callable[[int, int, torch.Generator], None],
-                  *, split: bool = False, unit: str = "queries", first: int = 0) -> int:
+                  *, split: bool = False, unit: str = "queries") -> int:
         """Runs ``work(k, size, generator)`` for each unit of ``source`` not committed yet; returns its queries.
 
-        The ``total`` is cut into units of ``per_unit`` (the last one shorter), numbered from ``first``; each
-        unit's rows are committed when it returns. With several processes, the main process runs every unit, or with ``split`` process ``p``
+        The ``total`` is cut into units of ``per_unit`` (the last one shorter); each unit's rows are committed
+        when it returns. With several processes, the main process runs every unit, or with ``split`` process ``p``
         runs the units ``k`` with ``k % P == p``; all wait for each other at the end.
         """
         from tqdm.auto import tqdm
@@ -68,7 +68,7 @@ class SourceContext:
         mine = (lambda k: k % procs == rank) if split else (lambda k: rank == 0)  # unsplit work: the main process
         bar = tqdm(total=total, desc=source, unit=unit[:-1] if unit.endswith("s") else unit, dynamic_ncols=True,
                    disable=not (self.progress and rank == 0) or not total)
-        for k, size in enumerate(sizes, start=first):
+        for k, size in enumerate(sizes):
             name = f"{source}-{k:05d}"
             if name not in done and mine(k):
                 with self.store.unit(name):

@@ -12,7 +12,7 @@ they ask:
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, Optional
+from typing import Any, Dict
 
 import torch
 import torch.nn.functional as F
@@ -21,7 +21,7 @@ from .._checks import check_int, check_number
 from .._registry import register_source
 from .base import Source, SourceContext
 
-__all__ = ["HardLabels", "Mixes", "BoundaryPairs", "Augment", "ActiveSelection", "teacher_labels"]
+__all__ = ["HardLabels", "Mixes", "BoundaryPairs", "Augment", "teacher_labels"]
 
 
 def _need_images(ctx: SourceContext, name: str) -> torch.Tensor:
@@ -212,92 +212,4 @@ class Augment(Source):
         gain = (1 + r[:, 4] * self.contrast).view(-1, 1, 1, 1)
         mean = out.mean((1, 2, 3), keepdim=True)
         return ((out - mean) * gain + mean + r[:, 5].view(-1, 1, 1, 1) * self.contrast * 0.25).clamp(0, 1)
-
-
-@register_source(name="active")
-class ActiveSelection(Source):
-    """Asks where a proxy student is least sure: each round, a proxy trained on every answer so far scores many
-    free candidates (augmented mixes of the images); the most uncertain ones are asked.
-
-    Args:
-        rounds: rounds the budget is split over (the proxy is retrained before each).
-        pool: candidates scored per query asked.
-        explore: share of each round's queries drawn at random among the candidates (the rest: most uncertain).
-        proxy: timm architecture of the proxy (default: the job's student).
-        proxy_samples: training samples the proxy sees per round.
-        augment: :class:`Augment` options for the candidates.
-        unit_size: queries per unit.
-    """
-
-    name = "active"
-
-    def __init__(self, rounds: int = 4, pool: int = 8, explore: float = 0.25, proxy: Optional[str] = None,
-                 proxy_samples: int = 200_000, augment: Any = True, unit_size: int = 8192):
-        self.rounds = check_int("rounds", rounds, 1)
-        self.pool = check_int("pool", pool, 1)
-        self.explore = check_number("explore", explore, low=0, high=1)
-        self.proxy, self.proxy_samples = proxy, check_int("proxy_samples", proxy_samples, 1)
-        self.candidates = Mixes(augment=augment)
-        self.unit_size = check_int("unit_size", unit_size, 1)
-
-    def config(self) -> Dict[str, Any]:
-        return {"source": self.name, "rounds": self.rounds, "pool": self.pool, "explore": self.explore,
-                "proxy": self.proxy, "proxy_samples": self.proxy_samples, "candidates": self.candidates.config()}
-
-    def run(self, ctx: SourceContext, queries: int) -> int:
-        images = _need_images(ctx, self.name)
-        per_round = -(-queries // self.rounds)
-        units_per_round = -(-per_round // self.unit_size)
-        for r in range(self.rounds):
-            size = min(per_round, queries - r * per_round)
-            if size <= 0:
-                break
-            first = r * units_per_round
-            proxy = None
-
-            def work(k: int, n: int, generator: torch.Generator) -> None:
-                nonlocal proxy
-                proxy = proxy or self._proxy(ctx, images, first)
-                ctx.oracle(self._select(proxy, images, n, generator))
-
-            ctx.run_units(self.name, size, self.unit_size, work, first=first)
-        return sum(rec["queries"] for name, rec in ctx.store.committed().items() if name.rsplit("-", 1)[0] == self.name)
-
-    def _proxy(self, ctx: SourceContext, images: torch.Tensor, first: int) -> torch.nn.Module:
-        """The proxy of the round starting at unit ``first``: trained on every row committed before that round
-        (so a resumed run trains the same proxy)."""
-        import datasets
-        import timm
-
-        from .._disk import read_columns
-        from ..training import fit
-
-        files = [str(ctx.store.out / "train" / f) for name, rec in sorted(ctx.store.committed().items())
-                 if not (name.rsplit("-", 1)[0] == self.name and int(name.rsplit("-", 1)[1]) >= first)
-                 for f in rec["files"]]
-        cols = read_columns(datasets.concatenate_datasets([datasets.Dataset.from_file(f) for f in files]), ["image", "label"])
-        arch = self.proxy or ctx.extra.get("student") or "lenet5_half"
-        torch.manual_seed(ctx.seed + first)
-        model = timm.create_model(arch, num_classes=ctx.num_classes, in_chans=int(images.shape[1]))
-        epochs = max(1, min(30, self.proxy_samples // max(1, len(cols["label"]))))
-        return fit(model, cols["image"], cols["label"], epochs=epochs, batch_size=256, lr=2e-3, seed=ctx.seed + first)
-
-    def _select(self, proxy: torch.nn.Module, images: torch.Tensor, n: int, generator: torch.Generator) -> torch.Tensor:
-        from ..training import predict_proba
-
-        pick = torch.randint(0, len(images), (2, n * self.pool), generator=generator)
-        lam = torch.rand(n * self.pool, 1, 1, 1, generator=generator)
-        aug = self.candidates.augment
-        a, b = images[pick[0]], images[pick[1]]
-        if aug is not None:
-            a, b = aug.apply(a, generator), aug.apply(b, generator)
-        cand = torch.lerp(b, a, lam)
-        p = predict_proba(proxy, cand)
-        entropy = -(p * p.clamp_min(1e-12).log()).sum(1)
-        n_random = int(round(self.explore * n))
-        order = entropy.argsort(descending=True)
-        chosen = order[: n - n_random]
-        rest = order[n - n_random:]
-        chosen = torch.cat([chosen, rest[torch.randperm(len(rest), generator=generator)[:n_random]]])
-        return cand[chosen]
 

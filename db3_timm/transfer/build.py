@@ -17,7 +17,7 @@ import torch
 
 from .._checks import check_int
 from .._disk import dataset_card, is_dataset_dict, quiet_datasets, read_columns
-from .._io import PathLike, canonical, config_diff, read_json, tensor_fingerprint, write_json_atomic
+from .._io import ConfigMismatchError, PathLike, canonical, config_diff, read_json, tensor_fingerprint, write_json_atomic
 from .._registry import create_generator, create_labeler
 from ..oracle import LabelOracle
 from ..sources.base import SourceContext
@@ -216,10 +216,6 @@ def generate_zero_shot(oracle: LabelOracle, out_dir: PathLike, zero_shot: ZeroSh
     plan.check()
     return build_transfer_set(oracle, plan, out_dir, class_names=class_names, seed=seed, accelerator=accelerator,
                               progress=progress)
-
-
-class ConfigMismatchError(ValueError):
-    """Raised when ``out_dir`` holds a job made with other settings (another teacher, plan, images or seed)."""
 
 
 def _check_job(out: Path, job: Dict[str, Any], write: bool) -> None:

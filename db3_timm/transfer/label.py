@@ -38,8 +38,8 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 import torch
 
 from .._distributed import process_state
-from .._io import (PathLike, canonical, config_diff, digest, read_json, run_lock, save_safetensors_atomic,
-                   tensor_fingerprint, write_json_atomic)
+from .._io import (ConfigMismatchError, PathLike, canonical, config_diff, digest, read_json, run_lock,
+                   save_safetensors_atomic, tensor_fingerprint, write_json_atomic)
 from ..labelers.base import Labeler, References
 from ..version import __version__
 from .._disk import SPLIT, ShardedDataset, dataset_card, is_dataset_dict, quiet_datasets
@@ -65,10 +65,6 @@ FORMAT = "db3-labeled-dataset"
 _FORMAT_VERSION = 2
 _ABORTED = "aborted"
 _MASK64 = (1 << 64) - 1
-
-
-class ConfigMismatchError(ValueError):
-    """Raised when ``out_dir`` holds a run made with different settings than the current call."""
 
 
 class IncompleteLabelingError(RuntimeError):
@@ -486,16 +482,28 @@ def label_dataset(
     return load_labeled_dataset(run.out)
 
 
-def load_labeled_dataset(out_dir: PathLike) -> Any:
+def load_labeled_dataset(out_dir: PathLike, *, verify: bool = True) -> Any:
     """Returns the ``train`` split of a finished :func:`label_dataset` run (memory-mapped, ordered by ``index``).
+
+    With ``verify``, every shard's checksum is compared with its record first: damaged data is never trusted.
 
     Raises:
         IncompleteLabelingError: some shards are missing (rerun the same command to resume).
+        ValueError: a shard is damaged (the message names it; rerunning the labelling labels it again).
     """
     import datasets
 
     out = Path(out_dir)
     manifest = read_manifest(out)
+    if verify and manifest.get("complete"):
+        from .._io import file_sha256
+
+        for record in manifest.get("shards", []):
+            shard = read_json(out / "shards" / f"{record['name']}.json", "shard record")
+            data = out / SPLIT / f"data-{record['name']}.arrow"
+            if not data.is_file() or file_sha256(data) != shard["sha256"]:
+                raise ValueError(f"{str(data)!r} is damaged or missing (its checksum does not match its record); rerun "
+                                 f"the labelling command with this folder to label that shard again")
     if not manifest.get("complete") or not is_dataset_dict(out):
         missing = manifest.get("num_shards", 0) - manifest.get("num_finished_shards", 0)
         raise IncompleteLabelingError(
