@@ -59,6 +59,7 @@ class _Unit:
         self.buffer: List[Dict[str, np.ndarray]] = []
         self.buffered = self.rows = self.calls = self.queries = 0
         self.files: List[str] = []
+        self.checks: List[tuple] = []  # (bytes, sha256) per file
 
 
 class QueryStore:
@@ -87,13 +88,30 @@ class QueryStore:
             shutil.rmtree(self.out / "pending", ignore_errors=True)  # left by a killed job: never committed
 
     # ------------------------------------------------------------------ units
-    def committed(self) -> Dict[str, Dict[str, Any]]:
-        """Returns ``unit name -> record`` (rows, files, queries) of every committed unit."""
+    def committed(self, verify: bool = False) -> Dict[str, Dict[str, Any]]:
+        """Returns ``unit name -> record`` (rows, files, queries) of every committed unit whose files are whole.
+
+        With ``verify``, the files' checksums are compared too, and a damaged unit's record is removed (with a
+        warning naming it): the job asks that unit again, so damaged rows are never trusted.
+        """
+        import warnings
+
+        from ._io import file_sha256
+
         records = {}
         for path in sorted((self.out / "units").glob("*.json")):
-            record = read_json(path, "store unit record")
-            if all((self.out / "train" / f).is_file() for f in record["files"]):
+            try:
+                record = read_json(path, "store unit record")
+                files = [self.out / "train" / f for f in record["files"]]
+                ok = all(f.is_file() and f.stat().st_size == size for f, size in zip(files, record["bytes"]))
+                ok = ok and (not verify or [file_sha256(f) for f in files] == record["sha256"])
+            except (ValueError, KeyError, TypeError, OSError):
+                ok, record = False, None
+            if ok:
                 records[record["name"]] = record
+            elif verify:
+                warnings.warn(f"store unit {path.name} in {self.out} is damaged; it is asked again", stacklevel=2)
+                path.unlink(missing_ok=True)
         return records
 
     @contextlib.contextmanager
@@ -168,7 +186,7 @@ class QueryStore:
         unit.folder.mkdir(parents=True, exist_ok=True)
         name = f"data-{unit.name}-{len(unit.files):04d}.arrow"
         try:
-            _disk.write_arrow_shard(unit.folder / name, cols, self.features)
+            written = _disk.write_arrow_shard(unit.folder / name, cols, self.features)
         except OSError as err:
             if err.errno != errno.ENOSPC:
                 raise
@@ -176,6 +194,7 @@ class QueryStore:
                                         f"{len(self.committed())} units committed so far are kept; free some space and "
                                         f"rerun the same command to continue") from err
         unit.files.append(name)
+        unit.checks.append((written["bytes"], written["sha256"]))
         unit.rows += n
         unit.buffer, unit.buffered = [], 0
 
@@ -185,7 +204,8 @@ class QueryStore:
         for name in unit.files:  # same filesystem: renames, no copies
             os.replace(unit.folder / name, self.out / "train" / name)
         write_json_atomic(self.out / "units" / f"{unit.name}.json",
-                          {"name": unit.name, "rows": unit.rows, "queries": unit.queries, "files": unit.files})
+                          {"name": unit.name, "rows": unit.rows, "queries": unit.queries, "files": unit.files,
+                           "bytes": [b for b, _ in unit.checks], "sha256": [c for _, c in unit.checks]})
 
     # ------------------------------------------------------------------ the whole store
     @contextlib.contextmanager

@@ -104,3 +104,28 @@ def test_zero_shot_through_the_front_door(perturbed_lenet_half, tmp_path, one_th
     card = json.loads((tmp_path / "zs" / "model" / "db3.json").read_text())
     assert card["method"] == "zsdb3kd" and card["generator"] == "zsdb3" and card["queries"] == result.queries["total"]
     assert (tmp_path / "zs" / "transfer" / "grids" / "all-classes.png").is_file()
+
+
+def test_continuing_a_run_with_another_teacher_or_plan_is_refused(perturbed_lenet_half, tmp_path, one_thread):
+    from db3_timm import ConfigMismatchError
+
+    oracle, images, _ = _setup(perturbed_lenet_half, n=20)
+    distill_student(oracle, "lenet5_fifth", images, 400, tmp_path / "run", config=_config(plan="mixes", epochs=1),
+                    progress=False)
+    other = LabelOracle.from_timm_model(_perturbed_copy(perturbed_lenet_half))
+    with pytest.raises(ConfigMismatchError, match="teacher"):
+        distill_student(other, "lenet5_fifth", images, 400, tmp_path / "run", config=_config(plan="mixes", epochs=1),
+                        progress=False)
+    with pytest.raises(ConfigMismatchError, match="plan: 'mixes' -> 'default'"):
+        distill_student(oracle, "lenet5_fifth", images, 400, tmp_path / "run", config=_config(plan="default", epochs=1),
+                        progress=False)
+    assert other.queries == 0
+
+
+def _perturbed_copy(model):
+    import copy
+
+    twin = copy.deepcopy(model)
+    with torch.no_grad():
+        next(twin.parameters()).add_(0.5)
+    return twin

@@ -465,3 +465,48 @@ def test_retry_after_that_is_not_a_time_is_ignored():
     from db3_timm.remote import _retry_after
 
     assert _retry_after("nan") is None and _retry_after("inf") is None and _retry_after("2") == 2.0
+
+
+def test_a_lost_answer_is_retried_without_running_the_batch_twice(model):
+    import http.server
+    import socket as socket_module
+
+    s = Server(_app(model, quota=12, quota_window=3600))
+    forwarded = []
+
+    class DropFirstAnswer(http.server.BaseHTTPRequestHandler):
+        """A proxy that forwards every request but loses the first answer (the connection just closes)."""
+
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            req = urllib.request.Request(s.url + self.path, data=body, headers={"Content-Type": "application/json"})
+            with urllib.request.urlopen(req, timeout=10) as r:
+                answer = r.read()
+            forwarded.append(json.loads(body)["id"])
+            if len(forwarded) == 1:
+                self.connection.shutdown(socket_module.SHUT_RDWR)  # the server ran it; the client never hears
+                return
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(answer)))
+            self.end_headers()
+            self.wfile.write(answer)
+
+        def log_message(self, *args):
+            pass
+
+    proxy = http.server.ThreadingHTTPServer(("127.0.0.1", 0), DropFirstAnswer)
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    try:
+        x = _images(12)
+        oracle = LabelOracle.from_url(f"http://127.0.0.1:{proxy.server_port}", NAME, retries=2, backoff=0.01,
+                                      input_size=(1, 28, 28), num_classes=10)
+        assert torch.equal(oracle(x), LabelOracle.from_timm_model(model)(x))
+        assert len(forwarded) == 2 and forwarded[0] == forwarded[1]  # the retry carried the same request id
+        assert oracle.queries == 12  # counted once
+        # The server answered the retry from memory: the 12-image quota was charged once, so 12 more are refused.
+        assert _post(f"{s.url}/v2/models/{NAME}/infer", _payload(x), token=None)[0] == 429
+        assert _post(f"{s.url}/v2/models/{NAME}/infer", _payload(x[:1]), token=None)[0] == 429
+    finally:
+        proxy.shutdown()
+        s.stop()

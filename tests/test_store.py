@@ -129,3 +129,21 @@ def test_a_full_disk_fails_clearly_and_keeps_the_committed_units(tmp_path, monke
             oracle(x[8:])
     rows = store.finish("card").with_format("torch")[:]
     assert torch.equal(rows["image"], x)
+
+
+def test_a_damaged_unit_is_forgotten_and_asked_again(tmp_path):
+    from db3_timm.transfer.build import build_transfer_set
+    from db3_timm.transfer.plan import Plan, PlanStep
+
+    x = _images(20)
+    plan = Plan("t", [PlanStep("hard", 20, ""), PlanStep("mixes", 300, "", {"unit_size": 100})])
+    whole = build_transfer_set(_oracle(), plan, tmp_path / "t", images=x, progress=False)
+    expected = {k: v.clone() for k, v in whole.tensors().items()}
+    data = tmp_path / "t" / "train" / "data-mixes-00001-0000.arrow"
+    raw = bytearray(data.read_bytes())
+    raw[-64] ^= 0x01
+    data.write_bytes(bytes(raw))
+    oracle = _oracle()
+    with pytest.warns(UserWarning, match="store unit mixes-00001.json .* is damaged; it is asked again"):
+        again = build_transfer_set(oracle, plan, tmp_path / "t", images=x, progress=False)
+    assert oracle.queries == 100 and all(torch.equal(expected[k], v) for k, v in again.tensors().items())

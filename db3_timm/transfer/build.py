@@ -181,6 +181,7 @@ def build_transfer_set(
            "image_dtype": store.image_dtype}
     if state.process_index == 0:  # the main process records a new job first; then everyone checks against it
         _check_job(out, job, write=True)
+        store.committed(verify=True)  # a damaged unit is forgotten, so its source asks it again
     state.wait_for_everyone()
     _check_job(out, job, write=False)
     spent: Dict[str, int] = {}
