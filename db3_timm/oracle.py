@@ -357,6 +357,7 @@ class LabelOracle:
         budget: Optional[int] = None,
         max_batch_size: Optional[int] = None,
         query_log: Optional[QueryLog] = None,
+        quantize: Optional[str] = None,
         **model_kwargs: Any,
     ) -> "LabelOracle":
         """Builds a timm model (registered name, ``local-dir:PATH`` or ``hf-hub:ID``) as a label-only teacher.
@@ -370,7 +371,7 @@ class LabelOracle:
             in_chans: input channels passed to ``timm.create_model``.
             pretrained: ask timm for pretrained weights of a registered name (needs the Hub).
             device: where the teacher runs (default: CPU).
-            budget, max_batch_size, query_log: :class:`LabelOracle` options.
+            budget, max_batch_size, query_log, quantize: :class:`LabelOracle` options.
             **model_kwargs: passed on to ``timm.create_model``.
 
         Returns:
@@ -383,6 +384,7 @@ class LabelOracle:
             budget=budget,
             max_batch_size=max_batch_size,
             query_log=query_log,
+            quantize=quantize,
             name=name if checkpoint is None else f"{name}@{Path(checkpoint).name}",
         )
 

@@ -20,7 +20,7 @@ def _teacher(args: argparse.Namespace, device: Any = None) -> Any:
 
     try:
         return LabelOracle.from_timm(args.teacher, args.teacher_checkpoint, num_classes=args.num_classes,
-                                     device=device or args.device or "cpu", budget=args.budget)
+                                     device=device or args.device or "cpu", budget=args.budget, quantize=args.quantize)
     except (OSError, ValueError, RuntimeError) as err:
         args.parser_error(f"argument --teacher: cannot load {args.teacher!r}: {err}")
 

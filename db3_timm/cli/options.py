@@ -207,6 +207,8 @@ def add_teacher(p: argparse.ArgumentParser, *, required: bool = True) -> None:
     g.add_argument("--num-classes", type=int_at_least(2), metavar="N", help="teacher classifier size (default: the model's)")
     g.add_argument("--budget", type=int_at_least(0), metavar="Q", help="cap on the teacher queries of the job")
     g.add_argument("--device", help="teacher device (default: cuda if available, else cpu)")
+    g.add_argument("--quantize", choices=["uint8"], default=None,
+                   help="send every query on the 8-bit grid, as an image API receives it (stored as 8-bit images)")
 
 
 def add_data(p: argparse.ArgumentParser, *, splits: bool = True) -> None:
