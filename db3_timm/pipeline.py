@@ -8,6 +8,7 @@ a killed run where it stopped and gives the same student.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from dataclasses import asdict, dataclass, field
@@ -259,10 +260,12 @@ def distill_student(
 ) -> DistillResult:
     """Distils a timm ``student`` from a label-only teacher within ``budget`` queries.
 
-    With ``images``, they are soft-labelled by ``config.labeling`` (DB3KD); with ``images=None`` pseudo samples
-    are grown by ``config.zero_shot`` (ZSDB3KD). The student trains on the transfer set with Accelerate, picks
-    its best epoch on held-out images (with ``labels``: their dataset labels; else held-out transfer rows
-    scored against the teacher), is scored on ``test``, and is saved with its card to ``out_dir/model``.
+    ``config.plan`` decides how the budget is spent on ``images`` (:func:`~db3_timm.transfer.plan.make_plan`; by
+    default their labels, then augmentations and mixes of them); with ``images=None`` pseudo samples are grown
+    (ZSDB3KD). Every answer the teacher gives becomes a row of the transfer set. The student trains on it with
+    Accelerate, picks its best epoch on held-out images (with ``labels``: their dataset labels; else held-out
+    transfer rows scored against the teacher), is scored on ``test``, and is saved with its card to
+    ``out_dir/model``.
 
     Args:
         oracle: the label-only teacher.
@@ -297,26 +300,38 @@ def distill_student(
                         test_images=0 if test is None else len(test[0]), budget=budget, seed=seed,
                         transfer_dir=transfer_dir, with_labels=labels is not None, prior=prior)
     plan.check()
-    if budget is not None and (oracle.budget is None or oracle.budget > oracle.queries + budget):
-        oracle.budget = oracle.queries + budget  # this call never spends more than the budget
     t0, out = time.monotonic(), Path(out_dir)
     accelerator = accelerator or make_accelerator(out, seed=seed, mixed_precision=cfg.mixed_precision,
                                                   gradient_accumulation_steps=cfg.gradient_accumulation_steps, cpu=cfg.cpu)
     source = images if transfer_dir is None else Path(transfer_dir)
-    transfer, train_rows, val, val_source = _transfer(oracle, source, labels, plan, cfg, out, seed, class_names,
-                                                      accelerator, progress)
-    model, training, kind = _train_student(accelerator, student, transfer, train_rows, val, cfg, seed, out, progress)
-    accuracy = _evaluate(accelerator, model, oracle, test, cfg, out)
-    queries = {**{k: v for k, v in transfer.queries.items() if k != "total"}, **({"evaluation": accuracy[2]} if accuracy[2] else {})}
+    with _capped(oracle, budget):
+        transfer, train_rows, val, val_source = _transfer(oracle, source, labels, plan, cfg, out, seed, class_names,
+                                                          accelerator, progress)
+        model, training, kind = _train_student(accelerator, student, transfer, train_rows, val, cfg, seed, out, progress)
+        accuracy = _evaluate(accelerator, model, oracle, test, cfg, out)
+    queries = {k: v for k, v in transfer.queries.items() if k != "total"}
+    queries.update({"evaluation": accuracy[2]} if accuracy[2] else {})
     queries["total"] = sum(queries.values())
     model = accelerator.unwrap_model(model).eval()
-    results = {"student": student, "queries": queries, "train_rows": len(train_rows), "plan": transfer.info.get("steps", []), "plan_name": plan.name,
-               "transfer_rows": len(transfer.rows),
-               "validation": val_source, "accuracy_kind": kind, "test_accuracy": accuracy[0], "teacher_accuracy": accuracy[1],
+    results = {"student": student, "plan_name": plan.name, "plan": transfer.info.get("steps", []), "queries": queries,
+               "transfer_rows": len(transfer.rows), "train_rows": len(train_rows), "validation": val_source,
+               "accuracy_kind": kind, "test_accuracy": accuracy[0], "teacher_accuracy": accuracy[1],
                "training": asdict(training), "config": _jsonable(asdict(cfg)), "num_processes": accelerator.num_processes}
     card = _card(oracle, student, dataset, cfg, transfer, queries, accuracy[:2], kind, training)
     _save(accelerator, model, out, card, results, t0)
     return DistillResult(model, queries, plan, transfer, training, accuracy[0], accuracy[1], out)
+
+
+@contextlib.contextmanager
+def _capped(oracle: LabelOracle, budget: Optional[int]):
+    """Lowers the oracle's budget so this call never spends more than ``budget``; restores it afterwards."""
+    previous = oracle.budget
+    if budget is not None and (previous is None or previous > oracle.queries + budget):
+        oracle.budget = oracle.queries + budget
+    try:
+        yield
+    finally:
+        oracle.budget = previous
 
 
 def _train_student(accelerator: Any, name: str, transfer: TransferSet, rows: Any, val: Any, cfg: DistillConfig, seed: int,
