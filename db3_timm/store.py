@@ -146,9 +146,7 @@ class QueryStore:
         if unit.skip:
             return
         n = int(labels.shape[0])
-        images = images.detach().to("cpu")
-        pixels = images.mul(255).round_().clamp_(0, 255).to(torch.uint8) if self.image_dtype == "uint8" else images.float()
-        unit.buffer.append({"image": pixels.contiguous().numpy(), "label": labels.detach().cpu().long().numpy(),
+        unit.buffer.append({"image": self._pixels(images), "label": labels.detach().cpu().long().numpy(),
                             "call": np.full(n, unit.calls, dtype=np.int32)})
         unit.calls += 1
         unit.queries += n
@@ -165,15 +163,20 @@ class QueryStore:
         if unit.skip:
             return  # the unit was committed before: its rows are on disk already
         n = int(labels.shape[0])
-        pixels = images.detach().cpu()
-        pixels = pixels.mul(255).round_().clamp_(0, 255).to(torch.uint8) if self.image_dtype == "uint8" else pixels.float()
         soft = np.zeros((n, self.num_classes), np.float32) if soft_logits is None else soft_logits.detach().cpu().float().numpy()
-        unit.buffer.append({"image": pixels.contiguous().numpy(), "label": labels.detach().cpu().long().numpy(),
+        unit.buffer.append({"image": self._pixels(images), "label": labels.detach().cpu().long().numpy(),
                             "call": np.full(n, -1, dtype=np.int32), "soft_logits": soft,
                             "kd_weight": np.full(n, kd_weight if soft_logits is not None else 0.0, np.float32)})
         unit.buffered += n
         if unit.buffered >= self.flush_rows:
             self._flush(unit)
+
+    def _pixels(self, images: torch.Tensor) -> np.ndarray:
+        """Images as stored: float32 as asked, or 8-bit (exact for 8-bit queries)."""
+        images = images.detach().to("cpu")
+        if self.image_dtype == "uint8":
+            return images.mul(255).round_().clamp_(0, 255).to(torch.uint8).contiguous().numpy()
+        return images.float().contiguous().numpy()
 
     def _flush(self, unit: _Unit) -> None:
         if not unit.buffered:
