@@ -67,7 +67,7 @@ def test_db3_distill_plans_trains_writes_a_pushable_student(tmp_path, capsys):
     assert exc.value.code == 2 and f"needs up to {total:,} teacher queries but the budget is 1,000" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exc:
         cli_main(base + ["--budget", "100"])  # the default plan: 50 go to scoring the teacher, 50 < one per image
-    assert exc.value.code == 2 and "plan 'default' needs at least 91 teacher queries" in capsys.readouterr().err
+    assert exc.value.code == 2 and "plan 'default' needs at least 90 teacher queries" in capsys.readouterr().err
     assert not (tmp_path / "run" / "transfer").exists()
     assert cli_main(base + ["--budget", "3000"]) == 0
     text = capsys.readouterr().out

@@ -42,8 +42,10 @@ def test_a_budget_below_the_plan_is_refused_before_any_query(perturbed_lenet_hal
     with pytest.raises(BudgetTooSmallError, match=f"needs up to {plan.total:,} teacher queries but the budget is 1,000"):
         distill_student(oracle, "lenet5_fifth", images, 1000, tmp_path / "run", config=_config())
     # A budget-driven plan refuses what cannot even pay for one query per image.
-    with pytest.raises(BudgetTooSmallError, match="plan 'default' needs at least 61 teacher queries"):
+    with pytest.raises(BudgetTooSmallError, match="plan 'default' needs at least 60 teacher queries"):
         distill_student(oracle, "lenet5_fifth", images, 50, tmp_path / "run", config=_config(plan="default"))
+    # One query per image buys the labels: the default plan is then the hard-label plan.
+    assert [s.source for s in plan_queries(oracle, len(images), _config(plan="default"), budget=60).steps] == ["hard"]
     assert oracle.queries == spent and not (tmp_path / "run").exists()
     with pytest.raises(ValueError, match="images have 3 channel"):
         distill_student(oracle, "lenet5_fifth", torch.rand(4, 3, 28, 28), None, tmp_path / "run", config=_config())

@@ -86,8 +86,8 @@ class Plan:
 
 def _need_budget(name: str, budget: int, minimum: int) -> int:
     if budget < minimum:
-        raise BudgetTooSmallError(f"plan {name!r} needs at least {minimum:,} teacher queries (one per image, then "
-                                  f"more), but the budget is {budget:,}")
+        raise BudgetTooSmallError(f"plan {name!r} needs at least {minimum:,} teacher queries (one per image), but the "
+                                  f"budget is {budget:,}")
     return budget
 
 
@@ -154,7 +154,9 @@ def _real_steps(name: str, oracle: Any, n: int, spend: Optional[int], labeling: 
     if spend is None:  # no budget given: a modest default, printed with the plan before anything is spent
         spend = DEFAULT_QUERIES_PER_IMAGE * n
         steps[0].why += f" (no budget given: {DEFAULT_QUERIES_PER_IMAGE} queries per image in all)"
-    rest = _need_budget(name, spend, n + 1) - n
+    rest = _need_budget(name, spend, n) - n
+    if rest == 0:  # a budget of one query per image buys the labels, and that is the plan
+        return steps
     if name == "mixes":
         return steps + [PlanStep("mixes", rest, "teacher-labelled mixes of two images")]
     augment = rest // 2
