@@ -355,3 +355,15 @@ def test_sigterm_mid_labelling_keeps_an_honest_manifest(tmp_path, local_teacher)
     assert manifest["queries"]["aborted"] > 0  # the interrupted shard's spending is on the record
     assert manifest["queries"]["total"] == (manifest["queries"]["reference_check"] + manifest["queries"]["shards"]
                                             + manifest["queries"]["aborted"])
+
+
+def test_db3_label_states_its_cost_first_and_refuses_a_plan_over_budget(tmp_path, local_teacher, capsys):
+    argv = ["label", "--teacher", f"local-dir:{local_teacher}", "--data", "digits", "--limit", "20", "--labeler", "mbd",
+            "--queries-per-target", "10", "--references-per-class", "1", "--no-progress", "--out", str(tmp_path / "o")]
+    assert cli_main(argv + ["--dry-run"]) == 0
+    text = capsys.readouterr().out
+    assert re.search(r"total +1,830 ", text) and "estimated teacher time" in text  # 10 refs + 20 labels + 20*9*10
+    assert not (tmp_path / "o").exists()
+    with pytest.raises(SystemExit) as exc:
+        cli_main(argv + ["--budget", "1000"])
+    assert exc.value.code == 2 and "can spend up to 1,830 queries; the budget is 1,000" in capsys.readouterr().err

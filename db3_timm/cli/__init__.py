@@ -43,6 +43,8 @@ def _add_label(sub: argparse._SubParsersAction) -> None:
     opt.add_teacher(p)
     opt.add_data(p, splits=False)
     opt.add_labeling(p)
+    p.add_argument("--dry-run", action="store_true", help="print the most queries it can spend and the estimated time, "
+                                                          "then stop")
     opt.add_job(p)
 
 

@@ -130,6 +130,8 @@ def cmd_label(args: argparse.Namespace) -> int:
     if args.references_per_class > 0:
         idx = references_per_class(data.labels, data.num_classes, args.references_per_class)
         refs, ref_labels = data.images[idx], data.labels[idx]
+    if _label_plan(args, oracle, labeler, len(data), 0 if refs is None else len(refs), data.images, state):
+        return 0
     try:
         dataset = label_dataset(labeler, data.images, args.out, references=refs, dataset_labels=ref_labels,
                                 shard_size=args.shard_size, seed=args.seed, accelerator=state,
@@ -146,6 +148,30 @@ def cmd_label(args: argparse.Namespace) -> int:
             print(f"budget: {oracle.remaining:,} of {oracle.budget:,} queries left (this process)")
         print(f"wall time: {time.monotonic() - t0:.1f} s")
     return 0
+
+
+def _label_plan(args: argparse.Namespace, oracle: Any, labeler: Any, n: int, refs: int, images: Any, state: Any) -> bool:
+    """Prints what ``db3 label`` will spend at most; refuses a plan over ``--budget``; returns whether to stop
+    (``--dry-run``)."""
+    from ..pipeline import measure_throughput
+    from ..transfer.plan import Plan, PlanStep
+
+    qpt = int(getattr(labeler, "queries_per_target", 0)) if labeler.uses_queries else 0
+    steps = [PlanStep("reference check", refs, "the teacher's labels of the reference images"),
+             PlanStep("labels", n, "one label query per image")]
+    if qpt:
+        steps.append(PlanStep(labeler.name, n * (labeler.num_classes - 1) * qpt,
+                              f"{qpt} queries per image and other class ({labeler.num_classes - 1} classes)"))
+    plan = Plan("label", steps, args.budget)
+    rate = measure_throughput(oracle, images) if args.dry_run else None
+    if state.is_main_process:
+        print(f"plan for {n:,} images:\n{plan.describe(rate)}")
+    if args.budget is not None and plan.total > args.budget:
+        args.parser_error(f"argument --budget: labelling {n:,} images can spend up to {plan.total:,} queries; the budget "
+                          f"is {args.budget:,} (raise it, or label fewer images with --limit)")
+    if args.dry_run and state.is_main_process:
+        print(f"dry run: nothing else was asked (the throughput probe spent {oracle.queries:,} queries)")
+    return bool(args.dry_run)
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
