@@ -3,8 +3,8 @@
 A uvicorn server (:func:`db3_timm.serve.create_app`, one worker, background thread of this
 process) serves the LeNet-5 teacher on 127.0.0.1; for each batch size the same images go
 through ``LabelOracle.from_timm_model(model)`` (in-process) and
-``LabelOracle.from_url(...)`` (JSON over HTTP, one request per batch), interleaved,
-median over repeats. ``ratio`` = HTTP / in-process throughput. The teacher is the cached
+``LabelOracle.from_url(...)`` (one request per batch) over both wires -- JSON numbers, and the OIP binary
+tensor extension -- interleaved, median over repeats. ``ratio`` = HTTP / in-process throughput. The teacher is the cached
 Fashion-MNIST ``lenet5`` (:func:`benchmarks._common.fmnist_teacher`) when its cache exists,
 else a random-weight ``lenet5`` (throughput does not depend on the weights).
 
@@ -67,22 +67,25 @@ def main() -> None:
         time.sleep(0.02)
 
     local = LabelOracle.from_timm_model(model)
-    remote = LabelOracle.from_url(f"http://127.0.0.1:{port}", "lenet5", max_batch_size=max(args.batch_sizes))
+    wires = {w: LabelOracle.from_url(f"http://127.0.0.1:{port}", "lenet5", max_batch_size=max(args.batch_sizes), wire=w)
+             for w in ("json", "binary")}
     g = torch.Generator().manual_seed(0)
     rows = []
-    print(f"\n{'batch':>6} {'in-process img/s':>17} {'HTTP img/s':>11} {'ratio':>7} {'HTTP ms/request':>16}")
+    print(f"\n{'batch':>6} {'in-process img/s':>17} {'JSON img/s':>11} {'ratio':>7} {'binary img/s':>13} {'ratio':>7}")
     for bs in args.batch_sizes:
         x = torch.rand(bs, *cfg["input_size"], generator=g)
-        assert torch.equal(local(x), remote(x))
-        a, b = [], []
+        assert all(torch.equal(local(x), remote(x)) for remote in wires.values())
+        rates = {"local": [], "json": [], "binary": []}
+        callers = [("local", local), *wires.items()]
         for r in range(args.repeats):
-            order = [(local, a), (remote, b)] if r % 2 == 0 else [(remote, b), (local, a)]
-            for fn, acc_list in order:
-                acc_list.append(_rate(fn, x, args.min_seconds))
-        la, rb = statistics.median(a), statistics.median(b)
-        rows.append({"batch_size": bs, "in_process_per_s": la, "http_per_s": rb, "ratio": rb / la,
-                     "http_ms_per_request": 1000 * bs / rb})
-        print(f"{bs:>6} {la:>17,.0f} {rb:>11,.0f} {rb / la:>7.3f} {1000 * bs / rb:>16.1f}")
+            for name, fn in callers[r % 3:] + callers[:r % 3]:  # rotate the order: no fixed position advantage
+                rates[name].append(_rate(fn, x, args.min_seconds))
+        med = {k: statistics.median(v) for k, v in rates.items()}
+        rows.append({"batch_size": bs, "in_process_per_s": med["local"], "json_per_s": med["json"],
+                     "json_ratio": med["json"] / med["local"], "binary_per_s": med["binary"],
+                     "binary_ratio": med["binary"] / med["local"]})
+        print(f"{bs:>6} {med['local']:>17,.0f} {med['json']:>11,.0f} {med['json'] / med['local']:>7.3f} "
+              f"{med['binary']:>13,.0f} {med['binary'] / med['local']:>7.3f}")
     server.should_exit = True
     thread.join(10)
     result = {"machine": machine_info(), "teacher": teacher, "torch_threads": torch.get_num_threads(),

@@ -414,6 +414,7 @@ class LabelOracle:
         max_batch_size: Optional[int] = 256,
         retries: int = 3,
         backoff: float = 0.5,
+        wire: str = "auto",
         **kwargs: Any,
     ) -> "LabelOracle":
         """A teacher served over HTTP by an Open Inference Protocol v2 server (``db3 serve``, KServe, Triton).
@@ -428,6 +429,8 @@ class LabelOracle:
             timeout: seconds per HTTP request.
             max_batch_size: images per request (larger calls are chunked).
             retries, backoff: retries on connection errors, timeouts, 429 and 5xx, with exponential backoff.
+            wire: ``"binary"`` (the OIP binary tensor extension), ``"json"``, or ``"auto"``: binary when the server
+                lists the extension.
             **kwargs: other :class:`LabelOracle` options (``budget``, ``query_log``, ``num_classes``, ``input_size``, ``name``).
 
         Returns:
@@ -436,7 +439,7 @@ class LabelOracle:
         from .remote import RemotePredictor
 
         predictor = RemotePredictor(url, model, token=token, timeout=timeout, retries=retries, backoff=backoff,
-                                    input_size=kwargs.get("input_size"))
+                                    input_size=kwargs.get("input_size"), wire=wire)
         meta = predictor.describe()
         if kwargs.get("input_size") is None:
             kwargs["input_size"] = predictor.input_size = meta["input_size"]

@@ -48,6 +48,7 @@ import uuid
 import weakref
 from typing import Any, Callable, Dict, Optional, Tuple
 
+import numpy as np
 import torch
 
 from ._preprocess import resize
@@ -90,6 +91,9 @@ class RemotePredictor:
         backoff: first retry delay in seconds, doubled on each retry.
         max_backoff: cap on one delay (also on a server's ``Retry-After``).
         input_size: ``(C, H, W)`` the server expects; inputs of another ``H, W`` are resized.
+        wire: ``"binary"`` sends pixels and receives labels as binary tensor data (the OIP binary tensor extension,
+            as Triton and KServe implement it), ``"json"`` as JSON numbers; ``"auto"`` (default) takes binary when
+            the server lists ``binary_tensor_data`` among its extensions (``GET /v2``).
     """
 
     def __init__(
@@ -104,6 +108,7 @@ class RemotePredictor:
         max_backoff: float = 30.0,
         input_size: Optional[Tuple[int, int, int]] = None,
         sleep: Callable[[float], None] = time.sleep,
+        wire: str = "auto",
     ):
         url = url.rstrip("/")
         if model is None:
@@ -119,8 +124,11 @@ class RemotePredictor:
                              f"or set {TOKEN_ENV} instead")
         if int(retries) < 0 or timeout <= 0:
             raise ValueError(f"retries must be >= 0 and timeout > 0, got {retries!r}, {timeout!r}")
+        if wire not in ("auto", "json", "binary"):
+            raise ValueError(f"wire must be 'auto', 'json' or 'binary', got {wire!r}")
         self.url = url
         self.model = model
+        self.wire = wire
         self._token = token if token is not None else (os.environ.get(TOKEN_ENV) or None)
         self.timeout = float(timeout)
         self.retries = int(retries)
@@ -151,9 +159,17 @@ class RemotePredictor:
 
     # ------------------------------------------------------------------ HTTP
     def _request(self, url: str, body: Optional[bytes] = None) -> Dict[str, Any]:
-        headers = {"Accept": "application/json"}
-        if body is not None:
-            headers["Content-Type"] = "application/json"
+        """GET (or POST ``body`` as JSON to) ``url``; returns the JSON answer."""
+        raw, _ = self._send(url, body, {"Content-Type": "application/json"} if body is not None else {})
+        try:
+            return json.loads(raw)
+        except ValueError:
+            raise RemoteOracleError(f"{'POST' if body is not None else 'GET'} {public_url(url)}: the server answered "
+                                    f"invalid JSON", status=200, queries_spent=self._spent()) from None
+
+    def _send(self, url: str, body: Optional[bytes], extra_headers: Dict[str, str]) -> Tuple[bytes, Any]:
+        """One request with retries on connection errors, timeouts, 429 and 5xx; returns ``(body, headers)``."""
+        headers = {"Accept": "application/json, application/octet-stream", **extra_headers}
         if self._token:
             headers["Authorization"] = f"Bearer {self._token}"
         what = f"{'POST' if body is not None else 'GET'} {public_url(url)}"
@@ -163,12 +179,7 @@ class RemotePredictor:
             req = urllib.request.Request(url, data=body, headers=headers, method="POST" if body is not None else "GET")
             try:
                 with _OPENER.open(req, timeout=self.timeout) as resp:
-                    raw = resp.read()
-                try:
-                    return json.loads(raw)
-                except ValueError:
-                    raise RemoteOracleError(f"{what}: the server answered invalid JSON",
-                                            status=200, queries_spent=self._spent()) from None
+                    return resp.read(), resp.headers
             except urllib.error.HTTPError as err:
                 status = err.code
                 message = _error_message(err)
@@ -235,26 +246,65 @@ class RemotePredictor:
         x = x.detach().to(device="cpu", dtype=torch.float32).clamp(0.0, 1.0)
         if self.input_size is not None:
             x = resize(x, self.input_size[1:])
-        n = x.shape[0]
-        values = x.contiguous().flatten().tolist()
-        # 9 significant digits round-trip any float32 exactly and halve the body against repr()'s 17.
-        data = ",".join(["%.9g"] * len(values)) % tuple(values)
-        head = json.dumps({"name": "input", "shape": list(x.shape), "datatype": "FP32"})[:-1]
         # A fresh id per request: a retry after a lost answer carries the same id, so a server that remembers ids
         # (db3 serve does) answers it from its cache instead of running -- and charging -- the batch twice.
-        body = ('{"id":"' + uuid.uuid4().hex + '","inputs":[' + head + ',"data":[' + data
-                + ']}],"outputs":[{"name":"label"}]}').encode()
-        answer = self._request(self._infer_url, body)
+        request_id = uuid.uuid4().hex
+        if self._binary():
+            raw, headers = self._send(self._infer_url, *_binary_request(x, request_id))
+        else:
+            raw, headers = self._send(self._infer_url, _json_request(x, request_id), {"Content-Type": "application/json"})
         try:
-            outs = answer["outputs"]
-            out = next((o for o in outs if o.get("name") == "label"), outs[0])
-            labels = torch.as_tensor(out["data"])
+            labels = _labels_from(raw, headers.get("Inference-Header-Content-Length"))
         except (KeyError, IndexError, TypeError, ValueError, AttributeError, RuntimeError):
             raise RemoteOracleError("the server's answer has no 'outputs' tensor of labels",
                                     queries_spent=self._spent()) from None
-        if labels.shape != (n,):
-            labels = labels.reshape(-1)
-        return labels
+        return labels if labels.shape == (x.shape[0],) else labels.reshape(-1)
+
+    def _binary(self) -> bool:
+        """Whether to use the binary tensor extension: asked for, or (``"auto"``) the server lists it."""
+        if self.wire == "auto":
+            try:
+                extensions = self._request(f"{self.url}/v2").get("extensions", [])
+            except RemoteAuthError:
+                raise
+            except RemoteOracleError:
+                extensions = []
+            self.wire = "binary" if "binary_tensor_data" in extensions else "json"
+        return self.wire == "binary"
+
+
+def _json_request(x: torch.Tensor, request_id: str) -> bytes:
+    """The infer request with the pixels as JSON numbers (what every OIP v2 server takes)."""
+    values = x.contiguous().flatten().tolist()
+    # 9 significant digits round-trip any float32 exactly and halve the body against repr()'s 17.
+    data = ",".join(["%.9g"] * len(values)) % tuple(values)
+    head = json.dumps({"name": "input", "shape": list(x.shape), "datatype": "FP32"})[:-1]
+    return ('{"id":"' + request_id + '","inputs":[' + head + ',"data":[' + data
+            + ']}],"outputs":[{"name":"label"}]}').encode()
+
+
+def _binary_request(x: torch.Tensor, request_id: str) -> Tuple[bytes, Dict[str, str]]:
+    """The infer request with the pixels as binary tensor data (little-endian FP32) after a JSON header."""
+    blob = x.contiguous().numpy().astype("<f4", copy=False).tobytes()
+    head = json.dumps({"id": request_id, "inputs": [{"name": "input", "shape": list(x.shape), "datatype": "FP32",
+                                                     "parameters": {"binary_data_size": len(blob)}}],
+                       "outputs": [{"name": "label", "parameters": {"binary_data": True}}]}).encode()
+    return head + blob, {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(len(head))}
+
+
+def _labels_from(raw: bytes, header_length: Optional[str]) -> torch.Tensor:
+    """The ``label`` output of an infer answer, sent as JSON data or as binary data after the JSON header."""
+    blob = b""
+    if header_length is not None:
+        k = int(header_length)
+        raw, blob = raw[:k], raw[k:]
+    outs = json.loads(raw)["outputs"]
+    out = next((o for o in outs if o.get("name") == "label"), outs[0])
+    if "data" in out:
+        return torch.as_tensor(out["data"])
+    size = int(out["parameters"]["binary_data_size"])
+    dtype = {"INT64": "<i8", "INT32": "<i4", "UINT8": "u1"}[out.get("datatype", "INT64")]
+    return torch.from_numpy(np.frombuffer(blob[:size], dtype=dtype).astype(np.int64))
 
 
 def public_url(url: str) -> str:

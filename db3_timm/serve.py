@@ -89,6 +89,17 @@ def _respond(content: Any, status: int = 200, headers: Optional[Dict[str, str]] 
     return JSONResponse(content, status_code=status, headers=headers)
 
 
+def _answer(header: Dict[str, Any], blob: Optional[bytes]) -> Any:
+    """An infer answer: JSON, or the JSON header followed by binary tensor data (the OIP binary extension)."""
+    if blob is None:
+        return _respond(header)
+    from starlette.responses import Response
+
+    head = json.dumps(header).encode()
+    return Response(head + blob, media_type="application/octet-stream",
+                    headers={"Inference-Header-Content-Length": str(len(head))})
+
+
 def _error(err: _HTTPError) -> JSONResponse:
     """The ``{"error": MESSAGE}`` response for ``err``, with its status and headers."""
     return _respond({"error": err.message}, err.status, err.headers)
@@ -239,8 +250,11 @@ class _LabelServer:
             chunks.append(chunk)
         return b"".join(chunks)
 
-    def decode(self, body: bytes) -> Tuple[torch.Tensor, Optional[str]]:
-        """Parses an infer request; returns its ``(N, C, H, W)`` float32 batch and its ``id``, or raises ``400``."""
+    def decode(self, body: bytes, header_length: Optional[str] = None) -> Tuple[torch.Tensor, Optional[str], bool]:
+        """Parses an infer request (JSON, or a JSON header and binary tensors when ``header_length`` comes with it);
+        returns its ``(N, C, H, W)`` float32 batch, its ``id`` and whether the labels are asked for as binary data,
+        or raises ``400``."""
+        body, blob = self._split_binary(body, header_length)
         try:
             req = json.loads(body)
         except RecursionError:  # json's C parser recurses once per nesting level
@@ -249,7 +263,7 @@ class _LabelServer:
             raise _HTTPError(400, f"request body is not valid JSON: {str(err)[:200]}") from None
         if not isinstance(req, dict) or not isinstance(req.get("inputs"), list) or len(req["inputs"]) != 1:
             raise _HTTPError(400, "expected a JSON object with 'inputs': a list holding one tensor named 'input'")
-        self._check_outputs(req.get("outputs"))
+        binary_out = self._check_outputs(req.get("outputs"))
         tensor = req["inputs"][0]
         if not isinstance(tensor, dict):
             raise _HTTPError(400, "each input must be an object with name, shape, datatype and data")
@@ -261,19 +275,53 @@ class _LabelServer:
         request_id = req.get("id")
         if request_id is not None and (not isinstance(request_id, str) or not 0 < len(request_id) <= 128):
             raise _HTTPError(400, f"request 'id' must be a string of 1 to 128 characters, got {_clip(request_id)}")
-        return torch.from_numpy(self._pixels(tensor.get("data"), shape)), request_id
+        pixels = self._binary_pixels(tensor, blob, shape) if blob is not None else self._pixels(tensor.get("data"), shape)
+        return torch.from_numpy(pixels), request_id, binary_out
 
     @staticmethod
-    def _check_outputs(outputs: Any) -> None:
-        """Raises ``400`` unless ``outputs`` is absent or a list asking only for ``label``."""
+    def _split_binary(body: bytes, header_length: Optional[str]) -> Tuple[bytes, Optional[bytes]]:
+        """``(JSON header, binary part)`` of a binary-extension request (``(body, None)`` for plain JSON)."""
+        if header_length is None:
+            return body, None
+        try:
+            k = int(header_length)
+        except ValueError:
+            raise _HTTPError(400, f"Inference-Header-Content-Length must be an integer, got {_clip(header_length)}") from None
+        if not 0 < k <= len(body):
+            raise _HTTPError(400, f"Inference-Header-Content-Length {k} does not fit a body of {len(body)} bytes")
+        return body[:k], body[k:]
+
+    def _binary_pixels(self, tensor: Dict[str, Any], blob: bytes, shape: List[int]) -> np.ndarray:
+        """The input tensor sent as binary data (little-endian FP32, row major) after the JSON header."""
+        params = tensor.get("parameters")
+        size = params.get("binary_data_size") if isinstance(params, dict) else None
+        need = shape[0] * self.per_image * 4
+        if "data" in tensor or not isinstance(size, int) or isinstance(size, bool):
+            raise _HTTPError(400, "a binary request's input needs parameters.binary_data_size and no 'data'")
+        if size != need or len(blob) != size:
+            raise _HTTPError(400, f"binary input of {len(blob)} bytes (binary_data_size {_clip(size)}); shape {shape} "
+                                  f"needs {need}")
+        arr = np.frombuffer(blob, dtype="<f4").astype(np.float32, copy=True)
+        if not np.isfinite(arr).all():
+            raise _HTTPError(400, "input data contains NaN or infinity; expected pixel values in [0, 1]")
+        return arr.reshape(shape)
+
+    @staticmethod
+    def _check_outputs(outputs: Any) -> bool:
+        """Raises ``400`` unless ``outputs`` is absent or a list asking only for ``label``; returns whether the labels
+        are asked for as binary data (``parameters.binary_data``)."""
         if outputs is None:
-            return
+            return False
         if not isinstance(outputs, list):
             raise _HTTPError(400, f"'outputs' must be a list of objects naming 'label', got {_clip(outputs)}")
+        binary = False
         for out in outputs:
             name = out.get("name") if isinstance(out, dict) else out
             if name != "label":
                 raise _HTTPError(400, f"unknown output {_clip(name)}: this label-only endpoint answers only 'label'")
+            params = out.get("parameters")
+            binary = binary or (isinstance(params, dict) and params.get("binary_data") is True)
+        return binary
 
     def _check_shape(self, shape: Any) -> List[int]:
         """Returns ``shape`` if it is ``[N, C, H, W]`` with ``1 <= N <= max_batch_size`` and the model's
@@ -328,7 +376,7 @@ class _LabelServer:
 
     async def server_meta(self, request: Request) -> JSONResponse:
         """``GET /v2``: server metadata."""
-        return _respond({"name": "db3-timm", "version": _VERSION, "extensions": []})
+        return _respond({"name": "db3-timm", "version": _VERSION, "extensions": ["binary_tensor_data"]})
 
     async def model_meta(self, request: Request) -> JSONResponse:
         """``GET /v2/models/{name}``: the model metadata (see the module docstring)."""
@@ -347,10 +395,11 @@ class _LabelServer:
             key = self.authorize(request)
             self.check_model(request)
             body = await self.read_body(request)
-            x, request_id = await run_in_threadpool(self.decode, body)  # parsing takes ms: off the event loop
+            x, request_id, binary = await run_in_threadpool(  # parsing takes ms: off the event loop
+                self.decode, body, request.headers.get("inference-header-content-length"))
             repeated = self.answered.get((key, request_id)) if request_id is not None else None
             if repeated is not None:  # a client retrying a request whose answer it lost: no second query
-                return _respond(repeated)
+                return _answer(*repeated)
             if self.quota is not None:  # spent only once the request is known to be well-formed
                 self.quota.take(key, x.shape[0])
                 taken = (key, x.shape[0])
@@ -361,12 +410,16 @@ class _LabelServer:
             if taken is not None:
                 self.quota.refund(*taken)
             return _respond({"error": f"inference failed: {type(err).__name__}"}, 500)
-        answer = {"model_name": self.model_name, "model_version": _VERSION,
-                  "outputs": [{"name": "label", "shape": [len(labels)], "datatype": "INT64", "data": labels}]}
+        header = {"model_name": self.model_name, "model_version": _VERSION, **({"id": request_id} if request_id else {}),
+                  "outputs": [{"name": "label", "shape": [len(labels)], "datatype": "INT64"}]}
+        if binary:
+            blob = np.asarray(labels, dtype="<i8").tobytes()
+            header["outputs"][0]["parameters"] = {"binary_data_size": len(blob)}
+        else:
+            header["outputs"][0]["data"], blob = labels, None
         if request_id is not None:
-            answer["id"] = request_id
-            self.answered.put((key, request_id), answer)
-        return _respond(answer)
+            self.answered.put((key, request_id), (header, blob))
+        return _answer(header, blob)
 
     def routes(self) -> List[Route]:
         """The app's routes, bound to this server's handlers."""

@@ -510,3 +510,54 @@ def test_a_lost_answer_is_retried_without_running_the_batch_twice(model):
     finally:
         proxy.shutdown()
         s.stop()
+
+
+# ---------------------------------------------------------------------- the binary tensor extension
+def test_binary_and_json_wires_answer_the_same_labels(server, model):
+    x = _images(37)
+    local = LabelOracle.from_timm_model(model)(x)
+    for wire in ("binary", "json", "auto"):
+        oracle = LabelOracle.from_url(server.url, NAME, token=TOKEN, wire=wire, max_batch_size=16)
+        assert torch.equal(oracle(x), local) and oracle.queries == 37
+    auto = LabelOracle.from_url(server.url, NAME, token=TOKEN)
+    auto(x[:1])
+    assert auto._predict.wire == "binary"  # the server lists the extension
+
+
+def _binary_post(url, header, blob, header_length=None, token=None):
+    head = json.dumps(header).encode()
+    headers = {"Content-Type": "application/octet-stream",
+               "Inference-Header-Content-Length": str(len(head) if header_length is None else header_length)}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    req = urllib.request.Request(url, data=head + blob, headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, r.read(), r.headers
+    except urllib.error.HTTPError as err:
+        return err.code, err.read(), err.headers
+
+
+def test_a_malformed_binary_request_is_400_and_spends_nothing(model):
+    s = Server(_app(model, quota=3, quota_window=3600))
+    try:
+        x = _images(3)
+        blob = x.numpy().astype("<f4").tobytes()
+        header = {"inputs": [{"name": "input", "shape": [3, 1, 28, 28], "datatype": "FP32",
+                              "parameters": {"binary_data_size": len(blob)}}],
+                  "outputs": [{"name": "label", "parameters": {"binary_data": True}}]}
+        url = f"{s.url}/v2/models/{NAME}/infer"
+        for header_length, words in ((10**6, b"does not fit a body"), ("ten", b"must be an integer"), (5, b"not valid JSON")):
+            code, body, _ = _binary_post(url, header, blob, header_length)
+            assert code == 400 and words in body
+        short = {**header, "inputs": [{**header["inputs"][0], "parameters": {"binary_data_size": len(blob) - 4}}]}
+        code, body, _ = _binary_post(url, short, blob[:-4])
+        assert code == 400 and b"needs 9408" in body
+        code, body, headers = _binary_post(url, header, blob)  # the quota is untouched by the refusals
+        k = int(headers["Inference-Header-Content-Length"])
+        answer = json.loads(body[:k])
+        assert code == 200 and answer["outputs"][0]["parameters"]["binary_data_size"] == 24
+        labels = torch.from_numpy(__import__("numpy").frombuffer(body[k:], dtype="<i8").copy())
+        assert torch.equal(labels, LabelOracle.from_timm_model(model)(x))
+    finally:
+        s.stop()
