@@ -54,19 +54,31 @@ class HubUnavailableError(OSError):
     """Raised when a ``hf-hub:`` teacher can be neither downloaded nor found in the local cache."""
 
 
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
 class LabelPredictor(nn.Module):
     """Pixel-space batch -> argmax labels of a classifier, through the model's own preprocessing.
 
     Args:
         model: classifier mapping normalised images to logits.
         mean, std, input_size: its pixel-space preprocessing (see :class:`~db3_timm._preprocess.PixelTransform`).
+        precision: ``"fp32"``, or ``"bf16"`` / ``"fp16"`` autocast inference (GPU speed; answers near a
+            boundary may differ from fp32, so the precision is part of the teacher's identity).
+        channels_last: run the model in channels-last memory format (faster convolutions on GPU).
     """
 
-    def __init__(self, model: nn.Module, mean: Sequence[float], std: Sequence[float], input_size: Sequence[int]):
+    def __init__(self, model: nn.Module, mean: Sequence[float], std: Sequence[float], input_size: Sequence[int],
+                 *, precision: str = "fp32", channels_last: bool = False):
         super().__init__()
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         self.model = model.eval().requires_grad_(False)
         self.transform = PixelTransform(mean, std, input_size)
         self.input_size = self.transform.input_size
+        self.precision, self.channels_last = precision, bool(channels_last)
+        if self.channels_last:
+            self.model.to(memory_format=torch.channels_last)
         ref = next(iter(model.parameters()), None)
         if ref is not None:
             self.transform.to(device=ref.device, dtype=ref.dtype if ref.is_floating_point() else torch.float32)
@@ -77,7 +89,12 @@ class LabelPredictor(nn.Module):
         return self.transform.scale.device
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(self.transform(x)).argmax(dim=1)
+        x = self.transform(x)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        dtype = PRECISIONS[self.precision]
+        with torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
+            return self.model(x).argmax(dim=1)
 
 
 class LabelOracle:
@@ -208,7 +225,9 @@ class LabelOracle:
 
     def _prepare(self, chunk: torch.Tensor) -> torch.Tensor:
         """Moves a chunk to the teacher's device, in the box, on the 8-bit grid when ``quantize`` asks for it."""
-        if self.device is not None:
+        if self.device is not None and chunk.device != self.device:
+            if self.device.type == "cuda" and chunk.device.type == "cpu":
+                chunk = chunk.pin_memory()  # page-locked, so the copy below overlaps with queued GPU work
             chunk = chunk.to(self.device, non_blocking=True)
         chunk = chunk.clamp(0.0, 1.0)
         if self.quantize == "uint8":  # what an image API receives: round(255 x) / 255
@@ -293,6 +312,8 @@ class LabelOracle:
         std: Sequence[float] = (1.0,),
         input_size: Sequence[int],
         num_classes: Optional[int] = None,
+        precision: str = "fp32",
+        channels_last: bool = False,
         **kwargs: Any,
     ) -> "LabelOracle":
         """Wraps a classifier ``nn.Module`` whose argmax is the answer.
@@ -306,17 +327,21 @@ class LabelOracle:
             std: per-channel std of the module's preprocessing.
             input_size: ``(C, H, W)`` the module expects.
             num_classes: number of outputs (read from ``module.num_classes`` when absent).
+            precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` inference (see :class:`LabelPredictor`).
+            channels_last: channels-last memory format (GPU convolutions).
             **kwargs: :class:`LabelOracle` options (``budget``, ``max_batch_size``, ``query_log``, ``name``).
 
         Returns:
             A :class:`LabelOracle` that never exposes the module's logits.
         """
         input_size = tuple(int(s) for s in input_size)
-        predictor = LabelPredictor(module, mean, std, input_size)
+        predictor = LabelPredictor(module, mean, std, input_size, precision=precision, channels_last=channels_last)
         if num_classes is None:
             num_classes = getattr(module, "num_classes", None)
         kwargs.setdefault("name", type(module).__name__)
-        kwargs.setdefault("identity", f"{type(module).__name__} weights {module_fingerprint(module)}")
+        # Another precision is another teacher near the boundaries: its answers must not mix with fp32 ones.
+        kwargs.setdefault("identity", f"{type(module).__name__} weights {module_fingerprint(module)}"
+                                      + ("" if precision == "fp32" else f" at {precision}"))
         return cls(
             predictor,
             num_classes=num_classes,
@@ -358,6 +383,8 @@ class LabelOracle:
         max_batch_size: Optional[int] = None,
         query_log: Optional[QueryLog] = None,
         quantize: Optional[str] = None,
+        precision: str = "fp32",
+        channels_last: bool = False,
         **model_kwargs: Any,
     ) -> "LabelOracle":
         """Builds a timm model (registered name, ``local-dir:PATH`` or ``hf-hub:ID``) as a label-only teacher.
@@ -372,6 +399,7 @@ class LabelOracle:
             pretrained: ask timm for pretrained weights of a registered name (needs the Hub).
             device: where the teacher runs (default: CPU).
             budget, max_batch_size, query_log, quantize: :class:`LabelOracle` options.
+            precision, channels_last: inference options (see :meth:`from_module`).
             **model_kwargs: passed on to ``timm.create_model``.
 
         Returns:
@@ -385,6 +413,8 @@ class LabelOracle:
             max_batch_size=max_batch_size,
             query_log=query_log,
             quantize=quantize,
+            precision=precision,
+            channels_last=channels_last,
             name=name if checkpoint is None else f"{name}@{Path(checkpoint).name}",
         )
 

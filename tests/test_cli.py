@@ -367,3 +367,18 @@ def test_db3_label_states_its_cost_first_and_refuses_a_plan_over_budget(tmp_path
     with pytest.raises(SystemExit) as exc:
         cli_main(argv + ["--budget", "1000"])
     assert exc.value.code == 2 and "can spend up to 1,830 queries; the budget is 1,000" in capsys.readouterr().err
+
+
+def test_db3_label_targets_k_states_the_smaller_cost_and_refuses_a_bad_k_before_any_query(tmp_path, local_teacher, capsys):
+    argv = ["label", "--teacher", f"local-dir:{local_teacher}", "--data", "digits", "--limit", "20", "--labeler", "mbd",
+            "--queries-per-target", "10", "--references-per-class", "1", "--no-progress", "--out", str(tmp_path / "o")]
+    assert cli_main(argv + ["--targets", "2", "--dry-run"]) == 0
+    text = capsys.readouterr().out
+    assert re.search(r"total +430 ", text) and "the 2 of 9 other classes" in text  # 10 refs + 20 labels + 20*2*10
+    for bad, message in [("0", "targets=0 but a 10-class teacher has 9 other classes"),
+                         ("top3", "argument --targets: expected 'all', 'auto' or a number of classes, got 'top3'")]:
+        with pytest.raises(SystemExit) as exc:
+            cli_main(argv + ["--targets", bad])
+        err = capsys.readouterr().err
+        assert exc.value.code == 2 and message in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists()

@@ -241,3 +241,18 @@ def test_degenerate_images_are_named(affine_net, x, words):
     with pytest.raises(ValueError, match=words):
         oracle(x)
     assert oracle.queries == 0
+
+
+def test_reduced_precision_and_channels_last_are_another_teacher_identity_and_still_answer_labels():
+    import timm
+
+    model = timm.create_model("resnet10t", num_classes=7, in_chans=3)
+    x = torch.rand(6, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    plain = LabelOracle.from_timm_model(model)
+    fast = LabelOracle.from_timm_model(model, precision="bf16", channels_last=True)
+    labels = fast(x)
+    assert labels.dtype == torch.int64 and labels.shape == (6,) and fast.queries == 6
+    assert "at bf16" in fast.identity and plain.identity != fast.identity
+    assert torch.equal(LabelOracle.from_timm_model(model, channels_last=True)(x), plain(x))
+    with pytest.raises(ValueError, match="precision must be one of fp32, bf16, fp16, got 'int8'"):
+        LabelOracle.from_timm_model(model, precision="int8")

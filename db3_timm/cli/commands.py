@@ -16,11 +16,15 @@ __all__ = ["cmd_list", "cmd_demo", "cmd_label", "cmd_generate", "cmd_distill", "
 # ---------------------------------------------------------------------- shared steps
 def _teacher(args: argparse.Namespace, device: Any = None) -> Any:
     """The label-only oracle of ``--teacher`` (an argparse error naming the model when it cannot be loaded)."""
+    import torch
+
     from ..oracle import LabelOracle
 
+    device = device or args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        return LabelOracle.from_timm(args.teacher, args.teacher_checkpoint, num_classes=args.num_classes,
-                                     device=device or args.device or "cpu", budget=args.budget, quantize=args.quantize)
+        return LabelOracle.from_timm(args.teacher, args.teacher_checkpoint, num_classes=args.num_classes, device=device,
+                                     budget=args.budget, quantize=args.quantize, precision=args.precision,
+                                     channels_last=args.channels_last)
     except (OSError, ValueError, RuntimeError) as err:
         args.parser_error(f"argument --teacher: cannot load {args.teacher!r}: {err}")
 
@@ -66,6 +70,8 @@ def _labeling(args: argparse.Namespace, oracle: Any) -> Tuple[Any, Any]:
         shown = {"seed": args.seed, **(args.labeler_kwargs or {})}
         if args.queries_per_target is not None:
             shown["queries_per_target"] = args.queries_per_target
+        if getattr(args, "targets", None) is not None:
+            shown["targets"] = args.targets
         if args.prior is not None:
             shown["prior"] = args.prior
         args.parser_error(f"argument --labeler: cannot build {args.labeler!r} with {shown}: {err}")
@@ -156,12 +162,10 @@ def _label_plan(args: argparse.Namespace, oracle: Any, labeler: Any, n: int, ref
     from ..pipeline import measure_throughput
     from ..transfer.plan import Plan, PlanStep
 
-    qpt = int(getattr(labeler, "queries_per_target", 0)) if labeler.uses_queries else 0
     steps = [PlanStep("reference check", refs, "the teacher's labels of the reference images"),
              PlanStep("labels", n, "one label query per image")]
-    if qpt:
-        steps.append(PlanStep(labeler.name, n * (labeler.num_classes - 1) * qpt,
-                              f"{qpt} queries per image and other class ({labeler.num_classes - 1} classes)"))
+    if labeler.uses_queries:
+        steps.append(PlanStep(labeler.name, n * labeler.queries_per_image(refs > 0), labeler.describe_cost(refs > 0)))
     plan = Plan("label", steps, args.budget)
     rate = measure_throughput(oracle, images) if args.dry_run else None
     if state.is_main_process:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
 
 __all__ = [
     "Formatter", "int_at_least", "number", "json_object", "shape", "model_spec", "existing_file", "labeler_name", "out_dir",
@@ -209,6 +209,9 @@ def add_teacher(p: argparse.ArgumentParser, *, required: bool = True) -> None:
     g.add_argument("--device", help="teacher device (default: cuda if available, else cpu)")
     g.add_argument("--quantize", choices=["uint8"], default=None,
                    help="send every query on the 8-bit grid, as an image API receives it (stored as 8-bit images)")
+    g.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
+                   help="teacher inference precision (bf16/fp16: faster on GPU; answers near a boundary may differ)")
+    g.add_argument("--channels-last", action="store_true", help="run the teacher in channels-last memory format")
 
 
 def add_data(p: argparse.ArgumentParser, *, splits: bool = True) -> None:
@@ -234,6 +237,9 @@ def add_labeling(p: argparse.ArgumentParser, *, transfer_dir: bool = False) -> N
     g.add_argument("--labeler", default="mbd", type=labeler_name, help="registered labeler (see `db3 list labelers`)")
     g.add_argument("--queries-per-target", type=int_at_least(1), metavar="Q",
                    help="query budget per (image, other class) for labelers that search boundaries (default: the labeler's)")
+    g.add_argument("--targets", type=targets_arg, metavar="K",
+                   help="classes searched per image: 'all' (the labeler's default), a number k (the k each image most "
+                        "likely borders: one image costs at most 1 + k*Q queries), or 'auto'")
     g.add_argument("--labeler-kwargs", type=json_object, default={}, metavar="JSON",
                    help="more labeler options, e.g. '{\"momentum\": 0.5, \"probes\": 40}'")
     g.add_argument("--references-per-class", type=int_at_least(0), default=10, metavar="K",
@@ -336,6 +342,16 @@ def add_job(p: argparse.ArgumentParser) -> None:
 
 
 # ---------------------------------------------------------------------- to the library's dataclasses
+def targets_arg(text: str) -> Union[str, int]:
+    """``--targets``: 'all', 'auto' or a whole number (checked against the teacher's classes later)."""
+    if text in ("all", "auto"):
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'all', 'auto' or a number of classes, got {text!r}") from None
+
+
 def labeling_config(args: argparse.Namespace) -> Any:
     """Returns the :class:`~db3_timm.transfer.build.LabelingConfig` of the parsed options."""
     from ..transfer.build import LabelingConfig
@@ -343,6 +359,8 @@ def labeling_config(args: argparse.Namespace) -> Any:
     options = dict(args.labeler_kwargs or {})
     if args.queries_per_target is not None:  # only when asked: a labeler refuses options it does not take
         options["queries_per_target"] = args.queries_per_target
+    if getattr(args, "targets", None) is not None:
+        options["targets"] = args.targets
     return LabelingConfig(labeler=args.labeler, options=options, references_per_class=args.references_per_class,
                           shard_size=args.shard_size)
 

@@ -27,11 +27,14 @@ class SoftLabels:
 
     Attributes:
         labels: ``(N,)`` int64 teacher labels (always the teacher's answer, never a dataset label).
-        distances: ``(N, C)`` boundary distances: 0 at the teacher's label, ``inf`` where none was found.
-        logits: ``(N, C)`` soft-label logits from the distances.
+        distances: ``(N, C)`` boundary distances: 0 at the teacher's label, ``inf`` where none was found or the
+            class was not searched.
+        logits: ``(N, C)`` soft-label logits from the distances (unsearched classes: see
+            :mod:`~db3_timm.labelers.targets`).
         queries: ``(N,)`` int64 oracle queries spent on each sample (its own label query included).
         reference_queries: queries spent checking reference images in this call.
         info: free-form facts about the run (e.g. where targeted starts came from).
+        searched: ``(N, C)`` bool, the classes whose boundary was searched; ``None`` when all were.
     """
 
     labels: torch.Tensor
@@ -40,6 +43,7 @@ class SoftLabels:
     queries: torch.Tensor
     reference_queries: int = 0
     info: Dict[str, Any] = field(default_factory=dict)
+    searched: Optional[torch.Tensor] = None
 
     def __len__(self) -> int:
         return self.labels.shape[0]
@@ -86,6 +90,17 @@ class Labeler:
     def config(self) -> Dict[str, Any]:
         """Returns the settings that determine this labeler's output (for manifests and model cards)."""
         return {"labeler": self.name, "num_classes": self.num_classes, "rule": self.rule, "seed": self.seed}
+
+    def queries_per_image(self, references: bool = True) -> int:
+        """Returns the most queries one image can cost beyond its label (``with references`` or without)."""
+        return (self.num_classes - 1) * int(getattr(self, "queries_per_target", 0)) if self.uses_queries else 0
+
+    def describe_cost(self, references: bool = True) -> str:
+        """Returns one line saying how :meth:`queries_per_image` comes about."""
+        if not self.uses_queries:
+            return f"{self.name} soft labels (no query beyond the labels)"
+        qpt = int(getattr(self, "queries_per_target", 0))
+        return f"{qpt} queries per image and other class ({self.num_classes - 1} classes)"
 
     def check_references(self, images: torch.Tensor, labels: Optional[torch.Tensor] = None) -> References:
         """Asks the teacher for the reference images' labels (counted queries) and drops disagreeing ones.
@@ -139,14 +154,19 @@ class Labeler:
         else:
             labels, own_query = self._known_labels(labels, x), 0
         distances, queries, info = self._distances(x, labels, refs, generator)
+        searched = info.pop("searched", None)
         distances = distances.scatter(1, labels.view(-1, 1), 0.0)
+        logits = distances_to_logits(distances, labels, self.rule)
+        if searched is not None:  # the soft-label fill stays in the logits, not in the measured distances
+            distances = torch.where(searched, distances, torch.inf).scatter(1, labels.view(-1, 1), 0.0)
         return SoftLabels(
             labels=labels,
             distances=distances,
-            logits=distances_to_logits(distances, labels, self.rule),
+            logits=logits,
             queries=queries + own_query,
             reference_queries=(refs.queries if refs is not None and not isinstance(references, References) else 0),
             info=info,
+            searched=searched,
         )
 
     def _known_labels(self, labels: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -161,5 +181,9 @@ class Labeler:
     def _distances(
         self, x: torch.Tensor, labels: torch.Tensor, refs: Optional[References], generator: torch.Generator
     ) -> Tuple[torch.Tensor, torch.Tensor, Dict[str, Any]]:
-        """Returns ``(distances (N, C), queries (N,), info)`` for a batch with teacher ``labels``."""
+        """Returns ``(distances (N, C), queries (N,), info)`` for a batch with teacher ``labels``.
+
+        A labeler that searches only some classes puts ``info["searched"]`` (``(N, C)`` bool) and returns its
+        soft-label fill as the other classes' distances.
+        """
         raise NotImplementedError

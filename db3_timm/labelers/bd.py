@@ -11,17 +11,26 @@ from ..boundary import PairQueries, bisect_to_boundary, random_starts
 from ..oracle import LabelOracle
 from .base import Labeler, References
 from .sd import nearest_by_class
+from .targets import TargetsArg, check_targets, resolve_targets, select_targets, soft_fill
 
 __all__ = ["BoundaryDistanceLabeler", "PairBatch", "reference_starts"]
 
 
 class PairBatch:
-    """Every (sample, other class) pair of a batch, flattened: ``P = N * (C - 1)``."""
+    """Every searched (sample, other class) pair of a batch, flattened: ``P = N * (C - 1)`` when all are searched.
 
-    def __init__(self, x: torch.Tensor, labels: torch.Tensor, num_classes: int):
-        others = torch.ones(x.shape[0], num_classes, dtype=torch.bool, device=x.device)
-        others[torch.arange(x.shape[0], device=x.device), labels] = False
-        self.sample, self.target = others.nonzero(as_tuple=True)
+    Args:
+        x: ``(N, C, H, W)`` samples.
+        labels: ``(N,)`` their teacher labels.
+        num_classes: number of classes.
+        searched: ``(N, C)`` bool, the classes to search (default: every class but the label).
+    """
+
+    def __init__(self, x: torch.Tensor, labels: torch.Tensor, num_classes: int, searched: Optional[torch.Tensor] = None):
+        if searched is None:
+            searched = torch.ones(x.shape[0], num_classes, dtype=torch.bool, device=x.device)
+            searched[torch.arange(x.shape[0], device=x.device), labels] = False
+        self.sample, self.target = searched.nonzero(as_tuple=True)
         self.x0 = x.flatten(1).float()[self.sample]
         self.origin = labels[self.sample]
         self.image_shape = tuple(x.shape[1:])
@@ -48,10 +57,11 @@ def reference_starts(
     generator: torch.Generator,
     random_start_queries: int,
     reserve: int = 0,
+    seeds: Optional[torch.Tensor] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor, Dict[str, Any]]:
     """Best boundary point per pair over directions toward its ``directions`` nearest class-``t`` references.
 
-    A direction is bisected only if one query at the current best distance along it is adversarial
+    ``seeds`` (``(P, D)``, verified class-``t`` points, e.g. from target selection) are bisected first. A direction is bisected only if one query at the current best distance along it is adversarial
     (otherwise it cannot win). Pairs without a reference fall back to a random-noise search of at most
     ``random_start_queries`` queries.
 
@@ -62,6 +72,11 @@ def reference_starts(
     best = torch.full((P,), torch.inf, device=x.device)
     best_pt = pairs.x0.clone()
     info: Dict[str, Any] = {"reference_source": "given" if refs is not None else "random-search"}
+    if seeds is not None:
+        go = query.left() > reserve
+        best_pt = bisect_to_boundary(query, pairs.x0, seeds.clone(), go, tol, reserve=reserve)
+        best = torch.where(go, (best_pt - pairs.x0).norm(dim=1), best)
+        info["reference_source"] = "given" if refs is not None else "selection-probes"
     if refs is not None and refs.images.shape[0]:
         ref_flat = refs.images.to(x.device).flatten(1).float()
         ref_dist, ref_idx = nearest_by_class(x, refs, pairs.num_classes, k=directions)
@@ -109,6 +124,13 @@ class BoundaryDistanceLabeler(Labeler):
         tol: relative tolerance of the bisection.
         random_start_queries: queries per pair for a random-noise start when no reference exists.
         max_pairs: pairs processed together (bounds memory).
+        targets: classes searched per sample: ``"all"``, a number ``k`` (the ``k`` each sample most likely borders,
+            see :mod:`~db3_timm.labelers.targets`), or ``"auto"``. One image costs at most ``1 + k * Q`` queries
+            (``+ selection_queries`` without references).
+        selection_queries: noisy copies per sample that choose the ``k`` classes when there are no references.
+        chunk_memory_mb: working memory a chunk of pairs may take: large images get fewer pairs per chunk than
+            ``max_pairs`` (224 px RGB ``mbd``: a few pairs per GiB), so peak memory stays bounded. Raise it on
+            a GPU with room, for bigger teacher batches.
         **kwargs: :class:`Labeler` options (``num_classes``, ``rule``, ``seed``).
     """
 
@@ -127,9 +149,15 @@ class BoundaryDistanceLabeler(Labeler):
         tol: float = 1e-3,
         random_start_queries: int = 50,
         max_pairs: int = 4096,
+        targets: TargetsArg = "all",
+        selection_queries: int = 20,
+        chunk_memory_mb: int = 1024,
         **kwargs: Any,
     ):
         super().__init__(oracle, **kwargs)
+        self.chunk_memory_mb = check_int("chunk_memory_mb", chunk_memory_mb, 1)
+        self.targets = check_targets(targets, self.num_classes)
+        self.selection_queries = check_int("selection_queries", selection_queries, 0, at_most=10**6)
         self.queries_per_target = check_int("queries_per_target", queries_per_target, 1, at_most=10**9)
         self.directions = check_int("directions", directions, 1)
         self.tol = check_number("tol", tol, low=0, high=1, low_open=True, high_open=True)
@@ -140,27 +168,62 @@ class BoundaryDistanceLabeler(Labeler):
         cfg = super().config()
         cfg.update(queries_per_target=self.queries_per_target, directions=self.directions, tol=self.tol,
                    random_start_queries=self.random_start_queries)
+        if self.targets != "all":  # absent for "all", so manifests written before top-k still match
+            cfg.update(targets=self.targets, selection_queries=self.selection_queries)
         return cfg
 
+    def searched_per_sample(self) -> int:
+        """Returns how many classes per sample are searched, at most."""
+        return resolve_targets(self.targets, self.num_classes)
+
+    def queries_per_image(self, references: bool = True) -> int:
+        """Returns the most queries one image can cost beyond its label (``with references`` or without)."""
+        selection = 0 if references or self.targets == "all" else self.selection_queries
+        return self.searched_per_sample() * self.queries_per_target + selection
+
+    def describe_cost(self, references: bool = True) -> str:
+        if self.targets == "all":
+            return super().describe_cost(references)
+        how = "nearest by reference distance" if references else f"chosen by {self.selection_queries} noisy copies"
+        return (f"{self.queries_per_target} queries per image and class searched: the {self.searched_per_sample()} "
+                f"of {self.num_classes - 1} other classes {how}")
+
     def _distances(self, x, labels, refs, generator):
-        step = max(1, self.max_pairs // max(1, self.num_classes - 1))
-        dists, queries, info = [], [], {}
+        pairs = min(self.max_pairs, max(1, self.chunk_memory_mb * 2**20 // self._bytes_per_pair(x[0].numel())))
+        step = max(1, pairs // self.searched_per_sample())
+        dists, queries, searched, info = [], [], [], {}
         for start in range(0, x.shape[0], step):
             d, q, info = self._chunk(x[start:start + step], labels[start:start + step], refs, generator)
             dists.append(d)
             queries.append(q)
+            searched.append(info.pop("searched", None))
+        if searched[0] is not None:
+            info["searched"] = torch.cat(searched)
         return torch.cat(dists), torch.cat(queries), info
 
-    def _chunk(self, x, labels, refs, generator):
-        pairs = PairBatch(x, labels, self.num_classes)
-        query = PairQueries(self.oracle, pairs.image_shape, pairs.origin, pairs.target, self.queries_per_target)
-        points, found, info = self._search(x, pairs, refs, query, generator)
-        dist = torch.where(found, (points - pairs.x0).norm(dim=1), torch.inf)
-        return pairs.to_matrix(dist, 0.0), pairs.per_sample(query.spent), info
+    def _bytes_per_pair(self, dim: int) -> int:
+        """Peak working memory of one pair (float32 points: the sample, its best point, a bisection)."""
+        return 4 * dim * 6
 
-    def _search(self, x, pairs, refs, query, generator):
+    def _chunk(self, x, labels, refs, generator):
+        k = self.searched_per_sample()
+        sel = None
+        if k < self.num_classes - 1:
+            sel = select_targets(x, labels, refs, self.num_classes, k, self.oracle, self.selection_queries, generator)
+        pairs = PairBatch(x, labels, self.num_classes, None if sel is None else sel.searched)
+        query = PairQueries(self.oracle, pairs.image_shape, pairs.origin, pairs.target, self.queries_per_target)
+        points, found, info = self._search(x, pairs, refs, query, generator, None if sel is None else sel.starts)
+        dist = torch.where(found, (points - pairs.x0).norm(dim=1), torch.inf)
+        spent = pairs.per_sample(query.spent)
+        if sel is None:
+            return pairs.to_matrix(dist, 0.0), spent, info
+        info["searched"] = sel.searched
+        return soft_fill(pairs.to_matrix(dist, torch.inf), sel.searched, sel.fill), spent + sel.queries, info
+
+    def _search(self, x, pairs, refs, query, generator, seeds=None):
         """Returns ``(points (P, D), found (P,), info)``: the best verified adversarial point per pair."""
-        return reference_starts(x, pairs, refs, query, self.directions, self.tol, generator, self.random_start_queries)
+        return reference_starts(x, pairs, refs, query, self.directions, self.tol, generator, self.random_start_queries,
+                                seeds=seeds)
 
 
 @register_labeler(name="bd")

@@ -72,8 +72,12 @@ class MinimalBoundaryDistanceLabeler(BoundaryDistanceLabeler):
             cfg["prior"] = describe() if describe is not None else {"callable": getattr(self.prior, "__qualname__", type(self.prior).__name__)}
         return cfg
 
-    def _search(self, x, pairs, refs, query, generator):
-        points, found, info = super()._search(x, pairs, refs, query, generator)
+    def _bytes_per_pair(self, dim: int) -> int:
+        # The direction search's probes: (pairs, max_probes, D) directions and the probe points themselves.
+        return super()._bytes_per_pair(dim) + 2 * 4 * dim * self.search.max_probes
+
+    def _search(self, x, pairs, refs, query, generator, seeds=None):
+        points, found, info = super()._search(x, pairs, refs, query, generator, seeds)
         points = minimize_boundary_distance(query, pairs.x0, points, found, generator, self.search, prior=self.prior)
         return points, found, info
 

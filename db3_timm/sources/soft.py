@@ -69,8 +69,7 @@ class DB3SoftLabels(Source):
 
     def cost(self, oracle: Any, num_images: int) -> int:
         """Returns the most queries labelling ``num_images`` known-label images can spend."""
-        lab = self.build(oracle, 0)
-        return num_images * (lab.num_classes - 1) * int(getattr(lab, "queries_per_target", 0)) if lab.uses_queries else 0
+        return num_images * self.build(oracle, 0).queries_per_image(references=self.references > 0)
 
     def run(self, ctx: SourceContext, queries: int) -> int:
         if self.on == "images":

@@ -96,19 +96,22 @@ def _soft_step(oracle: Any, n: int, labeling: Any, budget: Optional[int], on: st
     """The ``db3`` step: ``queries_per_target`` as given, else what the budget leaves per image and other class."""
     options = dict(labeling.options)
     probe = create_source("db3", labeler=labeling.labeler, options=options, prior=prior).build(oracle, 0)
-    c = probe.num_classes
+    refs = labeling.references_per_class > 0
     if probe.uses_queries and budget is not None and "queries_per_target" not in options:
-        qpt = budget // max(1, n * (c - 1))
+        searched = getattr(probe, "searched_per_sample", lambda: probe.num_classes - 1)()
+        overhead = probe.queries_per_image(refs) - searched * int(getattr(probe, "queries_per_target", 0))  # selection
+        qpt = (budget // max(1, n) - overhead) // searched
         if qpt < 1:
-            raise BudgetTooSmallError(f"{labeling.labeler!r} needs at least one query per image and other class "
-                                      f"({n * (c - 1):,} queries) beyond the labels; the budget leaves {budget:,}")
+            raise BudgetTooSmallError(f"{labeling.labeler!r} needs at least {overhead + searched:,} queries per image "
+                                      f"({n * (overhead + searched):,} in all) beyond the labels; the budget leaves "
+                                      f"{budget:,}")
         options["queries_per_target"] = qpt
     step = PlanStep("db3", 0, "", {"labeler": labeling.labeler, "options": options, "on": on, "prior": prior,
                                    "references_per_class": labeling.references_per_class, "unit_size": labeling.shard_size})
-    step.queries = create_source("db3", **step.options).cost(oracle, n)
-    qpt = step.options["options"].get("queries_per_target", getattr(probe, "queries_per_target", 0))
-    step.why = (f"{labeling.labeler} soft labels: {qpt} queries per {'pseudo sample' if on == 'pseudo' else 'image'} "
-                f"and other class ({c - 1} classes)" if probe.uses_queries else f"{labeling.labeler} soft labels (no query)")
+    source = create_source("db3", **step.options)
+    step.queries = source.cost(oracle, n)
+    what = "pseudo sample" if on == "pseudo" else "image"
+    step.why = f"{labeling.labeler} soft labels: " + source.build(oracle, 0).describe_cost(refs).replace("image", what)
     return step
 
 
