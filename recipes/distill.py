@@ -40,7 +40,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except db3_timm.DistributedSetupError as err:
         parser.exit(2, f"{parser.prog}: error: {err}\n")
     oracle = db3_timm.LabelOracle.from_timm(args.teacher, args.teacher_checkpoint, num_classes=args.num_classes,
-                                            device=accelerator.device, budget=args.budget, quantize=args.quantize)
+                                            device=accelerator.device, budget=args.budget, quantize=args.quantize,
+                                            precision=args.precision, channels_last=args.channels_last)
     size = args.image_size or (oracle.input_size[1] if oracle.input_size[1] == oracle.input_size[2] else None)
     own_images = not (args.zero_shot or args.transfer_dir)
     train = load_image_dataset(args.data, args.train_split, image_size=size, limit=args.limit) if own_images else None

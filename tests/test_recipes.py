@@ -444,3 +444,21 @@ def test_config_data_fits_its_teacher_and_student(config, tmp_path, in_process):
         with torch.no_grad():
             logits = model(PixelTransform.for_model(model, resize_to_model="fixed")(data.images[:2]))
         assert logits.shape == (2, data.num_classes)
+
+
+def test_the_flowers_config_searches_the_top_5_classes_and_its_budget_is_the_stated_plan():
+    import torch
+
+    import db3_timm
+    from db3_timm.cli.options import labeling_config, parse_with_config
+
+    args = parse_with_config(_recipe("distill").build_parser(),
+                             ["--config", str(CONFIGS / "flowers102_resnet34.yaml"), "--teacher", "resnet34"], section="distill")
+    assert args.targets == 5 and args.queries_per_target == 100
+    teacher = db3_timm.LabelOracle.from_callable(lambda x: torch.zeros(len(x), dtype=torch.long), num_classes=102,
+                                                 input_size=(3, 224, 224))
+    config = db3_timm.DistillConfig(plan=args.plan, labeling=labeling_config(args), val_fraction=args.val_fraction)
+    plan = db3_timm.plan_queries(teacher, 7169, config, test_images=1020, budget=args.budget, seed=args.seed,
+                                 with_labels=True)  # 10 % of the 7,169 held out for validation: 6,452 labelled
+    assert plan.total == args.budget == 3_233_472  # the figure in the config's header and the README
+    assert teacher.queries == 0
