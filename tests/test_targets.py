@@ -83,10 +83,12 @@ def test_k_of_all_other_classes_is_the_all_targets_search_bit_for_bit():
     assert torch.equal(a.distances, b.distances) and torch.equal(a.queries, b.queries) and b.searched is None
 
 
-def test_auto_on_a_two_class_teacher_searches_the_one_other_class():
-    oracle = affine_teacher(2)
-    labeler = create_labeler("bd", oracle, queries_per_target=10, targets="auto")
-    assert labeler.searched_per_sample() == 1 and labeler.queries_per_image() == 10
+def test_auto_searches_every_class_of_a_small_teacher_and_five_of_a_big_one():
+    small = create_labeler("bd", affine_teacher(2), queries_per_target=10, targets="auto")
+    assert small.searched_per_sample() == 1 and small.queries_per_image() == 10
+    assert create_labeler("bd", affine_teacher(10), targets="auto").searched_per_sample() == 9
+    big = create_labeler("mbd", affine_teacher(1000, shape=(3, 8, 8)), queries_per_target=100, targets="auto")
+    assert big.searched_per_sample() == 5 and big.queries_per_image() == 500
 
 
 @pytest.mark.parametrize("targets, message", [
