@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 from typing import Any, Optional
 
-__all__ = ["DistributedSetupError", "world_size", "check_launch", "process_state", "SingleProcess"]
+__all__ = ["DistributedSetupError", "world_size", "check_launch", "process_state", "SingleProcess", "end_processes"]
 
 
 class DistributedSetupError(RuntimeError):
@@ -70,3 +70,11 @@ def process_state(accelerator: Optional[Any] = None) -> Any:
         # PartialState reads no ACCELERATE_USE_CPU itself (only Accelerator does), so forward it.
         return check_launch(PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU")))
     return SingleProcess()
+
+
+def end_processes() -> None:
+    """Destroys the torch process group when one is up: its gloo threads abort the interpreter at exit otherwise."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

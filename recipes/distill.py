@@ -56,6 +56,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                  with_labels=train is not None, prior=prior)
     accelerator.print(f"plan:\n{plan.describe()}")
     if args.dry_run:
+        accelerator.end_training()
         return 0
     result = db3_timm.distill_student(
         oracle, args.student, None if train is None else train.images, args.budget, args.out, args.seed,
@@ -64,6 +65,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         progress=not args.no_progress)
     accelerator.print(f"student test accuracy {result.test_accuracy:.2%} ({result.queries['total']:,} teacher queries) "
                       f"-> {result.out_dir / 'model'}")
+    accelerator.end_training()  # tears the process group down before exit (gloo threads abort otherwise)
     return 0
 
 

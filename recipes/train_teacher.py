@@ -83,6 +83,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         with open(args.out + "/results.json", "w") as fh:
             json.dump(report, fh, indent=2)
     accelerator.print(f"teacher {args.model}: test accuracy {acc:.2%} (epoch {best.get('epoch')}) -> {args.out}/model")
+    accelerator.end_training()  # tears the process group down before exit (gloo threads abort otherwise)
     return 0
 
 

@@ -301,6 +301,7 @@ for name in {names!r}:
     state = PartialState()
     torch.save({{"queries": oracle.queries, "num_processes": state.num_processes, "rows": t._columns(ds)}},
                os.path.join({results!r}, f"{{name}}-p{{state.process_index}}.pt"))
+PartialState().destroy_process_group()
 """
 
 

@@ -151,6 +151,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+        if args.command in ("label", "generate", "distill"):  # the commands that run under `accelerate launch`
+            from .._distributed import end_processes
+
+            end_processes()
 
 
 def _main_thread() -> bool:
