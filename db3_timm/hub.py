@@ -54,9 +54,11 @@ __all__ = [
     "PLACEHOLDER_REPO_ID",
 ]
 
-METHODS: Tuple[str, ...] = ("db3kd", "zsdb3kd", "label-kd")
-"""``db3kd``: soft labels for real samples; ``zsdb3kd``: zero-shot, on generated samples; ``label-kd``: the
+METHODS: Tuple[str, ...] = ("db3kd", "zsdb3kd", "synth-kd", "label-kd")
+"""``db3kd``: soft labels for real samples; ``zsdb3kd``: zero-shot, on pseudo samples grown from noise;
+``synth-kd``: zero-shot, the teacher's labels of samples a generator network proposed; ``label-kd``: the
 teacher's hard labels on real samples, their augmentations and mixes."""
+ZERO_SHOT_METHODS: Tuple[str, ...] = ("zsdb3kd", "synth-kd")
 
 ACCURACY_KINDS: Tuple[str, ...] = ("final", "best-val", "val-selected")
 """``final``: the last epoch's weights; ``best-val``: the epoch with the best accuracy on the reported split;
@@ -77,6 +79,7 @@ _REPO_PART = re.compile(r"^(?![-.])(?!.*(?:--|\.\.))[A-Za-z0-9._-]{1,96}(?<![-.]
 _METHOD_TEXT = {
     "db3kd": "DB3KD (decision-based black-box KD on real samples)",
     "zsdb3kd": "ZSDB3KD (zero-shot decision-based black-box KD on generated samples)",
+    "synth-kd": "zero-shot KD from the teacher's labels of samples a generator network proposed (no real image)",
     "label-kd": "KD from the teacher's labels on real samples, their augmentations and mixes",
 }
 
@@ -160,11 +163,11 @@ class StudentCard:
         base_model: Hub id of the teacher when it lives on the Hub (default: read from ``teacher``).
         teacher_fingerprint: a fingerprint of the teacher's weights (identifies a local teacher without its path).
         plan: the query plan the transfer set followed (``default``, ``paper``, ...).
-        method: ``"db3kd"`` (real samples; needs ``labeler``) or ``"zsdb3kd"`` (generated samples;
-            needs ``generator``).
+        method: one of :data:`METHODS`: ``"db3kd"`` (real samples; needs ``labeler``), ``"zsdb3kd"`` or
+            ``"synth-kd"`` (zero-shot; need ``generator``), ``"label-kd"``.
         labeler: registered labeler name (``sd``, ``bd``, ``mbd``, ...).
         labeler_config: the labeler's options (JSON-serialisable).
-        generator: registered generator name (ZSDB3KD).
+        generator: registered generator name (``zsdb3``, ``synth``) of a zero-shot student.
         generator_config: the generator's options (JSON-serialisable).
         student_accuracy: the student's top-1 accuracy on ``eval_split``.
         teacher_accuracy: the teacher's top-1 accuracy on ``eval_split``.
@@ -221,8 +224,8 @@ class StudentCard:
             raise ValueError(f"StudentCard.method must be one of {METHODS}, got {self.method!r}")
         if self.method == "db3kd" and not self.labeler:
             raise ValueError("StudentCard.labeler is required for method 'db3kd' (e.g. 'mbd')")
-        if self.method == "zsdb3kd" and not self.generator:
-            raise ValueError("StudentCard.generator is required for method 'zsdb3kd'")
+        if self.method in ZERO_SHOT_METHODS and not self.generator:
+            raise ValueError(f"StudentCard.generator is required for method {self.method!r}")
         if self.accuracy_kind not in ACCURACY_KINDS:
             raise ValueError(f"StudentCard.accuracy_kind must be one of {ACCURACY_KINDS}, got {self.accuracy_kind!r}")
         self.student_accuracy = _check_fraction("StudentCard.student_accuracy", self.student_accuracy)
@@ -296,7 +299,7 @@ def _card_metadata(card: StudentCard, title: str) -> Any:
         pipeline_tag="image-classification",
         license=card.license,
         tags=["image-classification", "timm", "knowledge-distillation", "db3kd"]
-        + (["zsdb3kd"] if card.method == "zsdb3kd" else [])
+        + ([card.method] if card.method in ZERO_SHOT_METHODS else [])
         + ["black-box", "label-only-teacher"],
         datasets=[dataset_id],
         metrics=["accuracy"],
@@ -424,8 +427,9 @@ Made with db3-timm {__version__}.
 
 
 def _limitations(card: StudentCard) -> str:
-    data = ("pseudo samples grown from noise (no real image was used)" if card.method == "zsdb3kd"
-            else f"images of `{card.dataset}` labelled by the teacher")
+    data = {"zsdb3kd": "pseudo samples grown from noise (no real image was used)",
+            "synth-kd": "samples a generator network proposed (no real image was used)"}.get(
+        card.method, f"images of `{card.dataset}` labelled by the teacher")
     return f"""
 ## Limitations
 

@@ -120,8 +120,8 @@ def plan_queries(oracle: LabelOracle, num_images: Optional[int], config: Distill
     n = None
     if num_images is not None:
         n = int(num_images) - (holdout_split(int(num_images), config.val_fraction, seed)[1].numel() if with_labels else 0)
-    # Without images, the default and the paper's method are the paper's zero-shot ZSDB3KD.
-    name = "zsdb3" if n is None and config.plan in ("default", "paper") else config.plan
+    # Without images: the default is the generator network (``synth``); the paper's method is its ZSDB3KD.
+    name = {"default": "synth", "paper": "zsdb3"}.get(config.plan, config.plan) if n is None else config.plan
     return make_plan(name, oracle, n, budget=budget, labeling=config.labeling, zero_shot=config.zero_shot,
                      prior=prior, evaluation=evaluation)
 
@@ -226,7 +226,8 @@ def _card(oracle: LabelOracle, student_name: str, dataset: str, cfg: DistillConf
     else:
         soft = next((st["config"] for st in info.get("steps", []) if st["source"] == "db3"), {})
         labeler_cfg = dict(soft.get("options", {}))
-    method = "zsdb3kd" if info.get("generator") else ("db3kd" if labeler else "label-kd")
+    generator = (info.get("generator") or {}).get("generator")
+    method = {"zsdb3": "zsdb3kd", "synth": "synth-kd"}.get(generator) or ("db3kd" if labeler else "label-kd")
     identity = str(getattr(oracle, "identity", ""))
     card = {"teacher": oracle.name, "dataset": dataset, "queries": queries["total"], "plan": info.get("plan"),
             "query_breakdown": {k: v for k, v in queries.items() if k != "total"},

@@ -114,6 +114,22 @@ class QueryStore:
                 path.unlink(missing_ok=True)
         return records
 
+    def read_unit(self, name: str) -> Dict[str, torch.Tensor]:
+        """Returns the committed unit ``name``'s ``image`` (float in ``[0, 1]``) and ``label`` columns, in call order."""
+        import datasets
+
+        from ._disk import read_columns
+
+        record = self.committed().get(name)
+        if record is None:
+            raise KeyError(f"unit {name!r} is not committed in the store {str(self.out)!r}")
+        with quiet_datasets():
+            part = datasets.concatenate_datasets([datasets.Dataset.from_file(str(self.out / "train" / f))
+                                                  for f in record["files"]])
+        cols = read_columns(part, ["image", "label"])
+        image = cols["image"].float().div_(255.0) if cols["image"].dtype == torch.uint8 else cols["image"]
+        return {"image": image, "label": cols["label"].long()}
+
     @contextlib.contextmanager
     def unit(self, name: str) -> Iterator[bool]:
         """Groups the rows recorded inside the block into unit ``name``; yields whether the unit is new.

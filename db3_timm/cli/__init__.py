@@ -49,10 +49,13 @@ def _add_label(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_generate(sub: argparse._SubParsersAction) -> None:
-    p = _sub(sub, "generate", "grow a zero-shot transfer set (ZSDB3) from noise with label queries only",
-             "Grow pseudo samples per class, write labelled PNG grids, a robustness plot and a diversity report, and "
-             "soft-label them into one transfer set; rerun the same command to resume.", commands.cmd_generate)
+    p = _sub(sub, "generate", "make a zero-shot transfer set with label queries only (synth or zsdb3)",
+             "--generator zsdb3: grow pseudo samples per class from noise, write labelled PNG grids, a robustness plot "
+             "and a diversity report, and soft-label them into one transfer set. --generator synth: train a generator "
+             "network against a working student and keep the teacher's labels of its samples (--budget queries). "
+             "Rerun the same command to resume.", commands.cmd_generate)
     opt.add_teacher(p)
+    p.add_argument("--generator", choices=["zsdb3", "synth"], default="zsdb3", help="which zero-shot generator runs")
     p.add_argument("--input-shape", type=opt.shape, metavar="C,H,W", help="teacher input shape (default: the model's)")
     opt.add_zero_shot(p, flag=False)
     opt.add_labeling(p)

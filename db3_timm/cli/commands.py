@@ -178,6 +178,31 @@ def _label_plan(args: argparse.Namespace, oracle: Any, labeler: Any, n: int, ref
     return bool(args.dry_run)
 
 
+def _generate_synth(args: argparse.Namespace, oracle: Any, zs: Any) -> int:
+    """``db3 generate --generator synth``: the teacher's labels of a generator network's samples, as a transfer set."""
+    from .._io import write_json_atomic
+    from ..transfer.build import ConfigMismatchError, build_transfer_set
+    from ..transfer.plan import BudgetTooSmallError, make_plan
+
+    t0 = time.monotonic()
+    try:
+        plan = make_plan("synth", oracle, None, budget=args.budget, zero_shot=zs)
+        print(f"plan:\n{plan.describe()}")
+        transfer = build_transfer_set(oracle, plan, args.out, seed=args.seed, progress=not args.no_progress)
+    except BudgetTooSmallError as err:
+        args.parser_error(f"argument --budget: {err}")
+    except ConfigMismatchError as err:
+        args.parser_error(f"argument --out: {err}")
+    missing = transfer.info.get("missing_classes") or []
+    summary = {"generator": "synth", "rows": len(transfer.rows), "missing_classes": missing,
+               "queries": transfer.queries, "wall_s": round(time.monotonic() - t0, 1)}
+    write_json_atomic(Path(args.out) / "summary.json", summary)
+    print(f"transfer set of {len(transfer.rows):,} rows -> {args.out} (missing classes: {', '.join(missing) or 'none'})")
+    print(f"queries: {_queries_line(transfer.queries)}")
+    print(f"figures: {Path(args.out) / 'synth' / 'grids'}; wall time {summary['wall_s']:.1f} s")
+    return 0
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     """``db3 generate``: grow a zero-shot transfer set from noise."""
     import json
@@ -193,6 +218,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
                               f"{args.input_shape[0]} channel(s) but the teacher takes {oracle.input_size[0]}")
         oracle.input_size = tuple(args.input_shape)
     zs = _zero_shot(args, oracle)
+    if args.generator == "synth":
+        return _generate_synth(args, oracle, zs)
     if args.queries_per_target is None and args.labeler != "sd":
         args.queries_per_target = 200  # the pseudo samples' own default: 200 queries per other class
     labeling, _ = _labeling(args, oracle)

@@ -251,10 +251,18 @@ def add_labeling(p: argparse.ArgumentParser, *, transfer_dir: bool = False) -> N
 
 
 def add_zero_shot(p: argparse.ArgumentParser, *, flag: bool = True) -> None:
-    """How pseudo samples are grown (``--zero-shot`` switches them on where images are the default)."""
-    g = p.add_argument_group("zero-shot pseudo samples (ZSDB3)")
+    """How zero-shot samples are made (``--zero-shot`` switches them on where images are the default)."""
+    s = p.add_argument_group("zero-shot samples from a generator network (synth: the default without images)")
     if flag:
-        g.add_argument("--zero-shot", action="store_true", help="use no training image: grow pseudo samples from noise")
+        s.add_argument("--zero-shot", action="store_true",
+                       help="use no training image: plan default becomes synth, plan paper becomes zsdb3")
+    s.add_argument("--queries-per-round", type=int_at_least(1), default=250, metavar="Q",
+                   help="synth: generated samples the teacher labels per round")
+    s.add_argument("--mix-share", type=number(0, high=0.9), default=0.0, metavar="F",
+                   help="synth: share of the budget spent on teacher-labelled mixes of the generated samples")
+    s.add_argument("--synth-kwargs", type=json_object, default={}, metavar="JSON",
+                   help="more synth options (student, width, generator_steps, student_steps, augment, ...)")
+    g = p.add_argument_group("zero-shot pseudo samples grown from noise (zsdb3, the paper's ZSDB3KD)")
     g.add_argument("--samples-per-class", type=int_at_least(1), default=100, metavar="N")
     g.add_argument("--iterations", type=int_at_least(0), default=10, metavar="K", help="push-away iterations")
     g.add_argument("--queries-per-iteration", type=int_at_least(20), default=500, metavar="Q",
@@ -320,10 +328,12 @@ def add_distill(p: argparse.ArgumentParser) -> None:
     p.add_argument("--student-pretrained", action="store_true", help="start from the student's pretrained weights")
     p.add_argument("--eval-teacher", action=argparse.BooleanOptionalAction, default=True,
                    help="also score the teacher on the test split (one counted query per test image)")
-    p.add_argument("--plan", default="default", choices=["default", "paper", "db3", "hard", "mixes", "zsdb3"],
+    from ..transfer.plan import PLANS
+
+    p.add_argument("--plan", default="default", choices=list(PLANS),
                    help="how the budget is spent: default (the best student per query measured), paper (DB3KD soft "
                         "labels from --labeler), db3 (the same, every probe answer trained on too), hard (labels only), "
-                        "mixes; zsdb3 without images")
+                        "mixes; without images: synth (the default), zsdb3 (the paper's), noise (the naive baseline)")
     p.add_argument("--dry-run", action="store_true", help="print the plan and the estimated time, then stop")
     p.add_argument("--out", "--output-dir", dest="out", type=out_dir, metavar="DIR",
                    help="output folder (model/ is the student)")
@@ -371,9 +381,10 @@ def zero_shot_config(args: argparse.Namespace) -> Any:
 
     options = {"start": args.start, "start_pool": args.start_pool, "mixes": args.mixes,
                "max_init_queries": args.max_init_queries, **(args.generator_kwargs or {})}
+    synth = {"queries_per_round": args.queries_per_round, **(args.synth_kwargs or {})}
     return ZeroShotConfig(samples_per_class=args.samples_per_class, iterations=args.iterations,
                           queries_per_iteration=args.queries_per_iteration, step=args.step, step_growth=args.step_growth,
-                          options=options)
+                          options=options, synth=synth, mix_share=args.mix_share)
 
 
 def train_config(args: argparse.Namespace) -> Any:

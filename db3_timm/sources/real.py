@@ -30,6 +30,21 @@ def _need_images(ctx: SourceContext, name: str) -> torch.Tensor:
     return ctx.images
 
 
+def _pool(ctx: SourceContext, on: str, name: str, labelled: bool = False):
+    """The images a source works on: the user's (``on="images"``), or the pseudo samples a generator left."""
+    if on == "pseudo":
+        if "pseudo_images" not in ctx.extra:
+            raise ValueError(f"the {name!r} source with on='pseudo' needs a generator step (synth, zsdb3) before it")
+        return ctx.extra["pseudo_images"], ctx.extra["pseudo_labels"]
+    return _need_images(ctx, name), (teacher_labels(ctx) if labelled else None)
+
+
+def _check_on(on: str) -> str:
+    if on not in ("images", "pseudo"):
+        raise ValueError(f"on must be 'images' or 'pseudo', got {on!r}")
+    return on
+
+
 def teacher_labels(ctx: SourceContext) -> torch.Tensor:
     """Returns the teacher's labels of ``ctx.images`` (asked by ``hard``), read back from the store."""
     if ctx.labels is None:
@@ -82,20 +97,23 @@ class Mixes(Source):
 
     Args:
         augment: augment both images first (see :class:`Augment`; ``True`` for its defaults, or its options).
+        on: ``"images"`` (the user's) or ``"pseudo"`` (the samples a generator step left).
         unit_size: queries per unit (the step of resumption).
     """
 
     name = "mixes"
 
-    def __init__(self, augment: Any = False, unit_size: int = 8192):
+    def __init__(self, augment: Any = False, on: str = "images", unit_size: int = 8192):
         self.augment = Augment(**(augment if isinstance(augment, dict) else {})) if augment else None
+        self.on = _check_on(on)
         self.unit_size = check_int("unit_size", unit_size, 1)
 
     def config(self) -> Dict[str, Any]:
-        return {"source": self.name, "augment": None if self.augment is None else self.augment.config()}
+        out = {"source": self.name, "augment": None if self.augment is None else self.augment.config()}
+        return out if self.on == "images" else {**out, "on": self.on}  # old manifests stay comparable
 
     def run(self, ctx: SourceContext, queries: int) -> int:
-        images = _need_images(ctx, self.name)
+        images, _ = _pool(ctx, self.on, self.name)
 
         def work(k: int, size: int, generator: torch.Generator) -> None:
             pick = torch.randint(0, len(images), (2, size), generator=generator)
@@ -105,7 +123,7 @@ class Mixes(Source):
                 a, b = self.augment.apply(a, generator), self.augment.apply(b, generator)
             ctx.oracle(torch.lerp(b, a, lam))
 
-        return ctx.run_units(self.name, queries, self.unit_size, work)
+        return ctx.run_units(self.name if self.on == "images" else "mixes_pseudo", queries, self.unit_size, work)
 
 
 @register_source(name="boundary")
@@ -114,20 +132,23 @@ class BoundaryPairs(Source):
 
     Args:
         steps: bisection queries per pair (the first lands at the midpoint).
+        on: ``"images"`` (the user's) or ``"pseudo"`` (the samples a generator step left).
         unit_size: queries per unit (rounded down to whole pairs).
     """
 
     name = "boundary"
 
-    def __init__(self, steps: int = 4, unit_size: int = 8192):
+    def __init__(self, steps: int = 4, on: str = "images", unit_size: int = 8192):
         self.steps = check_int("steps", steps, 1, at_most=32)
+        self.on = _check_on(on)
         self.unit_size = check_int("unit_size", unit_size, self.steps)
 
     def config(self) -> Dict[str, Any]:
-        return {"source": self.name, "steps": self.steps}
+        out = {"source": self.name, "steps": self.steps}
+        return out if self.on == "images" else {**out, "on": self.on}
 
     def run(self, ctx: SourceContext, queries: int) -> int:
-        images, labels = _need_images(ctx, self.name), teacher_labels(ctx)
+        images, labels = _pool(ctx, self.on, self.name, labelled=True)
         per_unit = self.unit_size - self.unit_size % self.steps
 
         def work(k: int, size: int, generator: torch.Generator) -> None:
@@ -144,7 +165,7 @@ class BoundaryPairs(Source):
                 a2, b2 = _different_pairs(labels, rest, generator)
                 ctx.oracle(torch.lerp(images[a2], images[b2], 0.5))
 
-        return ctx.run_units(self.name, queries, per_unit, work)
+        return ctx.run_units(self.name if self.on == "images" else "boundary_pseudo", queries, per_unit, work)
 
 
 def _different_pairs(labels: torch.Tensor, n: int, generator: torch.Generator):

@@ -15,7 +15,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 
 import torch
 
-from .._checks import check_int
+from .._checks import check_int, check_number
 from .._disk import dataset_card, is_dataset_dict, quiet_datasets, read_columns
 from .._io import ConfigMismatchError, PathLike, canonical, config_diff, read_json, tensor_fingerprint, write_json_atomic
 from .._registry import create_generator, create_labeler
@@ -72,6 +72,9 @@ class ZeroShotConfig:
         samples_per_class, iterations, queries_per_iteration, step, step_growth: :meth:`generate` settings.
         options: generator options (``start``, ``start_pool``, ``mixes``, ``max_init_queries``, ...).
         pool_labeler: labeler for the start pool (``sd``: distances to the pseudo samples, no query).
+        synth: options of the ``synth`` generator (plan ``synth``; see
+            :class:`~db3_timm.generators.synth.SynthConfig`).
+        mix_share: share of a ``synth`` plan's budget spent on teacher-labelled mixes of the generated samples.
     """
 
     generator: str = "zsdb3"
@@ -82,10 +85,15 @@ class ZeroShotConfig:
     step_growth: float = 1.0
     options: Dict[str, Any] = field(default_factory=dict)
     pool_labeler: str = "sd"
+    synth: Dict[str, Any] = field(default_factory=dict)
+    mix_share: float = 0.0
 
     def __post_init__(self) -> None:
         from .._registry import is_generator, list_generators
+        from ..generators.synth import SynthConfig
 
+        SynthConfig(**self.synth)
+        check_number("mix_share", self.mix_share, low=0, high=1, high_open=True)
         if not is_generator(self.generator):
             raise ValueError(f"unknown generator {self.generator!r}; known generators: {', '.join(list_generators())}")
         check_int("samples_per_class", self.samples_per_class, 1)

@@ -9,7 +9,10 @@ Named plans (``PLANS``):
 * ``db3`` -- the same queries as ``paper``, and the student trains on every answer: the labeler's probes too.
 * ``hard`` -- the teacher's labels of the images, nothing else.
 * ``mixes`` -- labels, then teacher-labelled mixes of two images.
+* ``synth`` -- no images: a generator network trained against a working student proposes samples the teacher
+  labels (``synth``), then teacher-labelled mixes of those samples; the default without images.
 * ``zsdb3`` -- no images: the paper's ZSDB3KD pseudo samples, soft-labelled by a labeler.
+* ``noise`` -- no images: teacher-labelled smooth noise, the naive zero-shot baseline.
 """
 from __future__ import annotations
 
@@ -20,10 +23,13 @@ from .._registry import create_source
 
 __all__ = ["PlanStep", "Plan", "make_plan", "PLANS", "BudgetTooSmallError"]
 
-PLANS = ("default", "paper", "db3", "hard", "mixes", "zsdb3")
+PLANS = ("default", "paper", "db3", "hard", "mixes", "synth", "zsdb3", "noise")
+ZERO_SHOT_PLANS = ("synth", "zsdb3", "noise")
 
 #: Queries per image that ``default`` and ``mixes`` spend when no budget is given.
 DEFAULT_QUERIES_PER_IMAGE = 100
+#: Queries the ``synth`` plan spends when no budget is given.
+DEFAULT_ZERO_SHOT_QUERIES = 50_000
 
 
 class BudgetTooSmallError(ValueError):
@@ -134,15 +140,23 @@ def make_plan(name: str, oracle: Any, num_images: Optional[int], *, budget: Opti
     """
     if name not in PLANS:
         raise ValueError(f"unknown plan {name!r}; plans: {', '.join(PLANS)}")
-    if (num_images is None) != (name == "zsdb3"):
-        raise ValueError(f"plan {name!r} {'learns from no images' if name == 'zsdb3' else 'needs images'}; "
-                         f"use {'images=None' if name == 'zsdb3' else 'plan zsdb3 without images'}")
+    zero_shot_plan = name in ZERO_SHOT_PLANS
+    if (num_images is None) != zero_shot_plan:
+        raise ValueError(f"plan {name!r} {'learns from no images' if zero_shot_plan else 'needs images'}; "
+                         f"use {'images=None' if zero_shot_plan else 'plan synth, zsdb3 or noise without images'}")
     spend = None if budget is None else budget - evaluation
     if spend is not None and spend < 0:
         raise BudgetTooSmallError(f"scoring the teacher on {evaluation:,} test images alone needs {evaluation:,} "
                                   f"queries; the budget is {budget:,}")
-    steps = _real_steps(name, oracle, num_images, spend, labeling, prior) if num_images is not None else \
-        _zero_shot_steps(oracle, spend, labeling, zero_shot)
+    if num_images is not None:
+        steps = _real_steps(name, oracle, num_images, spend, labeling, prior)
+    elif name == "synth":
+        steps = _synth_steps(spend, zero_shot)
+    elif name == "noise":
+        spend = DEFAULT_ZERO_SHOT_QUERIES if spend is None else spend
+        steps = [PlanStep("noise", spend, "teacher-labelled smooth noise (the naive zero-shot baseline)")]
+    else:
+        steps = _zero_shot_steps(oracle, spend, labeling, zero_shot)
     if evaluation:
         steps.append(PlanStep("evaluation", evaluation, "the teacher's accuracy on the test images"))
     return Plan(name, steps, budget, train_rows="soft" if name == "paper" else "all")
@@ -165,6 +179,25 @@ def _real_steps(name: str, oracle: Any, n: int, spend: Optional[int], labeling: 
     augment = rest // 2
     return steps + [PlanStep("augment", augment, "teacher-labelled flips, shifts, rotations and contrast changes"),
                     PlanStep("mixes", rest - augment, "teacher-labelled mixes of two images")]
+
+
+def _synth_steps(spend: Optional[int], zero_shot: Any) -> List[PlanStep]:
+    from ..generators.synth import SynthConfig
+
+    per = SynthConfig(**zero_shot.synth).queries_per_round
+    note = ""
+    if spend is None:
+        spend, note = DEFAULT_ZERO_SHOT_QUERIES, f" (no budget given: {DEFAULT_ZERO_SHOT_QUERIES:,} queries in all)"
+    rounds = int(spend * (1 - zero_shot.mix_share)) // per
+    if rounds < 1:
+        raise BudgetTooSmallError(f"plan 'synth' needs at least one generator round of {per:,} queries "
+                                  f"(queries_per_round) beyond the mixes' share; the budget leaves {spend:,}")
+    steps = [PlanStep("synth", rounds * per, f"{rounds:,} rounds of {per:,} generated samples the teacher labels{note}",
+                      {"options": dict(zero_shot.synth)})]
+    rest = spend - rounds * per
+    if rest and zero_shot.mix_share > 0:
+        steps.append(PlanStep("mixes", rest, "teacher-labelled mixes of two generated samples", {"on": "pseudo"}))
+    return steps
 
 
 def _zero_shot_steps(oracle: Any, spend: Optional[int], labeling: Any, zero_shot: Any) -> List[PlanStep]:

@@ -1,0 +1,109 @@
+"""Zero-shot students per teacher query: no real training image, every arm at equal budgets.
+
+A ``lenet5`` teacher (Fashion-MNIST: ``_common.fmnist_teacher``; digits: trained on the spot), a ``lenet5_half``
+student trained by the product's front door, ``db3_timm.distill_student(images=None, config=DistillConfig(plan=...))``
+(Adam, lr 2e-3, cosine, batch 128, 60 epochs or 1.5M samples seen; final epoch), scored on the real test images:
+
+* ``noise`` -- teacher-labelled smooth noise (the naive baseline);
+* ``synth`` -- the ``synth`` generator's samples, the whole budget;
+* ``synth+mixes`` -- the ``synth`` plan with a quarter of the budget on teacher-labelled mixes of its samples.
+
+Rows are appended to ``--out`` (JSON lines) and skipped when found there, so an interrupted run continues.
+
+    python benchmarks/zero_shot_frontier.py --dataset fashion-mnist --budgets 20000 50000 --seeds 0 1 2 --jobs 2
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import REPO_ROOT, machine_info  # noqa: E402
+
+ARMS = {"noise": ("noise", 0.0), "synth": ("synth", 0.0), "synth+mixes": ("synth", 0.25)}
+
+
+def _key(r: dict) -> tuple:
+    return (r["dataset"], r["budget"], r["arm"], r["seed"])
+
+
+def run_one(job: dict) -> dict:
+    """One zero-shot student: its arm, budget and seed."""
+    import torch
+
+    torch.set_num_threads(job["threads"])
+    from zero_shot import teacher_for
+
+    from db3_timm import DistillConfig, LabelOracle, TrainConfig, distill_student
+    from db3_timm.transfer.build import ZeroShotConfig
+
+    teacher, teacher_acc, test = teacher_for(job["dataset"])
+    plan, share = ARMS[job["arm"]]
+    cfg = DistillConfig(plan=plan, zero_shot=ZeroShotConfig(mix_share=share), val_fraction=0.0, evaluate_teacher=False,
+                        train=TrainConfig(epochs=60, max_samples=1_500_000, lr=2e-3, batch_size=128, seed=job["seed"]))
+    oracle = LabelOracle.from_timm_model(teacher, max_batch_size=8192)
+    t0 = time.time()
+    result = distill_student(oracle, "lenet5_half", None, job["budget"], job["work"], job["seed"],
+                             test=(test.images, test.labels), config=cfg, dataset=job["dataset"], progress=False)
+    done = json.loads((Path(job["work"]) / "results.json").read_text())
+    return {"dataset": job["dataset"], "budget": job["budget"], "arm": job["arm"], "seed": job["seed"],
+            "accuracy": result.test_accuracy, "teacher_accuracy": teacher_acc, "queries": result.queries["total"],
+            "spent_now": oracle.queries, "train_rows": done["train_rows"], "wall_s": round(time.time() - t0, 1),
+            "train_s": done["wall_s"]}
+
+
+def table(records: list) -> str:
+    """Returns the markdown table: mean ± sd over seeds per (budget, arm), with queries and wall time."""
+    groups: dict = {}
+    for r in records:
+        groups.setdefault((r["dataset"], r["budget"], r["arm"]), []).append(r)
+    lines = ["| data | budget | arm | student test accuracy (mean ± sd) | seeds | queries | wall time per run |",
+             "|---|---|---|---|---|---|---|"]
+    for (data, budget, arm), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], list(ARMS).index(kv[0][2]))):
+        acc = [100 * r["accuracy"] for r in rs]
+        sd = f" ± {statistics.stdev(acc):.2f}" if len(acc) > 1 else ""
+        wall = statistics.mean(r["wall_s"] for r in rs)
+        lines.append(f"| {data} | {budget:,} | {arm} | {statistics.mean(acc):.2f}{sd} % | {len(rs)} | "
+                     f"{max(r['queries'] for r in rs):,} | {wall:,.0f} s |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dataset", choices=("fashion-mnist", "digits"), default="fashion-mnist")
+    ap.add_argument("--budgets", type=int, nargs="+", default=[20_000, 50_000])
+    ap.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS))
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--jobs", type=int, default=1, help="runs in parallel (processes)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    ap.add_argument("--out", default=str(REPO_ROOT / "benchmarks" / "results" / "zero_shot_frontier.jsonl"))
+    ap.add_argument("--work", default=str(REPO_ROOT / "benchmarks" / "results" / "zero_shot_work"))
+    ap.add_argument("--table", action="store_true", help="print the table of what --out holds, run nothing")
+    args = ap.parse_args()
+    out = Path(args.out)
+    records = [json.loads(line) for line in out.read_text().splitlines() if line.strip()] if out.is_file() else []
+    if not args.table:
+        done = {_key(r) for r in records}
+        jobs = [{"dataset": args.dataset, "budget": b, "arm": a, "seed": s, "threads": args.threads,
+                 "work": str(Path(args.work) / f"{args.dataset}_b{b}_{a}_s{s}")}
+                for b in args.budgets for s in args.seeds for a in args.arms
+                if (args.dataset, b, a, s) not in done]
+        print(f"{len(jobs)} runs; machine: {machine_info()}", flush=True)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+            for future in as_completed([pool.submit(run_one, job) for job in jobs]):
+                row = future.result()
+                with out.open("a") as fh:
+                    fh.write(json.dumps(row) + "\n")
+                print(json.dumps(row), flush=True)
+                records.append(row)
+    print(table([r for r in records if r["dataset"] == args.dataset]))
+
+
+if __name__ == "__main__":
+    main()

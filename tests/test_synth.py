@@ -1,0 +1,143 @@
+"""The ``synth`` zero-shot generator: exact budgets, every answer a row, resumption to the same samples."""
+import json
+
+import pytest
+import torch
+
+from db3_timm import (BudgetTooSmallError, DistillConfig, LabelOracle, TrainConfig, ZeroShotConfig, distill_student,
+                      plan_queries)
+from db3_timm.transfer.build import build_transfer_set
+
+SMALL = {"queries_per_round": 20, "generator_steps": 2, "boundary_steps": 1, "student_steps": 3, "student_batch": 16,
+         "student": "lenet5_fifth"}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _config(share=0.0, **synth):
+    return DistillConfig(plan="default", zero_shot=ZeroShotConfig(synth={**SMALL, **synth}, mix_share=share),
+                         train=TrainConfig(epochs=1, batch_size=8), evaluate_teacher=False, val_fraction=0.0)
+
+
+def _build(oracle, cfg, out, seed=0, budget=100):
+    plan = plan_queries(oracle, None, cfg, budget=budget)
+    return build_transfer_set(oracle, plan, out, seed=seed, progress=False)
+
+
+def _rows(transfer):
+    from db3_timm._disk import read_columns
+
+    return read_columns(transfer.rows, ["image", "label"])
+
+
+def test_the_default_zero_shot_plan_spends_the_exact_budget_and_keeps_every_answer(perturbed_lenet_half, tmp_path):
+    oracle = LabelOracle.from_timm_model(perturbed_lenet_half)
+    cfg = _config(share=0.25)
+    plan = plan_queries(oracle, None, cfg, budget=130)
+    # 130 * 0.75 buys 4 whole rounds of 20; the rest goes to mixes of the generated samples.
+    assert [(s.source, s.queries) for s in plan.steps] == [("synth", 80), ("mixes", 50)]
+    result = distill_student(oracle, "lenet5_fifth", None, 130, tmp_path / "run", config=cfg, progress=False)
+    assert oracle.queries == 130 and result.queries == {"synth": 80, "mixes_pseudo": 50, "total": 130}
+    card = json.loads((tmp_path / "run" / "model" / "db3.json").read_text())
+    assert card["method"] == "synth-kd" and card["generator"] == "synth" and card["transfer_rows"] == 130
+    import datasets
+
+    rows = datasets.load_from_disk(str(tmp_path / "run" / "transfer"))["train"]
+    assert len(rows) == 130 and sorted(set(rows["source"])) == ["mixes_pseudo", "synth"]
+
+
+def test_a_budget_below_one_round_or_a_bad_option_is_refused_before_any_query(perturbed_lenet_half, tmp_path):
+    oracle = LabelOracle.from_timm_model(perturbed_lenet_half)
+    with pytest.raises(BudgetTooSmallError, match="one generator round of 20 queries"):
+        distill_student(oracle, "lenet5_fifth", None, 19, tmp_path / "run", config=_config(), progress=False)
+    with pytest.raises(ValueError, match="augment must be one of"):
+        _config(augment="bogus")
+    with pytest.raises(ValueError, match="mix_share"):
+        ZeroShotConfig(mix_share=1.0)
+    with pytest.raises(ValueError, match="queries_per_round"):
+        _config(queries_per_round=0)
+    assert oracle.queries == 0 and not (tmp_path / "run").exists()
+
+
+def test_a_killed_generation_resumes_to_the_same_samples(perturbed_lenet_half, tmp_path, monkeypatch):
+    straight = _rows(_build(LabelOracle.from_timm_model(perturbed_lenet_half, budget=100), _config(), tmp_path / "a"))
+
+    # Killed by the budget after two rounds, then continued with the full budget.
+    from db3_timm.oracle import QueryBudgetExceeded
+
+    with pytest.raises(QueryBudgetExceeded):
+        _build(LabelOracle.from_timm_model(perturbed_lenet_half, budget=50), _config(), tmp_path / "b")
+    oracle = LabelOracle.from_timm_model(perturbed_lenet_half, budget=100)
+    again = _rows(_build(oracle, _config(), tmp_path / "b"))
+    assert oracle.queries == 60  # only the three rounds not committed are asked again
+    assert torch.equal(again["image"], straight["image"]) and torch.equal(again["label"], straight["label"])
+
+    # Killed after a round was committed but before the generator's state was saved: replayed, not re-asked.
+    saves = {"n": 0}
+    real_save = torch.save
+
+    def dies_on_third_save(obj, path, *args, **kwargs):
+        saves["n"] += 1
+        if saves["n"] == 3:
+            raise KeyboardInterrupt
+        return real_save(obj, path, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", dies_on_third_save)
+    with pytest.raises(KeyboardInterrupt):
+        _build(LabelOracle.from_timm_model(perturbed_lenet_half, budget=100), _config(), tmp_path / "c")
+    monkeypatch.setattr(torch, "save", real_save)
+    oracle = LabelOracle.from_timm_model(perturbed_lenet_half, budget=100)
+    again = _rows(_build(oracle, _config(), tmp_path / "c"))
+    assert oracle.queries == 40  # rounds 0-2 committed; round 2 replayed from its stored answers
+    assert torch.equal(again["image"], straight["image"]) and torch.equal(again["label"], straight["label"])
+
+
+def test_a_class_the_teacher_never_answers_is_named(perturbed_lenet_half, tmp_path):
+    class NeverSeven(torch.nn.Module):
+        def __init__(self, net):
+            super().__init__()
+            self.net, self.num_classes, self.pretrained_cfg = net, 10, net.pretrained_cfg
+
+        def forward(self, x):
+            out = self.net(x)
+            out[:, 7] = float("-inf")
+            return out
+
+    oracle = LabelOracle.from_timm_model(NeverSeven(perturbed_lenet_half))
+    names = [f"class{c}" for c in range(10)]
+    plan = plan_queries(oracle, None, _config(), budget=40)
+    with pytest.warns(UserWarning, match="never answered .*class7"):
+            transfer = build_transfer_set(oracle, plan, tmp_path / "t", class_names=names, progress=False)
+    assert "class7" in transfer.info["missing_classes"] and oracle.queries == 40
+
+
+def test_db3_generate_synth_writes_a_transfer_set_that_db3_distill_trains_on(tmp_path, capsys):
+    import timm
+
+    from db3_timm.cli import main as db3
+
+    torch.manual_seed(0)
+    timm.models.save_for_hf(timm.create_model("lenet5_fifth"), str(tmp_path / "teacher"))
+    teacher = f"local-dir:{tmp_path / 'teacher'}"
+    argv = ["generate", "--generator", "synth", "--teacher", teacher, "--budget", "60", "--queries-per-round", "20",
+            "--synth-kwargs", json.dumps({k: v for k, v in SMALL.items() if k != "queries_per_round"}),
+            "--no-progress", "--out", str(tmp_path / "gen")]
+    assert db3(argv) == 0
+    summary = json.loads((tmp_path / "gen" / "summary.json").read_text())
+    assert summary["queries"]["total"] == 60 and summary["rows"] == 60
+    assert (tmp_path / "gen" / "synth" / "grids" / "all-classes.png").is_file()
+    assert db3(argv) == 0  # a finished run is read back, nothing asked again
+    assert json.loads((tmp_path / "gen" / "summary.json").read_text())["queries"]["total"] == 60
+    assert db3(["distill", "--teacher", teacher, "--student", "lenet5_fifth", "--transfer-dir", str(tmp_path / "gen"),
+                "--epochs", "1", "--no-eval-teacher", "--no-progress", "--out", str(tmp_path / "d")]) == 0
+    card = json.loads((tmp_path / "d" / "model" / "db3.json").read_text())
+    assert card["queries"] == 60 and card["method"] == "synth-kd"
+    with pytest.raises(SystemExit):  # below one round: refused before any query, with the numbers
+        db3([{"60": "10", str(tmp_path / "gen"): str(tmp_path / "small")}.get(a, a) for a in argv])
+    assert "one generator round of 20 queries" in capsys.readouterr().err and not (tmp_path / "small").exists()
