@@ -6,7 +6,9 @@ student trained by the product's front door, ``db3_timm.distill_student(images=N
 
 * ``noise`` -- teacher-labelled smooth noise (the naive baseline);
 * ``synth`` -- the ``synth`` generator's samples, the whole budget;
-* ``synth+mixes`` -- the ``synth`` plan with a quarter of the budget on teacher-labelled mixes of its samples.
+* ``synth+mixes`` -- the ``synth`` plan with a quarter of the budget on teacher-labelled mixes of its samples;
+* ``noise+synth`` -- ``synth`` whose first 40 % of rounds are smooth noise (``noise_share``), warming the working
+  student up before the generator steers.
 
 Rows are appended to ``--out`` (JSON lines) and skipped when found there, so an interrupted run continues.
 
@@ -25,7 +27,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import REPO_ROOT, machine_info  # noqa: E402
 
-ARMS = {"noise": ("noise", 0.0), "synth": ("synth", 0.0), "synth+mixes": ("synth", 0.25)}
+# arm -> (plan, mix share, share of the synth rounds that are smooth noise)
+ARMS = {"noise": ("noise", 0.0, 0.0), "synth": ("synth", 0.0, 0.0), "synth+mixes": ("synth", 0.25, 0.0),
+        "noise+synth": ("synth", 0.0, 0.4)}
 
 
 def _key(r: dict) -> tuple:
@@ -43,8 +47,8 @@ def run_one(job: dict) -> dict:
     from db3_timm.transfer.build import ZeroShotConfig
 
     teacher, teacher_acc, test = teacher_for(job["dataset"])
-    plan, share = ARMS[job["arm"]]
-    cfg = DistillConfig(plan=plan, zero_shot=ZeroShotConfig(mix_share=share), val_fraction=0.0, evaluate_teacher=False,
+    plan, share, noise = ARMS[job["arm"]]
+    cfg = DistillConfig(plan=plan, zero_shot=ZeroShotConfig(mix_share=share, noise_share=noise), val_fraction=0.0, evaluate_teacher=False,
                         train=TrainConfig(epochs=60, max_samples=1_500_000, lr=2e-3, batch_size=128, seed=job["seed"]))
     oracle = LabelOracle.from_timm_model(teacher, max_batch_size=8192)
     t0 = time.time()

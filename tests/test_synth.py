@@ -141,3 +141,23 @@ def test_db3_generate_synth_writes_a_transfer_set_that_db3_distill_trains_on(tmp
     with pytest.raises(SystemExit):  # below one round: refused before any query, with the numbers
         db3([{"60": "10", str(tmp_path / "gen"): str(tmp_path / "small")}.get(a, a) for a in argv])
     assert "one generator round of 20 queries" in capsys.readouterr().err and not (tmp_path / "small").exists()
+
+
+def test_noise_rounds_warm_the_working_student_up_and_the_noise_plan_is_the_baseline(perturbed_lenet_half, tmp_path):
+    oracle = LabelOracle.from_timm_model(perturbed_lenet_half)
+    cfg = DistillConfig(plan="default", zero_shot=ZeroShotConfig(synth=SMALL, noise_share=0.5))
+    plan = plan_queries(oracle, None, cfg, budget=100, test_images=0)
+    assert plan.steps[0].options["options"]["noise_rounds"] == 2 and plan.total == 100
+    transfer = build_transfer_set(oracle, plan, tmp_path / "s", progress=False)
+    rows = _rows(transfer)
+    from db3_timm.generators.zsdb3 import smooth_noise
+    from db3_timm.sources.base import unit_generator
+
+    # The first two rounds are exactly the smooth noise of their units' generators.
+    for k in range(2):
+        expected = smooth_noise(20, (1, 28, 28), unit_generator(0, "synth", k), torch.device("cpu"))
+        assert torch.equal(rows["image"][20 * k: 20 * (k + 1)], expected)
+    noise = plan_queries(oracle, None, DistillConfig(plan="noise", evaluate_teacher=False), budget=70)
+    assert [(s.source, s.queries) for s in noise.steps] == [("noise", 70)]
+    with pytest.raises(ValueError, match="plan 'noise' learns from no images"):
+        plan_queries(oracle, 5, DistillConfig(plan="noise", evaluate_teacher=False), budget=70)

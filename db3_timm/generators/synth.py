@@ -47,6 +47,9 @@ class SynthConfig:
         student: the working student's timm architecture (only steers the generator; not the one delivered).
         student_steps, student_batch, student_lr: working-student updates on the bank per round.
         augment: ``"none"``, ``"shift"`` (up to 2 px) or ``"shift+flip"`` (for classes that survive a mirror).
+        noise_rounds: first rounds whose batch is smooth noise (:func:`~db3_timm.generators.zsdb3.smooth_noise`)
+            instead of the generator's: a working student that already knows the teacher's coarse regions steers
+            the generator from the start.
     """
 
     queries_per_round: int = 250
@@ -64,10 +67,11 @@ class SynthConfig:
     student_batch: int = 256
     student_lr: float = 1e-3
     augment: str = "shift"
+    noise_rounds: int = 0
 
     def __post_init__(self) -> None:
         for name, low in (("queries_per_round", 1), ("latent_dim", 1), ("width", 1), ("generator_steps", 0),
-                          ("boundary_steps", 0), ("student_steps", 0), ("student_batch", 1)):
+                          ("boundary_steps", 0), ("student_steps", 0), ("student_batch", 1), ("noise_rounds", 0)):
             setattr(self, name, check_int(name, getattr(self, name), low))
         for name in ("generator_lr", "latent_lr", "student_lr", "boundary_step"):
             setattr(self, name, check_number(name, getattr(self, name), low=0))
@@ -170,6 +174,10 @@ class SynthGenerator:
     def propose(self, generator: torch.Generator) -> torch.Tensor:
         """Returns the round's batch (pixel space, on the oracle's device): steps 1 and 2, no teacher query."""
         cfg, n, c = self.cfg, self.cfg.queries_per_round, self.num_classes
+        if self.rounds < cfg.noise_rounds:
+            from .zsdb3 import smooth_noise
+
+            return smooth_noise(n, self.image_shape, generator, torch.device("cpu")).to(self.device)
         z = torch.randn(n, cfg.latent_dim, generator=generator).to(self.device).requires_grad_(True)
         y = torch.randint(0, c, (n,), generator=generator).to(self.device)
         target = torch.full((n, c), cfg.smoothing / (c - 1), device=self.device).scatter_(1, y.view(-1, 1), 1 - cfg.smoothing)

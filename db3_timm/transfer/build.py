@@ -75,6 +75,8 @@ class ZeroShotConfig:
         synth: options of the ``synth`` generator (plan ``synth``; see
             :class:`~db3_timm.generators.synth.SynthConfig`).
         mix_share: share of a ``synth`` plan's budget spent on teacher-labelled mixes of the generated samples.
+        noise_share: share of a ``synth`` plan's rounds that are smooth noise, before the generator's (the
+            generator's ``noise_rounds``, sized to the budget).
     """
 
     generator: str = "zsdb3"
@@ -87,6 +89,7 @@ class ZeroShotConfig:
     pool_labeler: str = "sd"
     synth: Dict[str, Any] = field(default_factory=dict)
     mix_share: float = 0.0
+    noise_share: float = 0.0
 
     def __post_init__(self) -> None:
         from .._registry import is_generator, list_generators
@@ -94,6 +97,7 @@ class ZeroShotConfig:
 
         SynthConfig(**self.synth)
         check_number("mix_share", self.mix_share, low=0, high=1, high_open=True)
+        check_number("noise_share", self.noise_share, low=0, high=1)
         if not is_generator(self.generator):
             raise ValueError(f"unknown generator {self.generator!r}; known generators: {', '.join(list_generators())}")
         check_int("samples_per_class", self.samples_per_class, 1)

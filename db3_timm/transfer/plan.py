@@ -192,8 +192,13 @@ def _synth_steps(spend: Optional[int], zero_shot: Any) -> List[PlanStep]:
     if rounds < 1:
         raise BudgetTooSmallError(f"plan 'synth' needs at least one generator round of {per:,} queries "
                                   f"(queries_per_round) beyond the mixes' share; the budget leaves {spend:,}")
-    steps = [PlanStep("synth", rounds * per, f"{rounds:,} rounds of {per:,} generated samples the teacher labels{note}",
-                      {"options": dict(zero_shot.synth)})]
+    options = dict(zero_shot.synth)
+    noise = int(zero_shot.noise_share * rounds) if zero_shot.noise_share else 0
+    if noise:
+        options["noise_rounds"] = noise
+    what = f"{rounds:,} rounds of {per:,} samples the teacher labels" + (
+        f", the first {noise:,} smooth noise, the rest from the generator" if noise else " from the generator")
+    steps = [PlanStep("synth", rounds * per, what + note, {"options": options})]
     rest = spend - rounds * per
     if rest and zero_shot.mix_share > 0:
         steps.append(PlanStep("mixes", rest, "teacher-labelled mixes of two generated samples", {"on": "pseudo"}))
