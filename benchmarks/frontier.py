@@ -138,15 +138,17 @@ def plot(records: list, path: Path) -> None:
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), dpi=120, squeeze=False)
     for ax, (student, n) in zip(axes[0], panels):
         for arm in ARMS:
-            pts: dict = {}
+            pts: dict = {}  # budget -> (queries, accuracies): seeds of one budget may spend a few queries less
             for r in records:
                 if r.get("accuracy") is not None and (r["student"], r["images"], r["arm"]) == (student, n, arm):
-                    pts.setdefault(r["queries"] if arm != "hard" else n, []).append(100 * r["accuracy"])
+                    q, accs = pts.setdefault(r["multiplier"], ([], []))
+                    q.append(r["queries"] if arm != "hard" else n)
+                    accs.append(100 * r["accuracy"])
             if pts:
-                xs = sorted(pts)
-                ax.errorbar(xs, [statistics.mean(pts[x]) for x in xs],
-                            yerr=[statistics.stdev(pts[x]) if len(pts[x]) > 1 else 0 for x in xs], marker="o", label=arm,
-                            capsize=3)
+                ms = sorted(pts)
+                ax.errorbar([statistics.mean(pts[m][0]) for m in ms], [statistics.mean(pts[m][1]) for m in ms],
+                            yerr=[statistics.stdev(pts[m][1]) if len(pts[m][1]) > 1 else 0 for m in ms], marker="o",
+                            label=arm, capsize=3)
         ceiling = [100 * r["accuracy"] for r in records if r["arm"] == "ceiling" and r["student"] == student and "accuracy" in r]
         if ceiling:
             ax.axhline(statistics.mean(ceiling), color="gray", linestyle="--", label="all 60k real, hard labels")

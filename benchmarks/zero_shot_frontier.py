@@ -8,7 +8,9 @@ student trained by the product's front door, ``db3_timm.distill_student(images=N
 * ``synth`` -- the ``synth`` generator's samples, the whole budget;
 * ``synth+mixes`` -- the ``synth`` plan with a quarter of the budget on teacher-labelled mixes of its samples;
 * ``noise+synth`` -- ``synth`` whose first 40 % of rounds are smooth noise (``noise_share``), warming the working
-  student up before the generator steers.
+  student up before the generator steers;
+* ``noise+boundary`` -- ``synth`` with ``proposer="noise"``: smooth noise pushed toward the working student's
+  boundaries every round, no generator.
 
 Rows are appended to ``--out`` (JSON lines) and skipped when found there, so an interrupted run continues.
 
@@ -29,7 +31,7 @@ from _common import REPO_ROOT, machine_info  # noqa: E402
 
 # arm -> (plan, mix share, share of the synth rounds that are smooth noise)
 ARMS = {"noise": ("noise", 0.0, 0.0), "synth": ("synth", 0.0, 0.0), "synth+mixes": ("synth", 0.25, 0.0),
-        "noise+synth": ("synth", 0.0, 0.4)}
+        "noise+synth": ("synth", 0.0, 0.4), "noise+boundary": ("synth", 0.0, 0.0, {"proposer": "noise"})}
 
 
 def _key(r: dict) -> tuple:
@@ -47,8 +49,8 @@ def run_one(job: dict) -> dict:
     from db3_timm.transfer.build import ZeroShotConfig
 
     teacher, teacher_acc, test = teacher_for(job["dataset"])
-    plan, share, noise = ARMS[job["arm"]]
-    cfg = DistillConfig(plan=plan, zero_shot=ZeroShotConfig(mix_share=share, noise_share=noise), val_fraction=0.0, evaluate_teacher=False,
+    plan, share, noise, *more = ARMS[job["arm"]]
+    cfg = DistillConfig(plan=plan, zero_shot=ZeroShotConfig(mix_share=share, noise_share=noise, synth=more[0] if more else {}), val_fraction=0.0, evaluate_teacher=False,
                         train=TrainConfig(epochs=60, max_samples=1_500_000, lr=2e-3, batch_size=128, seed=job["seed"]))
     oracle = LabelOracle.from_timm_model(teacher, max_batch_size=8192)
     t0 = time.time()

@@ -47,6 +47,8 @@ class SynthConfig:
         student: the working student's timm architecture (only steers the generator; not the one delivered).
         student_steps, student_batch, student_lr: working-student updates on the bank per round.
         augment: ``"none"``, ``"shift"`` (up to 2 px) or ``"shift+flip"`` (for classes that survive a mirror).
+        proposer: ``"generator"`` (the generator network's samples) or ``"noise"`` (smooth noise every round: the
+            boundary push alone steers the queries; no generator is trained).
         noise_rounds: first rounds whose batch is smooth noise (:func:`~db3_timm.generators.zsdb3.smooth_noise`)
             instead of the generator's: a working student that already knows the teacher's coarse regions steers
             the generator from the start.
@@ -67,6 +69,7 @@ class SynthConfig:
     student_batch: int = 256
     student_lr: float = 1e-3
     augment: str = "shift"
+    proposer: str = "generator"
     noise_rounds: int = 0
 
     def __post_init__(self) -> None:
@@ -79,6 +82,8 @@ class SynthConfig:
         self.balance = check_number("balance", self.balance, low=0)
         if self.augment not in AUGMENTS:
             raise ValueError(f"augment must be one of {AUGMENTS}, got {self.augment!r}")
+        if self.proposer not in ("generator", "noise"):
+            raise ValueError(f"proposer must be 'generator' or 'noise', got {self.proposer!r}")
         if not isinstance(self.student, str) or not self.student:
             raise ValueError(f"student must be a timm model name, got {self.student!r}")
 
@@ -178,6 +183,10 @@ class SynthGenerator:
             from .zsdb3 import smooth_noise
 
             return smooth_noise(n, self.image_shape, generator, torch.device("cpu")).to(self.device)
+        if cfg.proposer == "noise":
+            from .zsdb3 import smooth_noise
+
+            return self._toward_boundaries(smooth_noise(n, self.image_shape, generator, torch.device("cpu")).to(self.device))
         z = torch.randn(n, cfg.latent_dim, generator=generator).to(self.device).requires_grad_(True)
         y = torch.randint(0, c, (n,), generator=generator).to(self.device)
         target = torch.full((n, c), cfg.smoothing / (c - 1), device=self.device).scatter_(1, y.view(-1, 1), 1 - cfg.smoothing)
@@ -200,11 +209,15 @@ class SynthGenerator:
         if best is None:
             with torch.no_grad():
                 best = self.generator(z)
-        x = best
-        for _ in range(cfg.boundary_steps):
+        return self._toward_boundaries(best)
+
+    def _toward_boundaries(self, x: torch.Tensor) -> torch.Tensor:
+        """Step 2: signed-gradient steps that raise the working student's entropy (no teacher query)."""
+        self.student.eval()
+        for _ in range(self.cfg.boundary_steps):
             x = x.detach().requires_grad_(True)
             grad, = torch.autograd.grad(_entropy(self.student(self.normalize(x))).sum(), [x])
-            x = (x + cfg.boundary_step * grad.sign()).clamp(0, 1)
+            x = (x + self.cfg.boundary_step * grad.sign()).clamp(0, 1)
         return x.detach()
 
     def learn(self, bank_x: torch.Tensor, bank_y: torch.Tensor, generator: torch.Generator) -> None:
