@@ -260,7 +260,7 @@ def add_zero_shot(p: argparse.ArgumentParser, *, flag: bool = True) -> None:
                    help="synth: generated samples the teacher labels per round")
     s.add_argument("--mix-share", type=number(0, high=0.9), default=0.0, metavar="F",
                    help="synth: share of the budget spent on teacher-labelled mixes of the generated samples")
-    s.add_argument("--noise-share", type=number(0, high=1), default=0.0, metavar="F",
+    s.add_argument("--noise-share", type=number(0, high=1), default=0.4, metavar="F",
                    help="synth: share of the rounds that are smooth noise before the generator's")
     s.add_argument("--synth-kwargs", type=json_object, default={}, metavar="JSON",
                    help="more synth options (student, width, generator_steps, student_steps, augment, ...)")

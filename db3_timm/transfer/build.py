@@ -76,7 +76,8 @@ class ZeroShotConfig:
             :class:`~db3_timm.generators.synth.SynthConfig`).
         mix_share: share of a ``synth`` plan's budget spent on teacher-labelled mixes of the generated samples.
         noise_share: share of a ``synth`` plan's rounds that are smooth noise, before the generator's (the
-            generator's ``noise_rounds``, sized to the budget).
+            generator's ``noise_rounds``, sized to the budget); 0.4 measured best of 0 and 0.4
+            (``benchmarks/zero_shot_frontier.py``).
     """
 
     generator: str = "zsdb3"
@@ -89,7 +90,7 @@ class ZeroShotConfig:
     pool_labeler: str = "sd"
     synth: Dict[str, Any] = field(default_factory=dict)
     mix_share: float = 0.0
-    noise_share: float = 0.0
+    noise_share: float = 0.4
 
     def __post_init__(self) -> None:
         from .._registry import is_generator, list_generators
