@@ -79,6 +79,36 @@ def table(records: list) -> str:
     return "\n".join(lines)
 
 
+def plot(records: list, path: Path) -> None:
+    """Student accuracy vs teacher queries (log x), one line per arm, mean ± sd over seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    for arm in ARMS:
+        pts: dict = {}
+        for r in records:
+            if r["arm"] == arm:
+                pts.setdefault(r["budget"], []).append(100 * r["accuracy"])
+        if pts:
+            xs = sorted(pts)
+            ax.errorbar(xs, [statistics.mean(pts[x]) for x in xs], marker="o", capsize=3, label=arm,
+                        yerr=[statistics.stdev(pts[x]) if len(pts[x]) > 1 else 0 for x in xs])
+    teacher = next((100 * r["teacher_accuracy"] for r in records), None)
+    if teacher is not None:
+        ax.axhline(teacher, color="gray", linestyle="--", label="teacher")
+    ax.set_xscale("log")
+    ax.set_xlabel("teacher queries (no real image)")
+    ax.set_ylabel("student test accuracy (%)")
+    ax.set_title(f"zero-shot lenet5_half, {records[0]['dataset']}" if records else "zero-shot")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", choices=("fashion-mnist", "digits"), default="fashion-mnist")
@@ -90,6 +120,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(REPO_ROOT / "benchmarks" / "results" / "zero_shot_frontier.jsonl"))
     ap.add_argument("--work", default=str(REPO_ROOT / "benchmarks" / "results" / "zero_shot_work"))
     ap.add_argument("--table", action="store_true", help="print the table of what --out holds, run nothing")
+    ap.add_argument("--plot", default=None, help="also write the accuracy-vs-queries plot here (PNG)")
     args = ap.parse_args()
     out = Path(args.out)
     records = [json.loads(line) for line in out.read_text().splitlines() if line.strip()] if out.is_file() else []
@@ -108,7 +139,10 @@ def main() -> None:
                     fh.write(json.dumps(row) + "\n")
                 print(json.dumps(row), flush=True)
                 records.append(row)
-    print(table([r for r in records if r["dataset"] == args.dataset]))
+    mine = [r for r in records if r["dataset"] == args.dataset]
+    print(table(mine))
+    if args.plot and mine:
+        plot(mine, Path(args.plot))
 
 
 if __name__ == "__main__":
