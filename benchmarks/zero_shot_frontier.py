@@ -10,7 +10,9 @@ student trained by the product's front door, ``db3_timm.distill_student(images=N
 * ``noise+synth`` -- ``synth`` whose first 40 % of rounds are smooth noise (``noise_share``), warming the working
   student up before the generator steers;
 * ``noise+boundary`` -- ``synth`` with ``proposer="noise"``: smooth noise pushed toward the working student's
-  boundaries every round, no generator.
+  boundaries every round, no generator;
+* ``noise+synth rebalanced`` -- ``noise+synth`` aiming the generator at the classes the teacher has answered least
+  (``rebalance=True``).
 
 Rows are appended to ``--out`` (JSON lines) and skipped when found there, so an interrupted run continues.
 
@@ -31,7 +33,8 @@ from _common import REPO_ROOT, machine_info  # noqa: E402
 
 # arm -> (plan, mix share, share of the synth rounds that are smooth noise)
 ARMS = {"noise": ("noise", 0.0, 0.0), "synth": ("synth", 0.0, 0.0), "synth+mixes": ("synth", 0.25, 0.0),
-        "noise+synth": ("synth", 0.0, 0.4), "noise+boundary": ("synth", 0.0, 0.0, {"proposer": "noise"})}
+        "noise+synth": ("synth", 0.0, 0.4), "noise+boundary": ("synth", 0.0, 0.0, {"proposer": "noise"}),
+        "noise+synth rebalanced": ("synth", 0.0, 0.4, {"rebalance": True})}
 
 
 def _key(r: dict) -> tuple:

@@ -65,7 +65,11 @@ def test_a_budget_below_one_round_or_a_bad_option_is_refused_before_any_query(pe
     assert oracle.queries == 0 and not (tmp_path / "run").exists()
 
 
-def test_a_killed_generation_resumes_to_the_same_samples(perturbed_lenet_half, tmp_path, monkeypatch):
+@pytest.mark.parametrize("rebalance", [False, True])
+def test_a_killed_generation_resumes_to_the_same_samples(perturbed_lenet_half, tmp_path, monkeypatch, rebalance):
+    def _config(**kw):
+        return globals()["_config"](rebalance=rebalance, **kw)
+
     straight = _rows(_build(LabelOracle.from_timm_model(perturbed_lenet_half, budget=100), _config(), tmp_path / "a"))
 
     # Killed by the budget after two rounds, then continued with the full budget.

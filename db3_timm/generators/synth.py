@@ -49,6 +49,8 @@ class SynthConfig:
         augment: ``"none"``, ``"shift"`` (up to 2 px) or ``"shift+flip"`` (for classes that survive a mirror).
         proposer: ``"generator"`` (the generator network's samples) or ``"noise"`` (smooth noise every round: the
             boundary push alone steers the queries; no generator is trained).
+        rebalance: draw the generator's target classes with weight ``1 / sqrt(1 + answers so far)`` per class
+            instead of uniformly, so classes the teacher has rarely answered are aimed at more often.
         noise_rounds: first rounds whose batch is smooth noise (:func:`~db3_timm.generators.zsdb3.smooth_noise`)
             instead of the generator's: a working student that already knows the teacher's coarse regions steers
             the generator from the start.
@@ -70,6 +72,7 @@ class SynthConfig:
     student_lr: float = 1e-3
     augment: str = "shift"
     proposer: str = "generator"
+    rebalance: bool = False
     noise_rounds: int = 0
 
     def __post_init__(self) -> None:
@@ -82,6 +85,8 @@ class SynthConfig:
         self.balance = check_number("balance", self.balance, low=0)
         if self.augment not in AUGMENTS:
             raise ValueError(f"augment must be one of {AUGMENTS}, got {self.augment!r}")
+        if not isinstance(self.rebalance, bool):
+            raise ValueError(f"rebalance must be true or false, got {self.rebalance!r}")
         if self.proposer not in ("generator", "noise"):
             raise ValueError(f"proposer must be 'generator' or 'noise', got {self.proposer!r}")
         if not isinstance(self.student, str) or not self.student:
@@ -165,6 +170,7 @@ class SynthGenerator:
         self.student_opt = torch.optim.Adam(self.student.parameters(), lr=self.cfg.student_lr)
         self.generator_opt = torch.optim.Adam(self.generator.parameters(), lr=self.cfg.generator_lr, betas=(0.5, 0.999))
         self.rounds = 0
+        self.answers = torch.zeros(self.num_classes, dtype=torch.long)  # the teacher's answers per class so far
 
     def config(self) -> Dict[str, Any]:
         """Returns the settings that determine the samples (recorded with the run, compared on resume)."""
@@ -188,7 +194,7 @@ class SynthGenerator:
 
             return self._toward_boundaries(smooth_noise(n, self.image_shape, generator, torch.device("cpu")).to(self.device))
         z = torch.randn(n, cfg.latent_dim, generator=generator).to(self.device).requires_grad_(True)
-        y = torch.randint(0, c, (n,), generator=generator).to(self.device)
+        y = self._target_classes(n, generator)
         target = torch.full((n, c), cfg.smoothing / (c - 1), device=self.device).scatter_(1, y.view(-1, 1), 1 - cfg.smoothing)
         opt_z = torch.optim.Adam([z], lr=cfg.latent_lr, betas=(0.5, 0.999))
         self.student.eval()
@@ -211,6 +217,13 @@ class SynthGenerator:
                 best = self.generator(z)
         return self._toward_boundaries(best)
 
+    def _target_classes(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """The classes the generator aims the working student at: uniform, or toward rarely answered classes."""
+        if self.cfg.rebalance:
+            weights = (1.0 + self.answers.double()).rsqrt()
+            return torch.multinomial(weights, n, replacement=True, generator=generator).to(self.device)
+        return torch.randint(0, self.num_classes, (n,), generator=generator).to(self.device)
+
     def _toward_boundaries(self, x: torch.Tensor) -> torch.Tensor:
         """Step 2: signed-gradient steps that raise the working student's entropy (no teacher query)."""
         self.student.eval()
@@ -231,12 +244,14 @@ class SynthGenerator:
             self.student_opt.zero_grad(set_to_none=True)
             loss.backward()
             self.student_opt.step()
+        self.answers = torch.bincount(bank_y.cpu(), minlength=self.num_classes)
         self.rounds += 1
 
     # ------------------------------------------------------------------ resumption
     def state_dict(self) -> Dict[str, Any]:
         """Returns everything a resumed run needs (generator, working student, both optimisers, rounds done)."""
-        return {"rounds": self.rounds, "generator": self.generator.state_dict(), "student": self.student.state_dict(),
+        return {"rounds": self.rounds, "answers": self.answers, "generator": self.generator.state_dict(),
+                "student": self.student.state_dict(),
                 "generator_opt": self.generator_opt.state_dict(), "student_opt": self.student_opt.state_dict()}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
@@ -246,6 +261,7 @@ class SynthGenerator:
         self.generator_opt.load_state_dict(state["generator_opt"])
         self.student_opt.load_state_dict(state["student_opt"])
         self.rounds = int(state["rounds"])
+        self.answers = state.get("answers", torch.zeros(self.num_classes)).long().cpu()  # absent in older states
 
 
 @register_generator(name="synth")
