@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from .._checks import check_int, check_number
 from .._registry import register_generator
 from ..oracle import LabelOracle
+from .zsdb3 import smooth_noise
 
 __all__ = ["SynthConfig", "ImageGenerator", "SynthGenerator", "AUGMENTS"]
 
@@ -184,15 +185,19 @@ class SynthGenerator:
     # ------------------------------------------------------------------ one round
     def propose(self, generator: torch.Generator) -> torch.Tensor:
         """Returns the round's batch (pixel space, on the oracle's device): steps 1 and 2, no teacher query."""
+        if self.rounds < self.cfg.noise_rounds:  # warm-up: the working student first learns the coarse regions
+            return self._noise(generator)
+        if self.cfg.proposer == "noise":
+            return self._toward_boundaries(self._noise(generator))
+        return self._toward_boundaries(self._generate(generator))
+
+    def _noise(self, generator: torch.Generator) -> torch.Tensor:
+        n = self.cfg.queries_per_round
+        return smooth_noise(n, self.image_shape, generator, torch.device("cpu")).to(self.device)
+
+    def _generate(self, generator: torch.Generator) -> torch.Tensor:
+        """Step 1: the generator and the round's latents trained against the working student; the best batch."""
         cfg, n, c = self.cfg, self.cfg.queries_per_round, self.num_classes
-        if self.rounds < cfg.noise_rounds:
-            from .zsdb3 import smooth_noise
-
-            return smooth_noise(n, self.image_shape, generator, torch.device("cpu")).to(self.device)
-        if cfg.proposer == "noise":
-            from .zsdb3 import smooth_noise
-
-            return self._toward_boundaries(smooth_noise(n, self.image_shape, generator, torch.device("cpu")).to(self.device))
         z = torch.randn(n, cfg.latent_dim, generator=generator).to(self.device).requires_grad_(True)
         y = self._target_classes(n, generator)
         target = torch.full((n, c), cfg.smoothing / (c - 1), device=self.device).scatter_(1, y.view(-1, 1), 1 - cfg.smoothing)
@@ -212,10 +217,10 @@ class SynthGenerator:
             loss.backward()
             self.generator_opt.step()
             opt_z.step()
-        if best is None:
+        if best is None:  # generator_steps=0: the generator as it is
             with torch.no_grad():
                 best = self.generator(z)
-        return self._toward_boundaries(best)
+        return best
 
     def _target_classes(self, n: int, generator: torch.Generator) -> torch.Tensor:
         """The classes the generator aims the working student at: uniform, or toward rarely answered classes."""
