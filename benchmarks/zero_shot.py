@@ -48,6 +48,7 @@ def teacher_for(dataset: str):
         return model, acc, load_image_dataset("fashion-mnist", "test")
     train = load_image_dataset("digits", "train", image_size=28)
     test = load_image_dataset("digits", "test", image_size=28)
+    torch.manual_seed(0)  # the same teacher in every process: its initialisation is seeded too
     model = timm.create_model("lenet5", num_classes=10)
     fit(model, train.images, train.labels, epochs=20, lr=2e-3, seed=0)
     return model, evaluate(model, test.images, test.labels), test
