@@ -198,6 +198,7 @@ def _synth_steps(spend: Optional[int], zero_shot: Any) -> List[PlanStep]:
         options["noise_rounds"] = noise
     what = f"{rounds:,} rounds of {per:,} samples the teacher labels" + (
         f", the first {noise:,} smooth noise, the rest from the generator" if noise else " from the generator")
+    what += "; between rounds the generator and a working student train (compute beyond the teacher's time)"
     steps = [PlanStep("synth", rounds * per, what + note, {"options": options})]
     rest = spend - rounds * per
     if rest and zero_shot.mix_share > 0:
