@@ -240,3 +240,13 @@ def distance_setup(samples: int, references: int):
     refs = (train.images[-references:], train.labels[-references:])
     x, y = correct_subset(teacher, train.images[:-references], train.labels[:-references], samples, seed=0)
     return teacher, acc, refs, x, y
+
+
+def accuracy_axes(ax, title: str, xlabel: str = "teacher queries") -> None:
+    """Styles an accuracy-vs-queries panel the way every benchmark plot here does (log x, grid, small legend)."""
+    ax.set_xscale("log")
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("student test accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)

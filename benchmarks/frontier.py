@@ -31,7 +31,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import REPO_ROOT, fmnist_teacher, machine_info  # noqa: E402
+from _common import REPO_ROOT, accuracy_axes, fmnist_teacher, machine_info  # noqa: E402
 
 ARMS = ("hard", "paper", "db3", "mixes", "default", "default-8bit")
 STUDENTS = ("lenet5_half", "lenet5_fifth")
@@ -152,12 +152,7 @@ def plot(records: list, path: Path) -> None:
         ceiling = [100 * r["accuracy"] for r in records if r["arm"] == "ceiling" and r["student"] == student and "accuracy" in r]
         if ceiling:
             ax.axhline(statistics.mean(ceiling), color="gray", linestyle="--", label="all 60k real, hard labels")
-        ax.set_xscale("log")
-        ax.set_title(f"{student}, {n:,} real images")
-        ax.set_xlabel("teacher queries")
-        ax.set_ylabel("student test accuracy (%)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        accuracy_axes(ax, f"{student}, {n:,} real images")
     fig.tight_layout()
     fig.savefig(path)
 

@@ -29,7 +29,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import REPO_ROOT, machine_info  # noqa: E402
+from _common import REPO_ROOT, accuracy_axes, machine_info  # noqa: E402
 
 # arm -> (plan, mix share, share of the synth rounds that are smooth noise)
 ARMS = {"noise": ("noise", 0.0, 0.0), "synth": ("synth", 0.0, 0.0), "synth+mixes": ("synth", 0.25, 0.0),
@@ -102,12 +102,8 @@ def plot(records: list, path: Path) -> None:
     teacher = next((100 * r["teacher_accuracy"] for r in records), None)
     if teacher is not None:
         ax.axhline(teacher, color="gray", linestyle="--", label="teacher")
-    ax.set_xscale("log")
-    ax.set_xlabel("teacher queries (no real image)")
-    ax.set_ylabel("student test accuracy (%)")
-    ax.set_title(f"zero-shot lenet5_half, {records[0]['dataset']}" if records else "zero-shot")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    accuracy_axes(ax, f"zero-shot lenet5_half, {records[0]['dataset']}" if records else "zero-shot",
+                  "teacher queries (no real image)")
     fig.tight_layout()
     fig.savefig(path)
 

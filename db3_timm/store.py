@@ -114,8 +114,9 @@ class QueryStore:
                 path.unlink(missing_ok=True)
         return records
 
-    def read_unit(self, name: str) -> Dict[str, torch.Tensor]:
-        """Returns the committed unit ``name``'s ``image`` (float in ``[0, 1]``) and ``label`` columns, in call order."""
+    def read_unit(self, name: str, columns: Sequence[str] = ("image", "label")) -> Dict[str, torch.Tensor]:
+        """Returns ``columns`` of the committed unit ``name`` in call order (``image`` as float in ``[0, 1]``,
+        ``label`` as int64)."""
         import datasets
 
         from ._disk import read_columns
@@ -126,9 +127,12 @@ class QueryStore:
         with quiet_datasets():
             part = datasets.concatenate_datasets([datasets.Dataset.from_file(str(self.out / "train" / f))
                                                   for f in record["files"]])
-        cols = read_columns(part, ["image", "label"])
-        image = cols["image"].float().div_(255.0) if cols["image"].dtype == torch.uint8 else cols["image"]
-        return {"image": image, "label": cols["label"].long()}
+        cols = read_columns(part, list(columns))
+        if "image" in cols and cols["image"].dtype == torch.uint8:
+            cols["image"] = cols["image"].float().div_(255.0)
+        if "label" in cols:
+            cols["label"] = cols["label"].long()
+        return cols
 
     @contextlib.contextmanager
     def unit(self, name: str) -> Iterator[bool]:

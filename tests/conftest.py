@@ -45,3 +45,12 @@ def perturbed_lenet_half():
         for p in model.parameters():
             p.add_(torch.randn_like(p))
     return model
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test: tiny convolutions are as fast, and two OpenMP threads stall on a shared box."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

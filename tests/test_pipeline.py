@@ -9,13 +9,10 @@ from db3_timm import (BudgetTooSmallError, DistillConfig, LabelingConfig, LabelO
 
 
 @pytest.fixture
-def one_thread():
+def one_thread(one_thread):  # conftest's one thread, and a fresh Accelerate state after each test
     from accelerate.state import AcceleratorState, GradientState
 
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
     yield
-    torch.set_num_threads(before)
     AcceleratorState._reset_state(reset_partial_state=True)
     GradientState._reset_state()
 

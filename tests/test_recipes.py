@@ -38,12 +38,9 @@ def _reset_accelerate():
 
 
 @pytest.fixture
-def in_process():
-    """One thread (two OpenMP threads stall on a shared 2-core box) and a clean accelerate state afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
+def in_process(one_thread):
+    """One thread (conftest's ``one_thread``) and a clean accelerate state afterwards."""
     yield
-    torch.set_num_threads(before)
     _reset_accelerate()
 
 

@@ -12,12 +12,7 @@ SMALL = {"queries_per_round": 20, "generator_steps": 2, "boundary_steps": 1, "st
          "student": "lenet5_fifth"}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _config(share=0.0, **synth):

@@ -9,13 +9,7 @@ from db3_timm._preprocess import PixelTransform
 from db3_timm.training import DB3DistillationTask, evaluate, fit, kd_loss, kd_loss_terms, split_kd_target
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny convolutions: one thread is as fast, and two OpenMP threads stall badly when the box is shared.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _softmax(row, t=1.0):

@@ -204,14 +204,17 @@ class SynthGenerator:
         opt_z = torch.optim.Adam([z], lr=cfg.latent_lr, betas=(0.5, 0.999))
         self.student.eval()
         self.generator.train()
-        best, best_loss = None, float("inf")
+        best, best_loss = None, None
         for _ in range(cfg.generator_steps):
             x = self.generator(z)
             logits = self.student(self.normalize(_augment(x, cfg.augment, generator)))
             mean = logits.softmax(1).mean(0)
             loss = F.kl_div(logits.log_softmax(1), target, reduction="batchmean") + cfg.balance * (mean * mean.clamp_min(1e-12).log()).sum()
-            if loss.item() < best_loss:  # keep the best batch seen (the last step may overshoot)
-                best, best_loss = x.detach(), loss.item()
+            if best is None:
+                best, best_loss = x.detach(), loss.detach()
+            else:  # keep the best batch seen (the last step may overshoot); selected on the device, no host sync
+                better = loss.detach() < best_loss
+                best, best_loss = torch.where(better, x.detach(), best), torch.minimum(best_loss, loss.detach())
             self.generator_opt.zero_grad(set_to_none=True)
             opt_z.zero_grad(set_to_none=True)
             loss.backward()

@@ -30,7 +30,7 @@ def _need_images(ctx: SourceContext, name: str) -> torch.Tensor:
     return ctx.images
 
 
-def _pool(ctx: SourceContext, on: str, name: str, labelled: bool = False):
+def source_pool(ctx: SourceContext, on: str, name: str, labelled: bool = False):
     """The images a source works on: the user's (``on="images"``), or the pseudo samples a generator left."""
     if on == "pseudo":
         if "pseudo_images" not in ctx.extra:
@@ -39,7 +39,7 @@ def _pool(ctx: SourceContext, on: str, name: str, labelled: bool = False):
     return _need_images(ctx, name), (teacher_labels(ctx) if labelled else None)
 
 
-def _check_on(on: str) -> str:
+def check_on(on: str) -> str:
     if on not in ("images", "pseudo"):
         raise ValueError(f"on must be 'images' or 'pseudo', got {on!r}")
     return on
@@ -77,17 +77,8 @@ class HardLabels(Source):
 
 def _labels_from_store(ctx: SourceContext, name: str, n: int, unit_size: int, answers: Dict[int, torch.Tensor]) -> torch.Tensor:
     """The labels of units answered now, and of units answered by an earlier run (read from their store rows)."""
-    import datasets
-
-    parts = []
-    records = ctx.store.committed()
-    for k in range(math.ceil(n / unit_size)):
-        if k in answers:
-            parts.append(answers[k].cpu())
-            continue
-        files = [str(ctx.store.out / "train" / f) for f in records[f"{name}-{k:05d}"]["files"]]
-        part = datasets.concatenate_datasets([datasets.Dataset.from_file(f) for f in files])
-        parts.append(torch.as_tensor(part.with_format("numpy", columns=["label"])[:]["label"]).long())
+    parts = [answers[k].cpu() if k in answers else ctx.store.read_unit(f"{name}-{k:05d}", ["label"])["label"]
+             for k in range(math.ceil(n / unit_size))]
     return torch.cat(parts)
 
 
@@ -105,7 +96,7 @@ class Mixes(Source):
 
     def __init__(self, augment: Any = False, on: str = "images", unit_size: int = 8192):
         self.augment = Augment(**(augment if isinstance(augment, dict) else {})) if augment else None
-        self.on = _check_on(on)
+        self.on = check_on(on)
         self.unit_size = check_int("unit_size", unit_size, 1)
 
     def config(self) -> Dict[str, Any]:
@@ -113,7 +104,7 @@ class Mixes(Source):
         return out if self.on == "images" else {**out, "on": self.on}  # old manifests stay comparable
 
     def run(self, ctx: SourceContext, queries: int) -> int:
-        images, _ = _pool(ctx, self.on, self.name)
+        images, _ = source_pool(ctx, self.on, self.name)
 
         def work(k: int, size: int, generator: torch.Generator) -> None:
             pick = torch.randint(0, len(images), (2, size), generator=generator)
@@ -140,7 +131,7 @@ class BoundaryPairs(Source):
 
     def __init__(self, steps: int = 4, on: str = "images", unit_size: int = 8192):
         self.steps = check_int("steps", steps, 1, at_most=32)
-        self.on = _check_on(on)
+        self.on = check_on(on)
         self.unit_size = check_int("unit_size", unit_size, self.steps)
 
     def config(self) -> Dict[str, Any]:
@@ -148,7 +139,7 @@ class BoundaryPairs(Source):
         return out if self.on == "images" else {**out, "on": self.on}
 
     def run(self, ctx: SourceContext, queries: int) -> int:
-        images, labels = _pool(ctx, self.on, self.name, labelled=True)
+        images, labels = source_pool(ctx, self.on, self.name, labelled=True)
         per_unit = self.unit_size - self.unit_size % self.steps
 
         def work(k: int, size: int, generator: torch.Generator) -> None:

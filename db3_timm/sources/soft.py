@@ -14,7 +14,7 @@ from .._checks import check_int
 from .._registry import create_labeler, register_source
 from ..labelers.base import References
 from .base import Source, SourceContext
-from .real import teacher_labels
+from .real import check_on, source_pool
 
 __all__ = ["DB3SoftLabels", "references_per_class"]
 
@@ -46,9 +46,7 @@ class DB3SoftLabels(Source):
 
         if not is_labeler(labeler):
             raise ValueError(f"unknown labeler {labeler!r}; known labelers: {', '.join(list_labelers())}")
-        if on not in ("images", "pseudo"):
-            raise ValueError(f"on must be 'images' or 'pseudo', got {on!r}")
-        self.labeler, self.options, self.on = labeler, dict(options or {}), on
+        self.labeler, self.options, self.on = labeler, dict(options or {}), check_on(on)
         self.references = check_int("references_per_class", references_per_class, 0)
         if labeler == "sd" and self.references == 0:
             raise ValueError("the 'sd' labeler measures distances to references: references_per_class must be at least 1")
@@ -72,10 +70,7 @@ class DB3SoftLabels(Source):
         return num_images * self.build(oracle, 0).queries_per_image(references=self.references > 0)
 
     def run(self, ctx: SourceContext, queries: int) -> int:
-        if self.on == "images":
-            images, labels = ctx.images, teacher_labels(ctx)
-        else:
-            images, labels = ctx.extra["pseudo_images"], ctx.extra["pseudo_labels"]
+        images, labels = source_pool(ctx, self.on, self.name, labelled=True)
         need = self.cost(ctx.oracle, len(images))
         if need > queries:
             raise ValueError(f"{self.labeler!r} on {len(images)} images can spend {need:,} queries; the step has {queries:,}")

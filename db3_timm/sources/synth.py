@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import torch
 
@@ -58,13 +58,14 @@ class SynthSamples(Source):
         if rounds < 1:
             raise ValueError(f"one synth round asks {per:,} queries; the step has {queries:,}")
         rank, procs = (ctx.state.process_index, ctx.state.num_processes) if ctx.state is not None else (0, 1)
-        if rank == 0:  # one generator: the main process runs it, the others read its rows back
-            self._generate(ctx, gen, rounds)
+        bank = self._generate(ctx, gen, rounds) if rank == 0 else None  # one generator, on the main process
         if procs > 1:
             ctx.state.wait_for_everyone()
         done = ctx.store.committed()
-        parts = [ctx.store.read_unit(f"{self.name}-{k:05d}") for k in range(rounds)]
-        images, labels = torch.cat([p["image"] for p in parts]), torch.cat([p["label"] for p in parts])
+        if bank is None:  # the other processes read the main process's rows back
+            parts = [ctx.store.read_unit(f"{self.name}-{k:05d}") for k in range(rounds)]
+            bank = torch.cat([p["image"] for p in parts]), torch.cat([p["label"] for p in parts])
+        images, labels = bank
         counts = torch.bincount(labels, minlength=gen.num_classes)
         names = ctx.extra.get("class_names") or [str(c) for c in range(gen.num_classes)]
         missing = [str(names[c]) for c in range(gen.num_classes) if counts[c] == 0]
@@ -74,7 +75,8 @@ class SynthSamples(Source):
         ctx.extra.update(pseudo_images=images, pseudo_labels=labels, generator=gen.config(), missing_classes=missing)
         return sum(r["queries"] for n, r in done.items() if n.rsplit("-", 1)[0] == self.name)
 
-    def _generate(self, ctx: SourceContext, gen: Any, rounds: int) -> None:
+    def _generate(self, ctx: SourceContext, gen: Any, rounds: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Runs (or resumes) every round; returns the bank: every sample the teacher labelled, and its label."""
         from tqdm.auto import tqdm
 
         folder = ctx.store.out / "synth"
@@ -114,6 +116,7 @@ class SynthSamples(Source):
                          class_names=None if names is None else list(names))  # the latest rounds: the most refined
         write_json_atomic(folder / "generation.json", {"generator": gen.config(), "rounds": rounds,
                                                        "queries": rounds * per})
+        return bank_x, bank_y
 
 
 @register_source(name="noise")
