@@ -8,7 +8,7 @@ import json
 import os
 import uuid
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Union
+from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Union
 
 import torch
 
@@ -84,6 +84,22 @@ def tensor_fingerprint(*tensors: torch.Tensor) -> str:
         h.update(f"{tuple(t.shape)}|{t.dtype}|".encode())
         if t.numel():
             h.update(memoryview(t.view(torch.uint8).numpy()))
+    return "sha256:" + h.hexdigest()
+
+
+def tensor_fingerprint_chunks(chunks: Iterable[torch.Tensor], numel: int, dtype: torch.dtype) -> str:
+    """Returns :func:`tensor_fingerprint` of the concatenation of ``chunks`` (``numel`` elements of ``dtype``
+    in all) without holding it: a split read slice by slice gets the string its in-memory tensor gets."""
+    h = hashlib.sha256()
+    h.update(f"{(int(numel),)}|{dtype}|".encode())
+    seen = 0
+    for t in chunks:
+        t = t.detach().cpu().to(dtype).contiguous().reshape(-1)
+        seen += t.numel()
+        if t.numel():
+            h.update(memoryview(t.view(torch.uint8).numpy()))
+    if seen != numel:
+        raise ValueError(f"the chunks hold {seen} elements, not the {numel} announced")
     return "sha256:" + h.hexdigest()
 
 

@@ -3,11 +3,12 @@ from __future__ import annotations
 
 from typing import Any, Dict, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["PixelTransform", "resize", "model_data_config"]
+__all__ = ["PixelTransform", "resize", "model_data_config", "unit_float", "resize_square", "stack_ragged", "to_nchw"]
 
 
 def resize(x: torch.Tensor, size: Sequence[int], *, antialias: bool = False) -> torch.Tensor:
@@ -79,3 +80,80 @@ class PixelTransform(nn.Module):
         if self.input_size is not None:
             x = resize(x, self.input_size[1:], antialias=self.antialias)
         return torch.addcmul(self.shift, x, self.scale)
+
+
+# ---------------------------------------------------------------------- stored pixels -> [0, 1] floats
+def to_nchw(arr: np.ndarray, where: str) -> np.ndarray:
+    """Put a 4-D image batch in (N, C, H, W) order, guessing channels-last vs -first from C."""
+    if arr.shape[-1] in (1, 3, 4) and arr.shape[1] not in (1, 3):
+        arr = arr.transpose(0, 3, 1, 2)  # CIFAR-style (N, H, W, C)
+    elif arr.shape[1] not in (1, 3, 4):
+        raise ValueError(f"{where}: cannot tell the channel axis of image batch shape {arr.shape}")
+    return arr[:, :3] if arr.shape[1] == 4 else arr  # drop alpha: students see 1 or 3 channels
+
+
+def stack_ragged(
+    arrays: list[np.ndarray], image_size: int | None, where: str, *, channels_last: bool | None
+) -> np.ndarray:
+    """Stack images that differ in size or channel count into one (N, C, S, S) float array."""
+    chw = []
+    for a in arrays:
+        a = np.asarray(a)
+        if a.ndim == 2:
+            a = a[None]
+        elif a.ndim == 3 and (
+            channels_last or (channels_last is None and a.shape[-1] in (1, 3, 4) and a.shape[0] not in (1, 3))
+        ):
+            a = a.transpose(2, 0, 1)
+        elif a.ndim != 3:
+            raise ValueError(f"{where}: cannot read an image of shape {a.shape}")
+        chw.append(a[:3])
+    channels = max(a.shape[0] for a in chw)
+    sizes = {a.shape[1:] for a in chw}
+    if len(sizes) > 1 and image_size is None:
+        examples = ", ".join(f"{h}x{w}" for h, w in sorted(sizes)[:3])
+        raise ValueError(
+            f"{where}: images have different sizes ({examples}, ...); pass image_size=S to resize them all to SxS"
+        )
+    out = []
+    for a in chw:
+        t = unit_float(a)[None]
+        if t.shape[1] != channels:
+            t = t.expand(-1, channels, -1, -1)  # grayscale among colour images: replicate to RGB
+        if image_size is not None:
+            t = resize_square(t, image_size)
+        out.append(t)
+    return torch.cat(out).numpy()
+
+
+def unit_float(arr: np.ndarray) -> torch.Tensor:
+    """uint8/int pixels -> /255; floats must already lie in [0, 1]."""
+    arr = np.asarray(arr)
+    if arr.dtype == np.uint8:
+        return torch.from_numpy(arr.astype(np.float32)).div_(255.0)
+    if arr.dtype == np.bool_:
+        return torch.from_numpy(arr.astype(np.float32))
+    if arr.dtype.kind in "iu":
+        if arr.size and (arr.min() < 0 or arr.max() > 255):
+            raise ValueError(f"integer pixels must lie in [0, 255], got [{arr.min()}, {arr.max()}]")
+        return torch.from_numpy(arr.astype(np.float32)).div_(255.0)
+    if arr.dtype.kind == "f":
+        out = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
+        if out.numel() and (float(out.min()) < 0.0 or float(out.max()) > 1.0):
+            raise ValueError(
+                f"float pixels must lie in [0, 1], got [{float(out.min()):.4g}, {float(out.max()):.4g}] "
+                "(already normalised? load the raw images instead)"
+            )
+        return out
+    raise ValueError(f"cannot use pixels of dtype {arr.dtype}")
+
+
+def resize_square(images: torch.Tensor, size: int, chunk: int = 4096) -> torch.Tensor:
+    """Bilinear resize to size x size; chunked so peak memory stays near the output size."""
+    if images.shape[-2:] == (size, size):
+        return images
+    out = images.new_empty((images.shape[0], images.shape[1], size, size))
+    for start in range(0, images.shape[0], chunk):
+        out[start:start + chunk] = resize(images[start:start + chunk], (size, size), antialias=True)
+    # Bilinear weights are convex, but guard against float rounding just outside [0, 1].
+    return out.clamp_(0.0, 1.0)

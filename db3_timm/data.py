@@ -22,21 +22,23 @@ Spec strings accepted by :func:`load_image_dataset`:
 from __future__ import annotations
 
 import gzip
-import inspect
 import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence, Union
+from typing import Any, Iterator, Sequence, Union
 
 import numpy as np
 import torch
 
-from ._preprocess import resize
+from ._image_readers import load_hf, load_torchvision, train_or_test
+from ._preprocess import resize_square, to_nchw, unit_float
 
 __all__ = [
     "ImageData",
+    "ImageStream",
     "load_image_dataset",
+    "open_image_dataset",
     "read_idx",
     "write_idx",
     "FASHION_MNIST_DIR",
@@ -148,6 +150,91 @@ class ImageData:
         return ImageData(self.images[idx], self.labels[idx], self.num_classes, self.class_names, self.name)
 
 
+class ImageStream:
+    """A labelled image split read in slices: pixels stay as stored (uint8 arrays, memory-mapped Arrow files
+    of encoded images) and become float32 ``[0, 1]`` ``(n, C, H, W)`` tensors only for the rows asked for.
+
+    :func:`open_image_dataset` returns one; ``stream.load()`` is what :func:`load_image_dataset` returns.
+    :func:`~db3_timm.label_dataset` takes one in place of an image tensor, so labelling holds one shard's
+    pixels at a time. ``ImageStream(tensor)`` wraps images already in memory (read back unchanged).
+
+    Args:
+        rows: an ``(N, C, H, W)`` array or tensor, or any object with ``len()``, ``shape`` ``(C, H, W)`` and
+            slicing that returns such arrays (e.g. an encoded Hugging Face image column).
+        labels: ``(N,)`` integer labels, or ``None`` for unlabelled images.
+        num_classes: classes of the source split (default: ``max(labels) + 1``, 0 without labels).
+        class_names: ``num_classes`` names when the source has them.
+        name: the source, e.g. ``"fashion-mnist"``.
+        image_size: resize every slice to ``image_size x image_size`` (bilinear, antialiased when shrinking).
+    """
+
+    def __init__(self, rows: Any, labels: Any = None, num_classes: int | None = None,
+                 class_names: list[str] | None = None, name: str = "", image_size: int | None = None):
+        self.rows, self.name, self.image_size = rows, name, image_size
+        self.labels = None if labels is None else torch.as_tensor(np.ascontiguousarray(labels), dtype=torch.int64)
+        if num_classes is None:
+            num_classes = 0 if self.labels is None or not len(self.labels) else int(self.labels.max()) + 1
+        self.num_classes, self.class_names = int(num_classes), class_names
+        if self.labels is not None and len(self.labels) != len(rows):
+            raise ValueError(f"{name or 'images'}: {len(rows)} images but {len(self.labels)} labels")
+        if self.labels is not None and self.labels.numel() and (
+                int(self.labels.min()) < 0 or int(self.labels.max()) >= self.num_classes):
+            raise ValueError(
+                f"{name}: labels span [{int(self.labels.min())}, {int(self.labels.max())}] but there are "
+                f"{self.num_classes} classes (negative labels usually mean an unlabelled split)")
+        shape = tuple(int(s) for s in (rows.shape[1:] if hasattr(rows, "ndim") else rows.shape))
+        self.image_shape: tuple[int, int, int] = shape if image_size is None else (shape[0], image_size, image_size)
+        # Images already in memory as float tensors are read back as they are (any float dtype).
+        self.dtype = rows.dtype if isinstance(rows, torch.Tensor) and rows.is_floating_point() else torch.float32
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def read(self, start: int, stop: int) -> torch.Tensor:
+        """Returns rows ``start:stop`` as a float ``(n, C, H, W)`` tensor in ``[0, 1]``."""
+        part = self.rows[start:stop]
+        if isinstance(part, torch.Tensor) and part.is_floating_point():
+            images = part
+        else:
+            images = unit_float(part.numpy() if isinstance(part, torch.Tensor) else part)
+        return images if self.image_size is None else resize_square(images, self.image_size)
+
+    def take(self, index: Any) -> torch.Tensor:
+        """Returns the rows at integer positions ``index`` (e.g. reference images) as one float tensor."""
+        index = torch.as_tensor(index, dtype=torch.int64).reshape(-1)
+        if not len(index):
+            return torch.empty((0, *self.image_shape), dtype=self.dtype)
+        return torch.cat([self.read(i, i + 1) for i in index.tolist()])
+
+    def chunks(self, size: int = 1024) -> Iterator[tuple[int, torch.Tensor]]:
+        """Yields ``(start, rows start:start+size)`` over the whole split, in order."""
+        for start in range(0, len(self), size):
+            yield start, self.read(start, min(start + size, len(self)))
+
+    def fingerprint(self, progress: bool = False) -> str:
+        """Returns ``tensor_fingerprint`` of the whole split as :meth:`load` would give it, read in chunks
+        (every row is decoded once, so unreadable data fails here, before any teacher query)."""
+        from ._io import tensor_fingerprint_chunks
+
+        numel = len(self) * math.prod(self.image_shape)
+        chunks = (part for _, part in self.chunks())
+        if progress:
+            from tqdm.auto import tqdm
+
+            chunks = tqdm(chunks, total=math.ceil(len(self) / 1024), unit="chunk", desc="reading images")
+        return tensor_fingerprint_chunks(chunks, numel, self.dtype)
+
+    def load(self) -> ImageData:
+        """Returns the whole split as an :class:`ImageData` (one float32 tensor in memory)."""
+        if self.labels is None:
+            raise ValueError(f"{self.name or 'these images'} have no labels; use read() or chunks()")
+        images = torch.empty((len(self), *self.image_shape), dtype=torch.float32)
+        for start, part in self.chunks():
+            images[start:start + len(part)] = part
+        return ImageData(images, self.labels, max(self.num_classes, 1), self.class_names, self.name)
+
+
+
 def load_image_dataset(
     spec: str,
     split: str = "train",
@@ -190,9 +277,36 @@ def load_image_dataset(
         FileNotFoundError: the files a local source needs are absent.
         ConnectionError: a Hugging Face Hub name was given but the Hub is unreachable.
     """
+    return open_image_dataset(spec, split, image_size=image_size, limit=limit, root=root).load()
+
+
+def open_image_dataset(
+    spec: str,
+    split: str = "train",
+    *,
+    image_size: int | None = None,
+    limit: int | None = None,
+    root: str | None = None,
+) -> ImageStream:
+    """Opens a labelled image split without decoding it: an :class:`ImageStream` read slice by slice.
+
+    Takes the arguments of :func:`load_image_dataset` and gives the same pixels, but holds only what the source
+    stores: IDX and torchvision arrays stay uint8, Hugging Face image columns (``save_to_disk`` folders,
+    imagefolder/parquet directories) stay encoded in their memory-mapped Arrow files and are decoded per slice.
+    Labels, class names and the image shape are known at once; only the image headers are read.
+
+    Returns:
+        An :class:`ImageStream`; ``.load()`` gives the :class:`ImageData` of :func:`load_image_dataset`.
+
+    Raises:
+        The errors of :func:`load_image_dataset`.
+    """
     _check_load_args(spec, split, limit, image_size)
     raw, name = _load_raw(spec, split, limit, image_size, root)
-    return _finish(raw, name=name, image_size=image_size)
+    images = raw["images"]
+    if isinstance(images, np.ndarray) and images.dtype.kind == "f":
+        images = unit_float(images)  # checks the [0, 1] range once, at open
+    return ImageStream(images, raw["labels"], int(raw["num_classes"]), raw.get("class_names"), name, image_size)
 
 
 def _check_load_args(spec: Any, split: Any, limit: Any, image_size: Any) -> None:
@@ -216,19 +330,19 @@ def _load_raw(
     if key in ("fashion-mnist", "fmnist", "fashion_mnist", "fashionmnist"):
         return _load_fashion_mnist(text, split, limit, root), "fashion-mnist"
     if key == "digits":
-        return _load_digits(_train_or_test(split, text), limit), "digits"
+        return _load_digits(train_or_test(split, text), limit), "digits"
     if key.startswith("idx:"):
         folder = os.path.expanduser(text[4:])
         if not folder:
             raise ValueError(f"dataset spec {spec!r} names no folder; use 'idx:PATH'")
-        return _load_idx_folder(folder, _train_or_test(split, text), limit, missing_hint=_idx_hint()), text
+        return _load_idx_folder(folder, train_or_test(split, text), limit, missing_hint=_idx_hint()), text
     if key.startswith("hf:"):
         target = text[3:]
         if not target:
             raise ValueError(f"dataset spec {spec!r} names no dataset; use 'hf:NAME_OR_PATH'")
-        return _load_hf(target, split, limit, image_size, cache_dir=root), text
+        return load_hf(target, split, limit, image_size, cache_dir=root), text
     if key.startswith("torchvision:"):
-        return _load_torchvision(text, split, limit, image_size, root)
+        return load_torchvision(text, split, limit, image_size, root)
     if os.path.isdir(os.path.expanduser(text)):
         return _load_local_dir(text, split, limit, image_size, root), text
     if text.startswith((".", "~", "/")) or os.sep in text or (os.altsep and os.altsep in text):
@@ -243,7 +357,7 @@ def _load_raw(
 def _load_fashion_mnist(text: str, split: str, limit: int | None, root: str | None) -> dict[str, Any]:
     """Debian's Fashion-MNIST IDX files (or those under ``root``), with Zalando's class names."""
     folder = os.path.expanduser(root) if root is not None else FASHION_MNIST_DIR
-    raw = _load_idx_folder(folder, _train_or_test(split, text), limit, missing_hint=_FASHION_MNIST_HINT)
+    raw = _load_idx_folder(folder, train_or_test(split, text), limit, missing_hint=_FASHION_MNIST_HINT)
     raw["num_classes"], raw["class_names"] = len(FASHION_MNIST_CLASSES), list(FASHION_MNIST_CLASSES)
     return raw
 
@@ -254,8 +368,8 @@ def _load_local_dir(
     """A bare existing directory: IDX files if it holds any, else a Hugging Face dataset."""
     folder = os.path.expanduser(text)
     if _find_idx_file(Path(folder), "train", "images") or _find_idx_file(Path(folder), "test", "images"):
-        return _load_idx_folder(folder, _train_or_test(split, text), limit, missing_hint=_idx_hint())
-    return _load_hf(folder, split, limit, image_size, cache_dir=root)
+        return _load_idx_folder(folder, train_or_test(split, text), limit, missing_hint=_idx_hint())
+    return load_hf(folder, split, limit, image_size, cache_dir=root)
 
 
 # --------------------------------------------------------------------------- IDX
@@ -389,7 +503,7 @@ def _load_idx_folder(folder: str, split: str, limit: int | None, *, missing_hint
     if images.ndim == 3:
         images = images[:, None]  # (N, H, W) -> (N, 1, H, W)
     elif images.ndim == 4:
-        images = _to_nchw(images, str(img_file))
+        images = to_nchw(images, str(img_file))
     else:
         raise ValueError(f"{img_file}: expected (N, H, W) images, got shape {images.shape}")
     labels = labels.astype(np.int64)
@@ -428,335 +542,8 @@ def _load_digits(split: str, limit: int | None) -> dict[str, Any]:
     }
 
 
-# --------------------------------------------------------------------------- Hugging Face
-
-_HF_IMAGE_NAMES = ("image", "img", "pixel_values")
-_HF_LABEL_NAMES = ("label", "labels", "fine_label")
-
-
-def _load_hf(
-    target: str, split: str, limit: int | None, image_size: int | None, *, cache_dir: str | None
-) -> dict[str, Any]:
-    try:
-        import datasets
-    except ImportError as exc:
-        raise ImportError("Hugging Face sources need the 'datasets' package: pip install datasets") from exc
-
-    local = Path(os.path.expanduser(target))
-    if local.is_dir() and ((local / "dataset_dict.json").is_file() or (local / "state.json").is_file()):
-        loaded = datasets.load_from_disk(str(local))
-        if isinstance(loaded, datasets.DatasetDict):
-            if split not in loaded:
-                alias = {"t10k": "test"}.get(split)
-                if alias not in loaded:
-                    raise ValueError(f"split {split!r} not in {str(local)!r}; it has splits {sorted(loaded)}")
-                split = alias
-            ds = loaded[split]
-        else:
-            ds = loaded  # a single saved Dataset: it is the split
-    else:
-        source = str(local) if local.is_dir() else target
-        try:
-            ds = datasets.load_dataset(source, split=split, cache_dir=cache_dir)
-        except Exception as exc:
-            if local.is_dir() or not _is_network_error(exc):
-                raise
-            raise ConnectionError(
-                f"could not reach the Hugging Face Hub to load {target!r} ({type(exc).__name__}: {exc}). "
-                "Download it where there is network (e.g. datasets.load_dataset(...).save_to_disk(DIR)) "
-                "and pass the local folder instead: 'hf:/path/to/DIR' (a save_to_disk folder, or a "
-                "parquet/imagefolder directory)."
-            ) from exc
-        if isinstance(ds, datasets.DatasetDict):  # defensive: split=None style returns
-            ds = ds[split]
-    return _hf_to_arrays(ds, target, limit, image_size)
-
-
-def _is_network_error(exc: BaseException) -> bool:
-    """True if ``exc`` or anything in its cause/context chain means 'no network'."""
-    seen: set[int] = set()
-    cur: BaseException | None = exc
-    while cur is not None and id(cur) not in seen:
-        seen.add(id(cur))
-        # Matched by name too: requests/httpx connection errors do not subclass ConnectionError.
-        if isinstance(cur, (ConnectionError, TimeoutError)) or type(cur).__name__ in (
-            "ConnectError", "ConnectTimeout", "OfflineModeIsEnabled", "LocalEntryNotFoundError",
-        ):
-            return True
-        cur = cur.__cause__ or cur.__context__
-    return False
-
-
-def _pick_column(features: dict, feature_type: type, names: Sequence[str]) -> str | None:
-    typed = [c for c, f in features.items() if isinstance(f, feature_type)]
-    for name in names:  # prefer conventional names among typed columns (CIFAR-100: fine_label over coarse_label)
-        if name in typed:
-            return name
-    if typed:
-        return typed[0]
-    for name in names:
-        if name in features:
-            return name
-    return None
-
-
-def _hf_to_arrays(ds: Any, target: str, limit: int | None, image_size: int | None) -> dict[str, Any]:
-    import datasets
-
-    features = ds.features
-    img_col = _pick_column(features, datasets.Image, _HF_IMAGE_NAMES)
-    lab_col = _pick_column(features, datasets.ClassLabel, _HF_LABEL_NAMES)
-    if img_col is None or lab_col is None:
-        missing = "image" if img_col is None else "label"
-        raise ValueError(
-            f"{target!r}: found no {missing} column among {list(features)} "
-            f"(looked for an Image/ClassLabel feature or the names "
-            f"{_HF_IMAGE_NAMES if img_col is None else _HF_LABEL_NAMES})"
-        )
-    all_labels, num_classes, class_names = _hf_labels(ds, lab_col, target)
-
-    if limit is not None and limit < len(ds):
-        ds = ds.select(range(limit))
-    labels = all_labels[: len(ds)].astype(np.int64)
-
-    col = ds.select_columns([img_col])
-    if not len(col):
-        raise ValueError(f"{target!r}: the split is empty")
-    images = _hf_images(col, features[img_col], img_col, image_size, target)
-    return {"images": images, "labels": labels, "num_classes": num_classes, "class_names": class_names}
-
-
-def _hf_labels(ds: Any, lab_col: str, target: str) -> tuple[np.ndarray, int, list[str] | None]:
-    """The whole split's label column (cheap), so num_classes describes the split, not just the limit."""
-    import datasets
-
-    all_labels = np.asarray(ds.select_columns([lab_col]).with_format("numpy")[:][lab_col])
-    if all_labels.ndim != 1 or all_labels.dtype.kind not in "iu":
-        raise ValueError(f"{target!r}: label column {lab_col!r} must hold one integer per sample, "
-                         f"got {all_labels.dtype} {all_labels.shape}")
-    label_feature = ds.features[lab_col]
-    if isinstance(label_feature, datasets.ClassLabel):
-        return all_labels, label_feature.num_classes, list(label_feature.names)
-    return all_labels, (int(all_labels.max()) + 1 if len(all_labels) else 1), None
-
-
-def _hf_images(col: Any, feature: Any, img_col: str, image_size: int | None, target: str) -> np.ndarray:
-    """Decodes the image column ``img_col`` of the one-column dataset ``col`` to an (N, C, H, W) array."""
-    import datasets
-
-    if (isinstance(feature, dict) and set(feature) == {"bytes", "path"}) or (
-        isinstance(feature, datasets.Image) and not feature.decode
-    ):
-        # Parquet written without HF metadata stores images as bare {bytes, path} structs;
-        # Image(decode=False) yields the same dicts. Both need decoding to pixels.
-        col = col.cast_column(img_col, datasets.Image())
-        feature = datasets.Image()
-    if not isinstance(feature, datasets.Image):  # e.g. pre-extracted pixel_values arrays
-        images = np.asarray(col.with_format("numpy")[:][img_col])
-        if images.dtype == object:
-            return _stack_ragged(list(images), image_size, target, channels_last=None)
-        return images[:, None] if images.ndim == 3 else _to_nchw(images, target)
-    # Decode to L or RGB only, so palette/alpha/16-bit files still give 1 or 3 channels.
-    first_mode = col[0][img_col].mode
-    if first_mode in ("L", "1", "LA", "I", "I;16", "F"):
-        # A gray first image leaves later colour images alone (_stack_ragged promotes to RGB).
-        if first_mode != "L":
-            col = col.cast_column(img_col, datasets.Image(mode="L"))
-    elif feature.mode != "RGB":
-        # Colour sets may mix RGB with palette/RGBA/CMYK files: convert all while decoding.
-        col = col.cast_column(img_col, datasets.Image(mode="RGB"))
-    # The numpy formatter decodes every image and stacks them when shapes agree.
-    images = col.with_format("numpy")[:][img_col]
-    if images.dtype == object:  # ragged sizes or mixed L/RGB: no single stack
-        return _stack_ragged(list(images), image_size, target, channels_last=True)
-    return images[:, None] if images.ndim == 3 else images.transpose(0, 3, 1, 2)
-
-
-# --------------------------------------------------------------------------- torchvision
-
-
-def _load_torchvision(
-    spec: str, split: str, limit: int | None, image_size: int | None, root: str | None
-) -> tuple[dict[str, Any], str]:
-    parts = spec.split(":", 2)  # maxsplit keeps Windows roots like C:\data intact
-    tv_name = parts[1].strip()
-    tv_root = parts[2] if len(parts) > 2 and parts[2] else root
-    if not tv_name:
-        raise ValueError(f"dataset spec {spec!r} names no dataset; use 'torchvision:NAME[:ROOT]'")
-    if tv_root is None:
-        raise ValueError(f"dataset spec {spec!r} needs a root: 'torchvision:{tv_name}:ROOT' or root=ROOT")
-    tv_root = os.path.expanduser(tv_root)
-
-    import torchvision.datasets as tvd
-
-    classes = {
-        n: obj for n in dir(tvd)
-        if not n.startswith("_") and inspect.isclass(obj := getattr(tvd, n))
-        and issubclass(obj, torch.utils.data.Dataset)
-    }
-    cls = classes.get(tv_name) or {n.lower(): c for n, c in classes.items()}.get(tv_name.lower())
-    if cls is None:
-        raise ValueError(f"dataset spec {spec!r}: torchvision.datasets has no dataset {tv_name!r}")
-    ds = _open_torchvision(cls, tv_root, split, spec)
-    return _torchvision_arrays(ds, spec, limit, image_size), f"torchvision:{cls.__name__}"
-
-
-def _open_torchvision(cls: type, tv_root: str, split: str, spec: str) -> Any:
-    """Instantiates ``cls`` under ``tv_root`` for ``split`` without downloading; a missing file names the root."""
-    import torchvision.datasets as tvd
-
-    params = inspect.signature(cls.__init__).parameters
-    kwargs: dict[str, Any] = {}
-    if "download" in params:
-        kwargs["download"] = False  # never fetch at run time; files must already be under ROOT
-    if "train" in params:
-        kwargs["train"] = _train_or_test(split, spec) == "train"
-    elif "split" in params:
-        kwargs["split"] = split
-    try:
-        return cls(tv_root, **kwargs)
-    except (RuntimeError, FileNotFoundError) as exc:
-        hint_words = ("not found", "download", "corrupt")
-        if isinstance(exc, RuntimeError) and not any(w in str(exc).lower() for w in hint_words):
-            raise
-        layout = (
-            f" (expected e.g. {os.path.join(tv_root, cls.__name__, 'raw', 'train-images-idx3-ubyte')})"
-            if issubclass(cls, tvd.MNIST) else ""
-        )
-        raise FileNotFoundError(
-            f"torchvision.datasets.{cls.__name__} found no usable files under {tv_root!r}{layout}; "
-            f"downloads are disabled here, so place the files there first ({exc})"
-        ) from exc
-
-
-def _torchvision_arrays(ds: Any, spec: str, limit: int | None, image_size: int | None) -> dict[str, Any]:
-    """The first ``limit`` samples of a torchvision dataset as raw arrays (in-memory data when it has any)."""
-    data = getattr(ds, "data", None)
-    targets = getattr(ds, "targets", None)
-    if targets is None:
-        targets = getattr(ds, "labels", None)  # SVHN, STL10
-    n = len(ds) if limit is None else min(limit, len(ds))
-    if isinstance(data, torch.Tensor):
-        data = data.numpy()
-    if isinstance(data, np.ndarray) and data.ndim in (3, 4) and len(data) == len(ds) and targets is not None:
-        images = data[:n][:, None] if data.ndim == 3 else _to_nchw(data[:n], spec)
-        all_labels = np.asarray(targets.numpy() if isinstance(targets, torch.Tensor) else targets)
-    else:
-        # No in-memory array (ImageFolder and friends): decode sample by sample.
-        samples = [ds[i] for i in range(n)]
-        images = _stack_ragged([np.asarray(s[0]) for s in samples], image_size, spec, channels_last=True)
-        all_labels = (np.asarray(targets) if targets is not None else np.asarray([int(s[1]) for s in samples]))
-    if all_labels.ndim != 1 or all_labels.dtype.kind not in "iu":
-        raise ValueError(f"{spec!r}: labels must be 1-D integers, got {all_labels.dtype} {all_labels.shape}")
-    class_names = [str(c) for c in getattr(ds, "classes", None) or []] or None
-    num_classes = len(class_names) if class_names else (int(all_labels.max()) + 1 if len(all_labels) else 1)
-    return {"images": images, "labels": all_labels[:n].astype(np.int64), "num_classes": num_classes,
-            "class_names": class_names}
-
-
 # --------------------------------------------------------------------------- shared helpers
-
-
-def _train_or_test(split: str, spec: str) -> str:
-    s = split.lower()
-    if s in ("train", "training"):
-        return "train"
-    if s in ("test", "t10k"):
-        return "test"
-    raise ValueError(f"{spec!r} has splits 'train' and 'test' ('t10k' also accepted), got {split!r}")
 
 
 def _describe(x: Any) -> str:
     return f"{type(x).__name__} of shape {tuple(x.shape)}" if hasattr(x, "shape") else type(x).__name__
-
-
-def _to_nchw(arr: np.ndarray, where: str) -> np.ndarray:
-    """Put a 4-D image batch in (N, C, H, W) order, guessing channels-last vs -first from C."""
-    if arr.shape[-1] in (1, 3, 4) and arr.shape[1] not in (1, 3):
-        arr = arr.transpose(0, 3, 1, 2)  # CIFAR-style (N, H, W, C)
-    elif arr.shape[1] not in (1, 3, 4):
-        raise ValueError(f"{where}: cannot tell the channel axis of image batch shape {arr.shape}")
-    return arr[:, :3] if arr.shape[1] == 4 else arr  # drop alpha: students see 1 or 3 channels
-
-
-def _stack_ragged(
-    arrays: list[np.ndarray], image_size: int | None, where: str, *, channels_last: bool | None
-) -> np.ndarray:
-    """Stack images that differ in size or channel count into one (N, C, S, S) float array."""
-    chw = []
-    for a in arrays:
-        a = np.asarray(a)
-        if a.ndim == 2:
-            a = a[None]
-        elif a.ndim == 3 and (
-            channels_last or (channels_last is None and a.shape[-1] in (1, 3, 4) and a.shape[0] not in (1, 3))
-        ):
-            a = a.transpose(2, 0, 1)
-        elif a.ndim != 3:
-            raise ValueError(f"{where}: cannot read an image of shape {a.shape}")
-        chw.append(a[:3])
-    channels = max(a.shape[0] for a in chw)
-    sizes = {a.shape[1:] for a in chw}
-    if len(sizes) > 1 and image_size is None:
-        examples = ", ".join(f"{h}x{w}" for h, w in sorted(sizes)[:3])
-        raise ValueError(
-            f"{where}: images have different sizes ({examples}, ...); pass image_size=S to resize them all to SxS"
-        )
-    out = []
-    for a in chw:
-        t = _unit_float(a)[None]
-        if t.shape[1] != channels:
-            t = t.expand(-1, channels, -1, -1)  # grayscale among colour images: replicate to RGB
-        if image_size is not None:
-            t = _resize(t, image_size)
-        out.append(t)
-    return torch.cat(out).numpy()
-
-
-def _unit_float(arr: np.ndarray) -> torch.Tensor:
-    """uint8/int pixels -> /255; floats must already lie in [0, 1]."""
-    arr = np.asarray(arr)
-    if arr.dtype == np.uint8:
-        return torch.from_numpy(arr.astype(np.float32)).div_(255.0)
-    if arr.dtype == np.bool_:
-        return torch.from_numpy(arr.astype(np.float32))
-    if arr.dtype.kind in "iu":
-        if arr.size and (arr.min() < 0 or arr.max() > 255):
-            raise ValueError(f"integer pixels must lie in [0, 255], got [{arr.min()}, {arr.max()}]")
-        return torch.from_numpy(arr.astype(np.float32)).div_(255.0)
-    if arr.dtype.kind == "f":
-        out = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
-        if out.numel() and (float(out.min()) < 0.0 or float(out.max()) > 1.0):
-            raise ValueError(
-                f"float pixels must lie in [0, 1], got [{float(out.min()):.4g}, {float(out.max()):.4g}] "
-                "(already normalised? load the raw images instead)"
-            )
-        return out
-    raise ValueError(f"cannot use pixels of dtype {arr.dtype}")
-
-
-def _resize(images: torch.Tensor, size: int, chunk: int = 4096) -> torch.Tensor:
-    """Bilinear resize to size x size; chunked so peak memory stays near the output size."""
-    if images.shape[-2:] == (size, size):
-        return images
-    out = images.new_empty((images.shape[0], images.shape[1], size, size))
-    for start in range(0, images.shape[0], chunk):
-        out[start:start + chunk] = resize(images[start:start + chunk], (size, size), antialias=True)
-    # Bilinear weights are convex, but guard against float rounding just outside [0, 1].
-    return out.clamp_(0.0, 1.0)
-
-
-def _finish(raw: dict[str, Any], *, name: str, image_size: int | None) -> ImageData:
-    images = raw["images"]
-    images = images if isinstance(images, torch.Tensor) else _unit_float(images)
-    images = images.contiguous()
-    if image_size is not None:
-        images = _resize(images, image_size)
-    labels = torch.from_numpy(np.ascontiguousarray(raw["labels"], dtype=np.int64))
-    num_classes = int(raw["num_classes"])
-    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
-        raise ValueError(
-            f"{name}: labels span [{int(labels.min())}, {int(labels.max())}] but there are {num_classes} classes "
-            "(negative labels usually mean an unlabelled split)"
-        )
-    return ImageData(images, labels, num_classes, raw.get("class_names"), name)

@@ -56,6 +56,9 @@ class HubUnavailableError(OSError):
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
+#: Input values per teacher forward on a CPU when no ``max_batch_size`` is given (64 MB of float32 pixels).
+CPU_PIXELS_PER_FORWARD = 1 << 24
+
 
 class LabelPredictor(nn.Module):
     """Pixel-space batch -> argmax labels of a classifier, through the model's own preprocessing.
@@ -252,7 +255,8 @@ class LabelOracle:
                 f"oracle input has {x.shape[1]} channels, expected {self.input_size[0]} "
                 f"(teacher input size {self.input_size})"
             )
-        if not bool(torch.isfinite(x).all()):
+        # Checked in slices: a whole-batch mask would cost a quarter of the batch's memory again.
+        if not all(bool(torch.isfinite(part).all()) for part in x.reshape(-1).split(1 << 22)):
             raise ValueError("oracle input contains NaN or inf; expected finite pixel values in [0, 1]")
 
     def _check_labels(self, labels: Any, n: int) -> torch.Tensor:
@@ -330,12 +334,17 @@ class LabelOracle:
             precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` inference (see :class:`LabelPredictor`).
             channels_last: channels-last memory format (GPU convolutions).
             **kwargs: :class:`LabelOracle` options (``budget``, ``max_batch_size``, ``query_log``, ``name``).
+                ``max_batch_size`` unset or ``None`` on a CPU: :data:`CPU_PIXELS_PER_FORWARD` input values per
+                forward (111 images at 3x224x224), so activations stay bounded; unlimited on an accelerator.
 
         Returns:
             A :class:`LabelOracle` that never exposes the module's logits.
         """
         input_size = tuple(int(s) for s in input_size)
         predictor = LabelPredictor(module, mean, std, input_size, precision=precision, channels_last=channels_last)
+        if kwargs.get("max_batch_size") is None and predictor.device.type == "cpu":
+            # A CPU gains nothing from bigger batches, but their activations grow without bound.
+            kwargs["max_batch_size"] = max(1, CPU_PIXELS_PER_FORWARD // math.prod(input_size))
         if num_classes is None:
             num_classes = getattr(module, "num_classes", None)
         kwargs.setdefault("name", type(module).__name__)

@@ -415,3 +415,32 @@ def test_image_data_subset_and_validation():
         ImageData(data.images, data.labels[:3], 10)
     with pytest.raises(ValueError, match="class names"):
         ImageData(data.images, data.labels, 10, ["x"])
+
+
+# --------------------------------------------------------------------------- streams
+@needs_fmnist
+def test_a_stream_holds_stored_bytes_and_reads_what_load_gives():
+    from db3_timm._io import tensor_fingerprint
+    from db3_timm.data import open_image_dataset
+
+    stream = open_image_dataset("fashion-mnist", "test", limit=300, image_size=32)
+    assert stream.rows.dtype == np.uint8  # 1 byte per pixel held, not 4
+    data = load_image_dataset("fashion-mnist", "test", limit=300, image_size=32)
+    assert stream.image_shape == data.image_shape == (1, 32, 32) and torch.equal(stream.labels, data.labels)
+    assert torch.equal(stream.read(100, 164), data.images[100:164])
+    assert torch.equal(stream.take([5, 299, 0]), data.images[[5, 299, 0]])
+    assert stream.fingerprint() == tensor_fingerprint(data.images)
+
+
+def test_an_hf_stream_decodes_per_slice_and_refuses_mixed_sizes_at_open(tmp_path):
+    from db3_timm._image_readers import HFImageRows
+    from db3_timm.data import open_image_dataset
+
+    _hf_dataset([RGB[0], np.ascontiguousarray(GRAY[0][:4, :6]), _rand_u8((8, 8), seed=6)], [0, 1, 2]).save_to_disk(
+        str(tmp_path / "mixed"))
+    with pytest.raises(ValueError, match=r"different sizes .*image_size=S"):
+        open_image_dataset(f"hf:{tmp_path / 'mixed'}")  # headers only: nothing decoded yet
+    stream = open_image_dataset(f"hf:{tmp_path / 'mixed'}", image_size=4)
+    assert isinstance(stream.rows, HFImageRows) and stream.image_shape == (3, 4, 4)
+    whole = load_image_dataset(f"hf:{tmp_path / 'mixed'}", image_size=4).images
+    assert torch.equal(torch.cat([stream.read(i, i + 1) for i in range(3)]), whole)

@@ -387,7 +387,7 @@ def test_a_damaged_shard_is_never_trusted_and_is_labelled_again(tmp_path):
     with pytest.raises(ValueError, match="data-shard-00001.arrow' is damaged"):
         load_labeled_dataset(tmp_path)
     oracle = _oracle()
-    with pytest.warns(UserWarning, match="shard-00001.json' \(or its data file\) is damaged"):
+    with pytest.warns(UserWarning, match=r"shard-00001.json' \(or its data file\) is damaged"):
         again = label_dataset(_labeler(oracle), x, tmp_path, references=refs, dataset_labels=ref_labels,
                               shard_size=SHARD, progress=False)
     assert all(torch.equal(whole[k], v) for k, v in _columns(again).items())
@@ -399,3 +399,75 @@ def test_a_damaged_manifest_is_named(tmp_path, content):
     (tmp_path / "manifest.json").write_text(content)
     with pytest.raises(ValueError, match="manifest.json"):
         read_manifest(tmp_path)
+
+
+# ---------------------------------------------------------------------- streamed images
+def _png_dataset(path: Path, n: int = 20, size: int = 6, channels: int = 3) -> Path:
+    """A saved Hugging Face dataset of ``n`` PNGs (encoded images, decoded only when read)."""
+    import datasets
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    shape = (size, size, 3) if channels == 3 else (size, size)
+    rows = {"image": [Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)) for _ in range(n)],
+            "label": [i % 4 for i in range(n)]}
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(num_classes=4)})
+    datasets.Dataset.from_dict(rows, features=features).save_to_disk(str(path))
+    return path
+
+
+def test_a_streamed_split_labels_exactly_like_its_tensor_and_resumes_it(tmp_path):
+    from db3_timm.data import load_image_dataset, open_image_dataset
+
+    src = _png_dataset(tmp_path / "pngs")
+    stream = open_image_dataset(f"hf:{src}", image_size=4)
+    assert stream.image_shape == (3, 4, 4) and len(stream) == 20
+    tensor = load_image_dataset(f"hf:{src}", image_size=4).images
+    streamed = label_dataset(_labeler(_oracle(), "mbd"), stream, tmp_path / "a", shard_size=SHARD, progress=False)
+    direct = label_dataset(_labeler(_oracle(), "mbd"), tensor, tmp_path / "b", shard_size=SHARD, progress=False)
+    _assert_same(streamed, direct)
+    assert read_manifest(tmp_path / "a")["config"] == read_manifest(tmp_path / "b")["config"]
+
+    # A run begun from the tensor and killed in shard 1 resumes from the stream: same pixels, same fingerprint.
+    first = read_manifest(tmp_path / "b")["shards"][0]["queries"]
+
+    def kill_in_shard_1(batch, total):
+        if total > first:
+            raise KeyboardInterrupt("simulated kill")
+
+    with pytest.raises(KeyboardInterrupt):
+        label_dataset(_labeler(_oracle(query_log=kill_in_shard_1), "mbd"), tensor, tmp_path / "c", shard_size=SHARD,
+                      progress=False)
+    assert read_manifest(tmp_path / "c")["num_finished_shards"] == 1
+    oracle = _oracle()
+    resumed = label_dataset(_labeler(oracle, "mbd"), stream, tmp_path / "c", shard_size=SHARD, progress=False)
+    _assert_same(resumed, direct)
+    assert oracle.queries == sum(s["queries"] for s in read_manifest(tmp_path / "b")["shards"][1:])
+
+
+def test_default_shard_size_shrinks_with_the_image():
+    from db3_timm.transfer.label import default_shard_size
+
+    assert default_shard_size((1, 28, 28)) == 512
+    assert default_shard_size((3, 224, 224)) == 55
+    assert default_shard_size((3, 4096, 4096)) == 8
+
+
+def test_cli_label_streams_hf_images_for_a_teacher_with_more_classes(tmp_path):
+    """The data has 4 classes, the teacher answers 6: the label column gets the teacher's 6 classes."""
+    import timm
+    from safetensors.torch import save_file
+
+    from db3_timm.cli import main
+
+    src = _png_dataset(tmp_path / "pngs", size=28, channels=1)
+    torch.manual_seed(0)
+    save_file(timm.create_model("lenet5_fifth", num_classes=6).state_dict(), str(tmp_path / "t.safetensors"))
+    out = tmp_path / "out"
+    assert main(["label", "--teacher", "lenet5_fifth", "--teacher-checkpoint", str(tmp_path / "t.safetensors"),
+                 "--num-classes", "6", "--data", f"hf:{src}", "--labeler", "sd", "--references-per-class", "1",
+                 "--out", str(out), "--no-progress"]) == 0
+    ds = load_labeled_dataset(out)
+    assert len(ds) == 20 and ds.features["label"].num_classes == 6
+    assert read_manifest(out)["config"]["shard_size"] == 512

@@ -256,3 +256,18 @@ def test_reduced_precision_and_channels_last_are_another_teacher_identity_and_st
     assert torch.equal(LabelOracle.from_timm_model(model, channels_last=True)(x), plain(x))
     with pytest.raises(ValueError, match="precision must be one of fp32, bf16, fp16, got 'int8'"):
         LabelOracle.from_timm_model(model, precision="int8")
+
+
+def test_cpu_forwards_of_big_images_are_capped_unless_asked_otherwise():
+    """3x224x224 on a CPU: at most 111 images per forward (activations stay bounded); an explicit size wins."""
+    from db3_timm.oracle import CPU_PIXELS_PER_FORWARD
+
+    net = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(3, 3))
+    seen = []
+    net.register_forward_pre_hook(lambda m, args: seen.append(args[0].shape[0]))
+    oracle = LabelOracle.from_module(net, input_size=(3, 224, 224))
+    assert oracle.max_batch_size == CPU_PIXELS_PER_FORWARD // (3 * 224 * 224) == 111
+    assert oracle(torch.rand(250, 3, 224, 224)).shape == (250,) and seen == [111, 111, 28]
+    assert oracle.queries == 250
+    assert LabelOracle.from_module(net, input_size=(3, 224, 224), max_batch_size=500).max_batch_size == 500
+    assert LabelOracle.from_module(net, input_size=(1, 28, 28)).max_batch_size == 21399

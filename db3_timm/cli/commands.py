@@ -36,16 +36,18 @@ def _image_size(args: argparse.Namespace, oracle: Any) -> Optional[int]:
     return size
 
 
-def _data(args: argparse.Namespace, oracle: Any, split: str, limit: Optional[int]) -> Any:
-    """Loads ``--data`` split ``split`` at the teacher's size, checking its channels (argparse errors name the problem)."""
-    from ..data import load_image_dataset
+def _data(args: argparse.Namespace, oracle: Any, split: str, limit: Optional[int], *, stream: bool = False) -> Any:
+    """Loads ``--data`` split ``split`` at the teacher's size (an ``ImageStream`` read slice by slice with
+    ``stream``), checking its channels and classes (argparse errors name the problem)."""
+    from ..data import load_image_dataset, open_image_dataset
 
     try:
-        data = load_image_dataset(args.data, split, image_size=_image_size(args, oracle), limit=limit)
+        data = (open_image_dataset if stream else load_image_dataset)(
+            args.data, split, image_size=_image_size(args, oracle), limit=limit)
     except (OSError, ValueError, ImportError) as err:
         args.parser_error(f"argument --data: cannot load {args.data!r} (split {split!r}): {err}")
-    if oracle.input_size is not None and data.images.shape[1] != oracle.input_size[0]:
-        args.parser_error(f"argument --data: {args.data!r} has {data.images.shape[1]} channel(s) but teacher "
+    if oracle.input_size is not None and data.image_shape[0] != oracle.input_size[0]:
+        args.parser_error(f"argument --data: {args.data!r} has {data.image_shape[0]} channel(s) but teacher "
                           f"{args.teacher!r} expects {oracle.input_size[0]}")
     if oracle.num_classes is not None and data.num_classes > oracle.num_classes:
         args.parser_error(f"argument --data: {args.data!r} has {data.num_classes} classes but the teacher answers "
@@ -129,19 +131,21 @@ def cmd_label(args: argparse.Namespace) -> int:
 
     device = args.device or (state.device if state.device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
     oracle = _teacher(args, device)
-    data = _data(args, oracle, args.train_split, args.limit)
+    data = _data(args, oracle, args.train_split, args.limit, stream=True)  # one shard's pixels in memory at a time
     labeling, prior = _labeling(args, oracle)
     labeler = labeling.build(oracle, args.seed, **({"prior": prior} if prior is not None else {}))
     refs = ref_labels = None
     if args.references_per_class > 0:
         idx = references_per_class(data.labels, data.num_classes, args.references_per_class)
-        refs, ref_labels = data.images[idx], data.labels[idx]
-    if _label_plan(args, oracle, labeler, len(data), 0 if refs is None else len(refs), data.images, state):
+        refs, ref_labels = data.take(idx), data.labels[idx]
+    if _label_plan(args, oracle, labeler, len(data), 0 if refs is None else len(refs), data.read(0, 256), state):
         return 0
+    # The label column holds the teacher's answers: the data's class names fit only a teacher with its classes.
+    names = data.class_names if data.num_classes == labeler.num_classes else None
     try:
-        dataset = label_dataset(labeler, data.images, args.out, references=refs, dataset_labels=ref_labels,
+        dataset = label_dataset(labeler, data, args.out, references=refs, dataset_labels=ref_labels,
                                 shard_size=args.shard_size, seed=args.seed, accelerator=state,
-                                progress=not args.no_progress, class_names=data.class_names)
+                                progress=not args.no_progress, class_names=names)
     except ConfigMismatchError as err:
         args.parser_error(f"argument --out: {err}")
     if state.is_main_process:

@@ -247,7 +247,9 @@ def add_labeling(p: argparse.ArgumentParser, *, transfer_dir: bool = False) -> N
     g.add_argument("--prior", type=model_spec("prior"), metavar="MODEL",
                    help="white-box surrogate guiding mbd's boundary search (e.g. a student trained on the teacher's labels)")
     g.add_argument("--prior-checkpoint", type=existing_file, metavar="FILE", help="surrogate weights")
-    g.add_argument("--shard-size", type=int_at_least(1), default=512, metavar="N", help="rows per shard (unit of resumption)")
+    g.add_argument("--shard-size", type=int_at_least(1), default=None, metavar="N",
+                   help="rows per shard (unit of resumption; default: 512 for small images, fewer for big ones, "
+                        "e.g. 55 at 3x224x224)")
 
 
 def add_zero_shot(p: argparse.ArgumentParser, *, flag: bool = True) -> None:

@@ -191,6 +191,8 @@ class BoundaryDistanceLabeler(Labeler):
     def _distances(self, x, labels, refs, generator):
         pairs = min(self.max_pairs, max(1, self.chunk_memory_mb * 2**20 // self._bytes_per_pair(x[0].numel())))
         step = max(1, pairs // self.searched_per_sample())
+        if refs is None and self.targets != "all":  # the noisy copies that choose the targets: 8 bytes per value
+            step = min(step, max(1, self.chunk_memory_mb * 2**20 // (8 * self.selection_queries * x[0].numel())))
         dists, queries, searched, info = [], [], [], {}
         for start in range(0, x.shape[0], step):
             d, q, info = self._chunk(x[start:start + step], labels[start:start + step], refs, generator)

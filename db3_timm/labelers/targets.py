@@ -127,8 +127,8 @@ def probe_targets(
     """
     n, d = x.shape[0], x[0].numel()
     scale = torch.logspace(-1.3, 0.0, probes, device=x.device).view(1, probes, 1)
-    noise = torch.randn(n, probes, d, generator=generator, device=x.device)
-    points = (x.flatten(1).float().unsqueeze(1) + scale * noise).clamp(0.0, 1.0)
+    points = torch.randn(n, probes, d, generator=generator, device=x.device)  # becomes the copies in place
+    points = points.mul_(scale).add_(x.flatten(1).float().unsqueeze(1)).clamp_(0.0, 1.0)
     answers = oracle(points.view(n * probes, *x.shape[1:])).view(n, probes)
     hits = torch.zeros(n, num_classes, device=x.device).scatter_add_(1, answers, torch.ones_like(answers, dtype=torch.float))
     searched = _top(-hits, labels, k, hits > 0)

@@ -40,13 +40,14 @@ class LabelingConfig:
         labeler: a registered labeler (``sd``, ``bd``, ``mbd``, ...).
         options: its options (``queries_per_target``, ``probes``, ...).
         references_per_class: images per class the labeler uses as references (teacher-checked once).
-        shard_size: rows per shard (the unit of resumption).
+        shard_size: rows per shard (the unit of resumption); ``None``: 512 small images, fewer big ones (see
+            :func:`~db3_timm.transfer.label.default_shard_size`).
     """
 
     labeler: str = "mbd"
     options: Dict[str, Any] = field(default_factory=dict)
     references_per_class: int = 10
-    shard_size: int = 512
+    shard_size: Optional[int] = None
 
     def __post_init__(self) -> None:
         from .._registry import is_labeler, list_labelers
@@ -54,7 +55,8 @@ class LabelingConfig:
         if not is_labeler(self.labeler):
             raise ValueError(f"unknown labeler {self.labeler!r}; known labelers: {', '.join(list_labelers())}")
         check_int("references_per_class", self.references_per_class, 0)
-        check_int("shard_size", self.shard_size, 1)
+        if self.shard_size is not None:
+            check_int("shard_size", self.shard_size, 1)
         if self.labeler == "sd" and self.references_per_class == 0:
             raise ValueError("the 'sd' labeler measures distances to references: references_per_class must be at least 1")
 

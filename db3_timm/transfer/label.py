@@ -33,11 +33,12 @@ import warnings
 import math
 import time
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import torch
 
 from .._distributed import process_state
+from ..data import ImageStream
 from .._io import (ConfigMismatchError, PathLike, canonical, config_diff, digest, read_json, run_lock,
                    save_safetensors_atomic, tensor_fingerprint, write_json_atomic)
 from ..labelers.base import Labeler, References
@@ -52,6 +53,7 @@ __all__ = [
     "shard_seed",
     "shard_generator",
     "label_features",
+    "default_shard_size",
     "ConfigMismatchError",
     "IncompleteLabelingError",
     "MANIFEST_NAME",
@@ -181,16 +183,24 @@ def _reference_input(references: Any, dataset_labels: Optional[torch.Tensor]):
     raise TypeError(f"references must be None, a References, an image tensor or (images, labels), got {type(references).__name__}")
 
 
+def default_shard_size(image_shape: Sequence[int]) -> int:
+    """Rows per shard when none is given: 512 small images, fewer big ones, so that one shard's pixels (and the
+    labeler's per-target copies of them) stay near 32 MB: 512 rows at 28x28, 55 at 3x224x224."""
+    return max(8, min(512, (1 << 23) // max(1, math.prod(int(s) for s in image_shape))))
+
+
 def _check_inputs(images: Any, teacher_labels: Any, shard_size: Any) -> None:
-    if not isinstance(images, torch.Tensor) or images.dim() != 4 or not images.is_floating_point():
-        raise ValueError(f"images must be a float tensor (N, C, H, W), got {getattr(images, 'shape', type(images))}")
-    if images.shape[0] == 0:
+    if not isinstance(images, ImageStream) and (not isinstance(images, torch.Tensor) or images.dim() != 4
+                                                or not images.is_floating_point()):
+        raise ValueError(f"images must be a float tensor (N, C, H, W) or an ImageStream, got "
+                         f"{getattr(images, 'shape', type(images))}")
+    if len(images) == 0:
         raise ValueError("images is empty; nothing to label")
-    if isinstance(shard_size, bool) or not isinstance(shard_size, int) or shard_size < 1:
-        raise ValueError(f"shard_size must be a positive int, got {shard_size!r}")
+    if shard_size is not None and (isinstance(shard_size, bool) or not isinstance(shard_size, int) or shard_size < 1):
+        raise ValueError(f"shard_size must be a positive int or None, got {shard_size!r}")
     if teacher_labels is not None and (not isinstance(teacher_labels, torch.Tensor) or teacher_labels.is_floating_point()
-                                       or teacher_labels.shape != images.shape[:1]):
-        raise ValueError(f"teacher_labels must be an integer tensor of shape ({images.shape[0]},), got "
+                                       or tuple(teacher_labels.shape) != (len(images),)):
+        raise ValueError(f"teacher_labels must be an integer tensor of shape ({len(images)},), got "
                          f"{getattr(teacher_labels, 'dtype', type(teacher_labels).__name__)} of shape "
                          f"{tuple(getattr(teacher_labels, 'shape', ()))}")
 
@@ -199,15 +209,17 @@ def _check_inputs(images: Any, teacher_labels: Any, shard_size: Any) -> None:
 class _LabelRun:
     """One :func:`label_dataset` call: its settings, its folder and this process's part of the work."""
 
-    def __init__(self, labeler: Labeler, images: torch.Tensor, out: Path, references: Any, dataset_labels: Any,
-                 teacher_labels: Optional[torch.Tensor], shard_size: int, seed: int, class_names: Any):
+    def __init__(self, labeler: Labeler, images: ImageStream, out: Path, references: Any, dataset_labels: Any,
+                 teacher_labels: Optional[torch.Tensor], shard_size: int, seed: int, class_names: Any,
+                 progress: bool = False):
         self.labeler, self.images, self.out = labeler, images, out
         self.teacher_labels = teacher_labels
         self.shard_size, self.seed = shard_size, int(seed)
-        self.n = int(images.shape[0])
+        self.n = len(images)
         self.num_shards = math.ceil(self.n / shard_size)
         self.ref_kind, self.cand_images, self.cand_labels, self.prechecked = _reference_input(references, dataset_labels)
-        self.features = label_features(images.shape[1:], labeler.num_classes, class_names)
+        self.features = label_features(images.image_shape, labeler.num_classes, class_names)
+        self.progress = progress
         self.teacher = str(getattr(labeler.oracle, "name", type(labeler.oracle).__name__))
         # Compared on resume: a run continued with another teacher would mix two teachers' labels.
         self.teacher_identity = str(getattr(labeler.oracle, "identity", self.teacher))
@@ -224,8 +236,8 @@ class _LabelRun:
         else:
             ref_fp = None
         config = {"format_version": _FORMAT_VERSION, "labeler": self.labeler.config(), "seed": self.seed,
-                  "num_samples": self.n, "shard_size": self.shard_size, "image_shape": list(self.images.shape[1:]),
-                  "data_fingerprint": tensor_fingerprint(self.images), "references": self.ref_kind,
+                  "num_samples": self.n, "shard_size": self.shard_size, "image_shape": list(self.images.image_shape),
+                  "data_fingerprint": self.images.fingerprint(self.progress), "references": self.ref_kind,
                   "references_fingerprint": ref_fp, "teacher": self.teacher_identity,
                   "class_names": self.features["label"].names}
         if self.teacher_labels is not None:
@@ -319,9 +331,10 @@ class _LabelRun:
         before, t0 = oracle.queries, time.monotonic()
         try:
             known = None if self.teacher_labels is None else self.teacher_labels[start:stop]
-            soft = self.labeler.label(self.images[start:stop], refs, labels=known,
+            images = self.images.read(start, stop)  # the only pixels of the split held at a time
+            soft = self.labeler.label(images, refs, labels=known,
                                       generator=torch.Generator(device="cpu").manual_seed(g_seed))
-            columns = _shard_columns(torch.arange(start, stop), self.images[start:stop], soft)
+            columns = _shard_columns(torch.arange(start, stop), images, soft)
             spent = int(oracle.queries - before)
             self.shards.commit(_shard_name(k), columns, shard=k, start=start, stop=stop, queries=spent,
                                sample_queries=int(soft.queries.sum()), reference_queries=int(soft.reference_queries),
@@ -338,7 +351,7 @@ class _LabelRun:
                    f"`{self.config['labeler'].get('labeler')}` ({manifest['queries']['total']:,} teacher queries).")
         card = dataset_card("DB3 soft-labelled dataset", summary, [
             ("index", "int64", "position in the labelled images"),
-            ("image", f"Array3D {tuple(self.images.shape[1:])} float32", "the exact pixels the teacher saw, in [0, 1]"),
+            ("image", f"Array3D {tuple(self.images.image_shape)} float32", "the exact pixels the teacher saw, in [0, 1]"),
             ("label", "ClassLabel", "the teacher's label (a label-only query), not ground truth"),
             ("distances", "list of float32", "distance to the teacher's boundary toward each class (inf: none found)"),
             ("soft_logits", "list of float32", "DB3 soft-label logits z; train on softmax(z / T)"),
@@ -421,13 +434,13 @@ def _label_all(run: _LabelRun, state: Any, progress: bool) -> None:
 
 def label_dataset(
     labeler: Labeler,
-    images: torch.Tensor,
+    images: Union[torch.Tensor, ImageStream],
     out_dir: PathLike,
     *,
     references: Any = None,
     dataset_labels: Optional[torch.Tensor] = None,
     teacher_labels: Optional[torch.Tensor] = None,
-    shard_size: int = 512,
+    shard_size: Optional[int] = None,
     seed: int = 0,
     accelerator: Any = None,
     progress: bool = True,
@@ -443,7 +456,10 @@ def label_dataset(
 
     Args:
         labeler: a DB3 labeler (``db3_timm.create_labeler(name, oracle, ...)``).
-        images: ``(N, C, H, W)`` float images in ``[0, 1]`` (kept on the CPU; the oracle moves batches).
+        images: ``(N, C, H, W)`` float images in ``[0, 1]`` (kept on the CPU; the oracle moves batches), or an
+            :class:`~db3_timm.data.ImageStream` (``open_image_dataset``): then only one shard's pixels are held at
+            a time, and the split is read once up front for its fingerprint (a resumed run must see the same
+            pixels). Both give the same result for the same pixels.
         out_dir: output folder (created); see the module docstring for its layout.
         references: reference images for the labeler: a tensor (with ``dataset_labels``), ``(images, labels)``
             or an already checked :class:`~db3_timm.labelers.base.References`. Candidates are checked with
@@ -451,7 +467,8 @@ def label_dataset(
         dataset_labels: the dataset labels of a ``references`` tensor (disagreeing references are dropped).
         teacher_labels: ``(N,)`` the teacher's labels of ``images`` when it has answered them already (pseudo
             samples and start pools are labelled as they are drawn): saves one query per image.
-        shard_size: rows per shard (the unit of resumption and of work split).
+        shard_size: rows per shard (the unit of resumption and of work split); default
+            :func:`default_shard_size` of the image shape (512 for 28x28 images, 55 for 3x224x224).
         seed: the run seed; shard ``k`` uses :func:`shard_generator` ``(seed, k)``.
         accelerator: an ``accelerate.Accelerator`` or ``PartialState`` (default: see
             :func:`~db3_timm._distributed.process_state`).
@@ -469,9 +486,13 @@ def label_dataset(
     _check_inputs(images, teacher_labels, shard_size)
     if teacher_labels is not None:
         teacher_labels = teacher_labels.detach().cpu().long()
-    run = _LabelRun(labeler, images.detach().cpu(), Path(out_dir), references, dataset_labels, teacher_labels,
-                    shard_size, seed, class_names)
     state = process_state(accelerator)
+    # A stream is read once up front for its fingerprint: that pass gets a bar (tensors are hashed at once).
+    read_bar = isinstance(images, ImageStream) and progress and state.is_main_process
+    stream = images if isinstance(images, ImageStream) else ImageStream(images.detach().cpu())
+    shard_size = default_shard_size(stream.image_shape) if shard_size is None else shard_size
+    run = _LabelRun(labeler, stream, Path(out_dir), references, dataset_labels, teacher_labels,
+                    shard_size, seed, class_names, read_bar)
     # Every process checks the config itself, before any barrier, so a mismatch cannot deadlock.
     run.check_config()
     if state.process_index == 0:

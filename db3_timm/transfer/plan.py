@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
 from .._registry import create_source
+from .label import default_shard_size
 
 __all__ = ["PlanStep", "Plan", "make_plan", "PLANS", "BudgetTooSmallError"]
 
@@ -112,8 +113,9 @@ def _soft_step(oracle: Any, n: int, labeling: Any, budget: Optional[int], on: st
                                       f"({n * (overhead + searched):,} in all) beyond the labels; the budget leaves "
                                       f"{budget:,}")
         options["queries_per_target"] = qpt
+    unit = labeling.shard_size or default_shard_size(oracle.input_size or (1, 28, 28))
     step = PlanStep("db3", 0, "", {"labeler": labeling.labeler, "options": options, "on": on, "prior": prior,
-                                   "references_per_class": labeling.references_per_class, "unit_size": labeling.shard_size})
+                                   "references_per_class": labeling.references_per_class, "unit_size": unit})
     source = create_source("db3", **step.options)
     step.queries = source.cost(oracle, n)
     what = "pseudo sample" if on == "pseudo" else "image"
