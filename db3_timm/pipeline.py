@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,13 +22,16 @@ import torch.nn as nn
 from ._checks import check_int, check_number
 from ._io import PathLike, module_fingerprint, write_json_atomic
 from .oracle import LabelOracle
-from .training import TensorDictDataset, TrainConfig, TrainResult, make_accelerator, test_accuracy, train
+from .training import ArrowRows, TensorDictDataset, TrainConfig, TrainResult, make_accelerator, test_accuracy, train
 from ._disk import read_columns
 from .transfer.build import LabelingConfig, TransferSet, ZeroShotConfig, build_transfer_set, load_transfer_set
 from .transfer.plan import PLANS, BudgetTooSmallError, Plan, PlanStep, make_plan
 
 __all__ = ["DistillConfig", "DistillResult", "plan_queries", "distill_student", "BudgetTooSmallError",
            "holdout_split", "measure_throughput"]
+
+#: Training rows whose pixels take more bytes than this are read from disk batch by batch, not held in memory.
+IN_MEMORY_BYTES = 1 << 30
 
 
 @dataclass
@@ -170,7 +174,13 @@ def _transfer(oracle: LabelOracle, images: Any, labels: Optional[torch.Tensor], 
             "held-out transfer rows scored against the teacher's labels")
 
 
-def _rows(ds: Any) -> TensorDictDataset:
+def _rows(ds: Any) -> Any:
+    """The training rows: in memory when their pixels fit in :data:`IN_MEMORY_BYTES`, else read batch by batch
+    from the memory-mapped Arrow files."""
+    feature = ds.features["image"]
+    pixel_bytes = len(ds) * math.prod(feature.shape) * (1 if feature.dtype == "uint8" else 4)
+    if pixel_bytes > IN_MEMORY_BYTES:
+        return ArrowRows(ds)
     cols = read_columns(ds, ["image", "label", "soft_logits", "kd_weight"])
     return TensorDictDataset(cols["image"], cols["label"], cols["soft_logits"], cols["kd_weight"])
 

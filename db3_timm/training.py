@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -30,7 +31,7 @@ from ._preprocess import PixelTransform
 
 __all__ = [
     "kd_loss", "kd_loss_terms", "split_kd_target", "DB3DistillationTask", "fit", "evaluate",
-    "TensorDictDataset", "TrainConfig", "TrainResult", "make_accelerator", "train", "evaluate_accuracy",
+    "TensorDictDataset", "ArrowRows", "TrainConfig", "TrainResult", "make_accelerator", "train", "evaluate_accuracy",
     "adapted_batch_size", "find_checkpoint", "test_accuracy",
 ]
 
@@ -298,6 +299,39 @@ class TensorDictDataset(torch.utils.data.Dataset):
         # `collate_batch` passes the batch through.
         index = torch.as_tensor(idx, dtype=torch.long)
         return {k: v[index] for k, v in self.tensors.items()}
+
+
+class ArrowRows(torch.utils.data.Dataset):
+    """Rows of a saved ``datasets.Dataset`` read batch by batch from its memory-mapped Arrow files, in the form
+    :class:`TensorDictDataset` gives them: for transfer sets bigger than memory.
+
+    Args:
+        ds: a ``datasets.Dataset`` with ``image`` and ``label`` columns (``soft_logits``, ``kd_weight`` optional).
+        columns: the columns to read (default: those four, when present).
+    """
+
+    def __init__(self, ds: Any, columns: Sequence[str] = ("image", "label", "soft_logits", "kd_weight")):
+        self.columns = [c for c in columns if c in ds.column_names]
+        # Stored dtypes kept: `datasets` would widen uint8 pixels to int64 (8x the bytes of every batch).
+        self.dtypes = {c: getattr(ds.features[c], "dtype", None) for c in self.columns}
+        self.ds = ds.with_format("numpy", columns=self.columns)
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitems__(self, idx: List[int]) -> Dict[str, torch.Tensor]:
+        rows = self.ds[list(idx)]
+        out = {}
+        for c in self.columns:
+            value = np.ascontiguousarray(rows[c], dtype=self.dtypes[c] if self.dtypes[c] in ("uint8", "float32") else None)
+            out[c] = torch.from_numpy(value)
+        out["label"] = out["label"].long()
+        if "kd_weight" in out:
+            out["kd_weight"] = out["kd_weight"].float()
+        return out
+
+    def __getitem__(self, i: int) -> Dict[str, torch.Tensor]:
+        return {k: v[0] for k, v in self.__getitems__([int(i)]).items()}
 
 
 def collate_batch(batch: Any) -> Any:

@@ -128,3 +128,23 @@ def _perturbed_copy(model):
     with torch.no_grad():
         next(twin.parameters()).add_(0.5)
     return twin
+
+
+def test_rows_bigger_than_memory_train_from_disk_to_the_same_student(perturbed_lenet_half, tmp_path, one_thread,
+                                                                     monkeypatch):
+    import db3_timm.pipeline as pipeline
+    from db3_timm._io import module_fingerprint
+    from db3_timm.training import ArrowRows
+
+    oracle, images, _ = _setup(perturbed_lenet_half, n=40)
+    config = _config(plan="default")
+    in_memory = distill_student(oracle, "lenet5_fifth", images, 2000, tmp_path / "memory", config=config, progress=False)
+    used = []
+    rows = pipeline._rows
+    monkeypatch.setattr(pipeline, "IN_MEMORY_BYTES", 0)  # every transfer set counts as bigger than memory
+    monkeypatch.setattr(pipeline, "_rows", lambda ds: used.append(rows(ds)) or used[-1])
+    from_disk = distill_student(LabelOracle.from_timm_model(perturbed_lenet_half), "lenet5_fifth", images, 2000,
+                                tmp_path / "disk", config=config, progress=False)
+    assert isinstance(used[0], ArrowRows)
+    assert module_fingerprint(from_disk.model) == module_fingerprint(in_memory.model)
+    assert from_disk.training.history == in_memory.training.history
