@@ -8,6 +8,8 @@ its own process; its peak resident set comes from the kernel (``wait4`` rusage):
 * ``stream``: ``db3 label --data hf:DIR`` -- the split is opened with ``open_image_dataset`` and read one shard
   at a time;
 * ``in-memory``: ``load_image_dataset`` (the whole split as one float32 tensor) then ``label_dataset`` on it.
+  Its peak comes with the load, so ``--in-memory-budget Q`` may stop it after Q queries (the rest of the run
+  holds the same memory); the arms' outputs are then compared over the shards both finished.
 
     python benchmarks/label_memory.py [--images 10000] [--arms stream in-memory]
 """
@@ -28,13 +30,16 @@ from benchmarks._common import REPO_ROOT, machine_info  # noqa: E402
 
 _IN_MEMORY = """
 import sys, torch
+import db3_timm
 from db3_timm import LabelOracle, create_labeler, label_dataset, load_image_dataset
-data, out, teacher, weights, labeler, targets, qpt = sys.argv[1:8]
-oracle = LabelOracle.from_timm(teacher, weights)
+data, out, teacher, weights, labeler, targets, qpt, budget = sys.argv[1:9]
+oracle = LabelOracle.from_timm(teacher, weights, budget=int(budget) if budget != "none" else None)
 data = load_image_dataset(data, image_size=224)
 lab = create_labeler(labeler, oracle, targets=int(targets), queries_per_target=int(qpt))
-label_dataset(lab, data.images, out, progress=False)
-print(f"queries: {oracle.queries}")
+try:
+    label_dataset(lab, data.images, out, progress=False)
+except db3_timm.QueryBudgetExceeded:
+    print("stopped by the budget")
 """
 
 
@@ -83,16 +88,31 @@ def run_arm(arm: str, data: Path, weights: Path, out: Path, args: argparse.Names
                "--references-per-class", "0", "--out", str(out), "--no-progress"]
     else:
         cmd = [sys.executable, "-c", _IN_MEMORY, f"hf:{data}", str(out), args.teacher, str(weights), args.labeler,
-               str(args.targets), str(args.queries_per_target)]
+               str(args.targets), str(args.queries_per_target), str(args.in_memory_budget or "none")]
     t0 = time.monotonic()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     _, status, usage = os.wait4(proc.pid, 0)
     text = proc.stdout.read()
     if os.waitstatus_to_exitcode(status) != 0:
         raise RuntimeError(f"{arm} failed:\n{text[-3000:]}")
-    queries = json.loads((out / "manifest.json").read_text())["queries"]["total"]
+    manifest = json.loads((out / "manifest.json").read_text())
     return {"arm": arm, "images": args.images, "peak_rss_gb": round(usage.ru_maxrss / 2**20, 3),
-            "wall_s": round(time.monotonic() - t0, 1), "queries": queries}
+            "wall_s": round(time.monotonic() - t0, 1), "queries": manifest["queries"]["total"],
+            "shards_done": f"{manifest['num_finished_shards']}/{manifest['num_shards']}"}
+
+
+def same_shards(work: Path, arms) -> bool:
+    """Whether the arms' shards finished by both hold the same labels, soft labels and query counts."""
+    import datasets
+    import numpy as np
+
+    folders = [work / f"out-{arm}" / "train" for arm in arms]
+    names = set.intersection(*({p.name for p in f.glob("data-shard-*.arrow")} for f in folders))
+    for name in sorted(names):
+        a, b = (datasets.Dataset.from_file(str(f / name)) for f in folders)
+        if not all(np.array_equal(np.asarray(a[c]), np.asarray(b[c])) for c in ("label", "soft_logits", "queries")):
+            return False
+    return bool(names)
 
 
 def main() -> None:
@@ -103,6 +123,7 @@ def main() -> None:
     ap.add_argument("--labeler", default="bd")
     ap.add_argument("--targets", type=int, default=2)
     ap.add_argument("--queries-per-target", type=int, default=2)
+    ap.add_argument("--in-memory-budget", type=int, help="stop the in-memory arm after this many queries")
     ap.add_argument("--work", default=str(REPO_ROOT / "benchmarks/results/label_memory"))
     args = ap.parse_args()
 
@@ -121,12 +142,7 @@ def main() -> None:
                                  "queries_per_target": args.queries_per_target}) + "\n")
     if len(rows) == 2:
         print(f"peak RSS stream / in-memory: {rows[0]['peak_rss_gb'] / rows[1]['peak_rss_gb']:.2f}")
-        import datasets
-        import numpy as np
-
-        a, b = (datasets.load_from_disk(str(work / f"out-{arm}"))["train"] for arm in args.arms)
-        same = all(np.array_equal(np.asarray(a[c]), np.asarray(b[c])) for c in ("label", "soft_logits", "queries"))
-        print(f"both arms wrote the same labels, soft labels and query counts: {same}")
+        print(f"both arms wrote the same labels, soft labels and query counts: {same_shards(work, args.arms)}")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields, replace
-from typing import Any, Callable, Dict, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -289,9 +289,12 @@ class BoundarySearchConfig:
         delta: probe radius relative to the current distance.
         angle_checks: bisection queries of the plane angle search.
         probe_scale: probes drawn on a ``probe_scale`` times coarser grid (see :func:`estimate_normals`).
+        min_probe_grid: 0: probes use two resolutions, the ``probe_scale`` times coarser grid and full
+            resolution. N >= 1: a ladder of grids instead (:meth:`probe_ladder`), for large images: the
+            coarsest with at least N pixels a side, each next one twice finer, down to full resolution.
         full_res_every: from iteration ``2 * full_res_every`` on, every ``full_res_every``-th iteration
-            switches probe resolution (``probe_scale`` <-> full) for a trial; the others use whichever gained
-            more distance in its latest iteration (0: always ``probe_scale``).
+            tries a neighbouring resolution (a finer or a coarser grid, in turn); the others use the
+            resolution that gained most distance in its latest iteration (0: always the coarsest).
         fine_after: once the probing pairs have spent this many queries on average, probe at full resolution
             with radius ``fine_delta`` and bisect to ``fine_tol`` (0: never).
         fine_delta, fine_tol: the probe radius and tolerance of that fine regime.
@@ -308,6 +311,7 @@ class BoundarySearchConfig:
     delta: float = 0.05
     angle_checks: int = 5
     probe_scale: int = 2
+    min_probe_grid: int = 0
     full_res_every: int = 3
     fine_after: int = 1500
     fine_delta: float = 0.01
@@ -320,7 +324,8 @@ class BoundarySearchConfig:
             if not ok:
                 raise ValueError(f"boundary search option {name}={getattr(self, name)!r}: expected {expected}")
 
-        for name in ("probes", "max_probes", "angle_checks", "probe_scale", "full_res_every", "fine_after"):
+        for name in ("probes", "max_probes", "angle_checks", "probe_scale", "min_probe_grid", "full_res_every",
+                     "fine_after"):
             value = getattr(self, name)
             check(name, isinstance(value, int) and not isinstance(value, bool), "an integer")
         for name in ("tol", "probe_growth", "delta", "fine_delta", "fine_tol", "momentum", "prior_stall"):
@@ -336,6 +341,7 @@ class BoundarySearchConfig:
         check("fine_delta", 0 < self.fine_delta <= 1, "a number in (0, 1]")
         check("angle_checks", self.angle_checks >= 1, "at least 1")
         check("probe_scale", self.probe_scale >= 1, "at least 1")
+        check("min_probe_grid", self.min_probe_grid >= 0, "at least 0")
         check("full_res_every", self.full_res_every >= 0, "at least 0")
         check("fine_after", self.fine_after >= 0, "at least 0")
         check("momentum", self.momentum >= 0, "at least 0")
@@ -353,6 +359,17 @@ class BoundarySearchConfig:
     def to_dict(self) -> Dict[str, Any]:
         """Returns the options as a plain dict (for manifests and model cards)."""
         return asdict(self)
+
+    def probe_ladder(self, image_shape: Sequence[int]) -> Tuple[int, ...]:
+        """Returns the coarsening factors the probes choose among, coarsest first, ending at 1 (full resolution):
+        ``(probe_scale, 1)``, or with ``min_probe_grid`` N every power of two whose grid keeps at least N pixels
+        a side (N=8: ``(2, 1)`` at 28 px, ``(8, 4, 2, 1)`` at 96 px, ``(16, 8, 4, 2, 1)`` at 224 px)."""
+        if self.min_probe_grid == 0:
+            return (self.probe_scale, 1) if self.probe_scale > 1 else (1,)
+        side, coarsest = min(int(image_shape[-2]), int(image_shape[-1])), 1
+        while side // (2 * coarsest) >= self.min_probe_grid:
+            coarsest *= 2
+        return tuple(coarsest >> i for i in range(coarsest.bit_length()))
 
 
 #: The plain search (full-resolution probes, no fine regime, no momentum, tolerance 1e-2) that ``zsdb3`` uses.
@@ -375,8 +392,10 @@ class _SearchState:
         # 2 * acos(d_min / dist), which exceeds 90 degrees while dist > 1.41 d_min (typical of BD starts).
         self.probe_turn, self.prior_turn = _Rotation(P, dev, math.pi / 2), _Rotation(P, dev, math.pi)
         self.reserve = cfg.angle_checks + 8
-        # Mean relative distance gain of the latest smooth (False) and full-resolution (True) iteration.
-        self.gain = {False: math.inf, True: 0.0}
+        # Mean relative distance gain of each resolution's latest iteration (coarsest first: it starts).
+        self.ladder = cfg.probe_ladder(query.image_shape)
+        self.gain = [math.inf] + [0.0] * (len(self.ladder) - 1)
+        self.explored = 0
         self.prior_gain = torch.full((P,), math.inf, device=dev)
         self.last_step = torch.zeros_like(x0)  # per pair, the unit direction theta last moved in
 
@@ -425,19 +444,30 @@ def _probe_step(s: _SearchState, probing: torch.Tensor, it: int, generator: torc
     # own the distance stalls. Once the smooth part has had a few iterations, use the resolution whose
     # latest iteration gained more, and try the other one every `full_res_every`-th iteration.
     explore = cfg.full_res_every > 0 and it % cfg.full_res_every == 0 and it > cfg.full_res_every
-    full = explore != (s.gain[True] > s.gain[False])
+    level = _probe_level(s, explore)
     # Late in a large budget the residual normal lives in fine detail: full-resolution probes at a
     # small radius and a tight tolerance see it.
     fine = cfg.fine_after > 0 and float(q.spent[probing].float().mean()) >= cfg.fine_after
-    full = full or fine
+    level = len(s.ladder) - 1 if fine else level
     g = estimate_normals(q, centre, probing, n_probes, (cfg.fine_delta if fine else cfg.delta) * s.dist, generator,
-                         orthogonal_to=theta, probe_scale=1 if full else cfg.probe_scale)
+                         orthogonal_to=theta, probe_scale=s.ladder[level])
     if cfg.momentum:
         # On a curved boundary the normal moves with the point, so each estimate is a noisy look at a
         # moving target; the previous step keeps what earlier probes learned.
         g = _orthonormal(g, theta) + cfg.momentum * _orthonormal(s.last_step, theta)
     step = s.rotate(_orthonormal(g, theta), probing, s.probe_turn, cfg.fine_tol if fine else cfg.tol)
-    s.gain[full] = float(step[probing].mean())
+    s.gain[level] = float(step[probing].mean())
+
+
+def _probe_level(s: _SearchState, explore: bool) -> int:
+    """The ladder rung to probe at: the one whose latest iteration gained most (the coarser on ties), or on an
+    ``explore`` iteration a neighbour of it, the finer and the coarser in turn."""
+    best = max(range(len(s.ladder)), key=lambda i: (s.gain[i], -i))
+    if not explore or len(s.ladder) == 1:
+        return best
+    s.explored += 1
+    finer, coarser = best + 1, best - 1
+    return finer if finer < len(s.ladder) and (coarser < 0 or s.explored % 2) else coarser
 
 
 def minimize_boundary_distance(

@@ -268,9 +268,10 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, ba
     device = next(model.parameters()).device
     norm = PixelTransform.for_model(model, resize_to_model="fixed")
     correct = 0
-    for start in range(0, images.shape[0], batch_size):
-        pred = model(norm(images[start:start + batch_size].to(device))).argmax(1)
-        correct += int((pred.cpu() == labels[start:start + batch_size]).sum())
+    with torch.inference_mode():  # no autograd graph: activations freed batch by batch
+        for start in range(0, images.shape[0], batch_size):
+            pred = model(norm(images[start:start + batch_size].to(device))).argmax(1)
+            correct += int((pred.cpu() == labels[start:start + batch_size]).sum())
     return correct / max(1, images.shape[0])
 
 

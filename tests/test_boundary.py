@@ -59,7 +59,8 @@ def test_estimated_normals_point_to_the_adversarial_side():
     assert torch.all(query.spent == 400)
 
 
-@pytest.mark.parametrize("config", [BoundarySearchConfig(probe_scale=1), PLAIN_SEARCH])
+@pytest.mark.parametrize("config", [BoundarySearchConfig(probe_scale=1), PLAIN_SEARCH,
+                                    BoundarySearchConfig(min_probe_grid=1)])  # the ladder (4, 2, 1) at 4x4
 def test_the_direction_search_reaches_the_minimum_within_the_per_pair_budget(config):
     oracle, w, offset = _half_space()
     g = torch.Generator().manual_seed(3)
@@ -103,6 +104,7 @@ def test_random_starts_find_the_other_side_within_their_cap():
     ({"tol": 2}, "tol=2: expected a number in \\(0, 1\\)"),
     ({"max_probes": 10}, "max_probes=10: expected at least probes \\(60\\)"),
     ({"delta": 0}, "delta=0: expected a number in \\(0, 1\\]"),
+    ({"min_probe_grid": -1}, "min_probe_grid=-1: expected at least 0"),
 ])
 def test_search_settings_are_checked_and_named(options, message):
     with pytest.raises(ValueError, match=message):
@@ -110,3 +112,23 @@ def test_search_settings_are_checked_and_named(options, message):
     with pytest.raises(TypeError, match="unknown boundary search option.*'probs'"):
         BoundarySearchConfig.from_dict({"probs": 3})
     assert BoundarySearchConfig.from_dict({"momentum": 0.5}).to_dict()["momentum"] == 0.5
+
+
+def test_the_probe_ladder_grows_with_the_image_and_leaves_28px_searches_unchanged():
+    ladder = BoundarySearchConfig(min_probe_grid=8).probe_ladder
+    assert [ladder((3, s, s)) for s in (28, 96, 224)] == [(2, 1), (8, 4, 2, 1), (16, 8, 4, 2, 1)]
+    assert BoundarySearchConfig().probe_ladder((3, 224, 224)) == (2, 1)  # the default: two levels at any size
+    # At 28 px the ladder is the two-level default, so the search spends and finds exactly the same.
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(784, generator=g)
+    oracle = LabelOracle.from_callable(lambda x: (x.flatten(1) @ w > 0.5 * float(w.sum())).long(), num_classes=2,
+                                       input_size=(1, 28, 28))
+    x0 = (0.5 + 0.05 * torch.randn(3, 784, generator=g)).clamp(0, 1)
+    labels = oracle(x0.view(-1, 1, 28, 28))
+    start = _across(w, 0.5 * float(w.sum()), x0)
+    found = []
+    for config in (BoundarySearchConfig(), BoundarySearchConfig(min_probe_grid=8)):
+        query = PairQueries(oracle, (1, 28, 28), labels, None, 400)
+        found.append(minimize_boundary_distance(query, x0, start, torch.ones(3, dtype=torch.bool),
+                                                torch.Generator().manual_seed(1), config))
+    assert torch.equal(found[0], found[1])
