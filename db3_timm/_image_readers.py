@@ -55,8 +55,8 @@ class HFImageRows:
         h, w = (self.image_size, self.image_size) if self.ragged else self.size
         return (self.channels, h, w)
 
-    def __getitem__(self, rows: slice) -> np.ndarray:
-        images = self.col[rows][self.img_col]
+    def __getitem__(self, rows: slice | np.ndarray) -> np.ndarray:
+        images = self.col[rows if isinstance(rows, slice) else rows.tolist()][self.img_col]
         if images.dtype == object:  # sizes differ: resized one by one to image_size
             return stack_ragged(list(images), self.image_size, self.target, channels_last=True)
         return images[:, None] if images.ndim == 3 else images.transpose(0, 3, 1, 2)

@@ -192,19 +192,21 @@ class ImageStream:
 
     def read(self, start: int, stop: int) -> torch.Tensor:
         """Returns rows ``start:stop`` as a float ``(n, C, H, W)`` tensor in ``[0, 1]``."""
-        part = self.rows[start:stop]
-        if isinstance(part, torch.Tensor) and part.is_floating_point():
-            images = part
-        else:
-            images = unit_float(part.numpy() if isinstance(part, torch.Tensor) else part)
-        return images if self.image_size is None else resize_square(images, self.image_size)
+        return self._pixels(self.rows[start:stop])
 
     def take(self, index: Any) -> torch.Tensor:
         """Returns the rows at integer positions ``index`` (e.g. reference images) as one float tensor."""
         index = torch.as_tensor(index, dtype=torch.int64).reshape(-1)
         if not len(index):
             return torch.empty((0, *self.image_shape), dtype=self.dtype)
-        return torch.cat([self.read(i, i + 1) for i in index.tolist()])
+        return self._pixels(self.rows[index if isinstance(self.rows, torch.Tensor) else index.numpy()])
+
+    def _pixels(self, part: Any) -> torch.Tensor:
+        if isinstance(part, torch.Tensor) and part.is_floating_point():
+            images = part
+        else:
+            images = unit_float(part.numpy() if isinstance(part, torch.Tensor) else part)
+        return images if self.image_size is None else resize_square(images, self.image_size)
 
     def chunks(self, size: int = 1024) -> Iterator[tuple[int, torch.Tensor]]:
         """Yields ``(start, rows start:start+size)`` over the whole split, in order."""

@@ -444,3 +444,4 @@ def test_an_hf_stream_decodes_per_slice_and_refuses_mixed_sizes_at_open(tmp_path
     assert isinstance(stream.rows, HFImageRows) and stream.image_shape == (3, 4, 4)
     whole = load_image_dataset(f"hf:{tmp_path / 'mixed'}", image_size=4).images
     assert torch.equal(torch.cat([stream.read(i, i + 1) for i in range(3)]), whole)
+    assert torch.equal(stream.take([2, 0]), whole[[2, 0]])
