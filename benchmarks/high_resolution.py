@@ -67,8 +67,9 @@ def teacher96(train_images: int, epochs: int) -> tuple:
     return model.eval(), acc
 
 
-def measure(name: str, teacher, x: torch.Tensor, y: torch.Tensor, budgets, refs) -> list:
-    """White-box distances, then mbd under each scheme and budget; returns one row per (scheme, budget)."""
+def measure(name: str, teacher, x: torch.Tensor, y: torch.Tensor, budgets, refs, out: Path) -> list:
+    """White-box distances, then mbd under each scheme and budget; one row per (scheme, budget), each appended to
+    ``out`` as soon as it is measured (a killed run keeps what it finished)."""
     others = torch.ones(len(y), 10, dtype=torch.bool).scatter_(1, y[:, None], False)
     pair_sample, pair_target = others.nonzero(as_tuple=True)
     t = time.time()
@@ -89,6 +90,8 @@ def measure(name: str, teacher, x: torch.Tensor, y: torch.Tensor, budgets, refs)
                    "queries": oracle.queries - before, "seconds": round(time.perf_counter() - t, 1)}
             rows.append(row)
             print(json.dumps(row), flush=True)
+            with open(out, "a") as fh:
+                fh.write(json.dumps({**row, "machine": machine_info()}) + "\n")
     return rows
 
 
@@ -99,6 +102,7 @@ def main() -> None:
     ap.add_argument("--references", type=int, default=500, help="training images serving as references")
     ap.add_argument("--train-images", type=int, default=30_000, help="for the 96 px teacher")
     ap.add_argument("--epochs", type=int, default=6, help="for the 96 px teacher")
+    ap.add_argument("--teachers", nargs="+", default=["28", "96"], choices=["28", "96"], help="which sides to run")
     ap.add_argument("--out", default=str(REPO_ROOT / "benchmarks/results/high_resolution.jsonl"))
     args = ap.parse_args()
 
@@ -109,15 +113,15 @@ def main() -> None:
     lenet, acc28 = fmnist_teacher()
     big, acc96 = teacher96(args.train_images, args.epochs)
     print(f"teachers: lenet5 28 px {acc28:.2%}, mobilenetv3_small_050 3x96x96 {acc96:.2%}", flush=True)
-    rows = []
-    x, y = correct_subset(lenet, pool, pool_y, args.samples, seed=0)
-    rows += measure("lenet5 28px", lenet, x, y, args.budgets, (ref_x, ref_y))
-    x96 = upsampled(pool[:4 * args.samples]).float().div_(255)  # candidates enough for N correct ones
-    x, y = correct_subset(big, x96, pool_y[:4 * args.samples], args.samples, seed=0)
-    rows += measure("mobilenetv3 96px", big, x, y, args.budgets, (upsampled(ref_x).float().div_(255), ref_y))
-    with open(args.out, "a") as fh:
-        for row in rows:
-            fh.write(json.dumps({**row, "machine": machine_info()}) + "\n")
+    rows, out = [], Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if "28" in args.teachers:
+        x, y = correct_subset(lenet, pool, pool_y, args.samples, seed=0)
+        rows += measure("lenet5 28px", lenet, x, y, args.budgets, (ref_x, ref_y), out)
+    if "96" in args.teachers:
+        x96 = upsampled(pool[:4 * args.samples]).float().div_(255)  # candidates enough for N correct ones
+        x, y = correct_subset(big, x96, pool_y[:4 * args.samples], args.samples, seed=0)
+        rows += measure("mobilenetv3 96px", big, x, y, args.budgets, (upsampled(ref_x).float().div_(255), ref_y), out)
     print("| teacher | scheme | queries/target | median ratio to white-box | p90 | wall s |")
     print("|---|---|---|---|---|---|")
     for r in rows:

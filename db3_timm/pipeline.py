@@ -21,6 +21,7 @@ import torch.nn as nn
 
 from ._checks import check_int, check_number
 from ._io import PathLike, module_fingerprint, write_json_atomic
+from ._preprocess import model_data_config
 from .oracle import LabelOracle
 from .training import ArrowRows, TensorDictDataset, TrainConfig, TrainResult, make_accelerator, test_accuracy, train
 from ._disk import read_columns
@@ -190,7 +191,17 @@ def _build_student(name: str, num_classes: int, image_shape: Sequence[int], pret
 
     from . import models as _models  # noqa: F401  (the paper's architectures)
 
-    student = timm.create_model(name, pretrained=pretrained, num_classes=num_classes, in_chans=int(image_shape[0]))
+    channels = int(image_shape[0])
+    student = timm.create_model(name, pretrained=pretrained, num_classes=num_classes, in_chans=channels)
+    # timm keeps the architecture's RGB, 224 px config whatever in_chans is: the student's own config must say what
+    # it was trained on, or its first normalisation broadcasts one channel to three and a reloaded student is
+    # resized to 224 px as a teacher.
+    cfg, resolved = dict(student.pretrained_cfg or {}), model_data_config(student)
+    for key in ("mean", "std"):
+        values = tuple(resolved[key])
+        cfg[key] = values if len(values) == channels else (sum(values) / len(values),) * channels
+    cfg["input_size"] = tuple(int(s) for s in image_shape)
+    student.pretrained_cfg = student.default_cfg = cfg
     return student
 
 

@@ -148,3 +148,20 @@ def test_rows_bigger_than_memory_train_from_disk_to_the_same_student(perturbed_l
     assert isinstance(used[0], ArrowRows)
     assert module_fingerprint(from_disk.model) == module_fingerprint(in_memory.model)
     assert from_disk.training.history == in_memory.training.history
+
+
+def test_a_timm_student_on_gray_images_keeps_their_channels_and_size(perturbed_lenet_half, tmp_path, one_thread):
+    """timm's own config of a 1-channel student is RGB at 224 px: the student's config must be what it trained on."""
+    import timm
+
+    oracle, images, test = _setup(perturbed_lenet_half, n=32)
+    cfg = DistillConfig(plan="hard", train=TrainConfig(epochs=1, batch_size=8), evaluate_teacher=False)
+    result = distill_student(oracle, "test_efficientnet", images, 32, tmp_path / "run", test=test, config=cfg,
+                             progress=False)
+    saved = json.loads((tmp_path / "run" / "model" / "config.json").read_text())["pretrained_cfg"]
+    assert tuple(saved["input_size"]) == (1, 28, 28) and len(saved["mean"]) == len(saved["std"]) == 1
+    # Reloaded from its folder and asked as a teacher, it answers at 28 px (no resize to 224) what it answered in process.
+    reloaded = timm.create_model(f"local-dir:{tmp_path / 'run' / 'model'}", pretrained=True)
+    again = LabelOracle.from_timm_model(reloaded)
+    assert again.input_size == (1, 28, 28)
+    assert torch.equal(again(test[0]), LabelOracle.from_timm_model(result.model)(test[0]))
