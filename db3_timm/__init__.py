@@ -23,6 +23,7 @@ from ._registry import (
 from .data import ImageData, load_image_dataset
 from .hub import StudentCard, push_student, save_student
 from .labelers import References, SoftLabels, distances_to_logits
+from .models import create_image_model
 from .oracle import (
     HubUnavailableError,
     LabelOracle,
@@ -61,5 +62,5 @@ __all__ = [
     "ImageData", "load_image_dataset", "label_dataset", "load_labeled_dataset", "TransferSet", "load_transfer_set",
     "export_parquet",
     # students
-    "DB3DistillationTask", "kd_loss", "fit", "evaluate", "StudentCard", "save_student", "push_student",
+    "create_image_model", "DB3DistillationTask", "kd_loss", "fit", "evaluate", "StudentCard", "save_student", "push_student",
 ]

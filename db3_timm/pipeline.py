@@ -21,7 +21,7 @@ import torch.nn as nn
 
 from ._checks import check_int, check_number
 from ._io import PathLike, module_fingerprint, write_json_atomic
-from ._preprocess import model_data_config
+from .models import create_image_model
 from .oracle import LabelOracle
 from .training import ArrowRows, TensorDictDataset, TrainConfig, TrainResult, make_accelerator, test_accuracy, train
 from ._disk import read_columns
@@ -186,25 +186,6 @@ def _rows(ds: Any) -> Any:
     return TensorDictDataset(cols["image"], cols["label"], cols["soft_logits"], cols["kd_weight"])
 
 
-def _build_student(name: str, num_classes: int, image_shape: Sequence[int], pretrained: bool) -> nn.Module:
-    import timm
-
-    from . import models as _models  # noqa: F401  (the paper's architectures)
-
-    channels = int(image_shape[0])
-    student = timm.create_model(name, pretrained=pretrained, num_classes=num_classes, in_chans=channels)
-    # timm keeps the architecture's RGB, 224 px config whatever in_chans is: the student's own config must say what
-    # it was trained on, or its first normalisation broadcasts one channel to three and a reloaded student is
-    # resized to 224 px as a teacher.
-    cfg, resolved = dict(student.pretrained_cfg or {}), model_data_config(student)
-    for key in ("mean", "std"):
-        values = tuple(resolved[key])
-        cfg[key] = values if len(values) == channels else (sum(values) / len(values),) * channels
-    cfg["input_size"] = tuple(int(s) for s in image_shape)
-    student.pretrained_cfg = student.default_cfg = cfg
-    return student
-
-
 def _evaluate(accelerator: Any, model: nn.Module, oracle: LabelOracle, test: Optional[Tuple[torch.Tensor, torch.Tensor]],
               cfg: DistillConfig, out: Path) -> Tuple[Optional[float], Optional[float], int]:
     """Scores the student (and once, the teacher) on the test images; returns ``(student, teacher, teacher queries)``."""
@@ -364,7 +345,7 @@ def _train_student(accelerator: Any, name: str, transfer: TransferSet, rows: Any
     from .oracle import load_checkpoint_state_dict
 
     set_seed(seed)  # the student's initialisation does not depend on how the transfer set was made
-    model = _build_student(name, transfer.num_classes, transfer.image_shape, cfg.student_pretrained)
+    model = create_image_model(name, transfer.num_classes, transfer.image_shape, pretrained=cfg.student_pretrained)
     best_dir = out / "checkpoints" / "best"
 
     def on_best(epoch: int) -> None:

@@ -60,8 +60,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     val_set = TensorDictDataset(data.images[held], data.labels[held]) if len(held) else None
 
     set_seed(args.seed)
-    model = timm.create_model(args.model, pretrained=args.pretrained, num_classes=data.num_classes,
-                              in_chans=data.image_shape[0])
+    model = db3_timm.create_image_model(args.model, data.num_classes, data.image_shape, pretrained=args.pretrained)
     task = ClassificationTask(model, criterion=nn.CrossEntropyLoss(), verbose=False)
     best = {}
 

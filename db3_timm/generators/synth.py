@@ -144,9 +144,7 @@ class SynthGenerator:
 
     def __init__(self, oracle: LabelOracle, *, seed: int = 0, input_shape: Optional[Sequence[int]] = None,
                  num_classes: Optional[int] = None, **cfg: Any):
-        import timm
-
-        from .. import models as _models  # noqa: F401  (the paper's architectures)
+        from ..models import create_image_model
 
         self.oracle, self.cfg = oracle, SynthConfig(**cfg)
         self.num_classes = int(num_classes or oracle.num_classes or 0)
@@ -161,7 +159,7 @@ class SynthGenerator:
         self.device = oracle.device
         with torch.random.fork_rng(devices=[]):  # timm initialises from the global generator: seed it, leave it as it was
             torch.manual_seed(int(seed))
-            self.student = timm.create_model(self.cfg.student, num_classes=self.num_classes, in_chans=self.image_shape[0])
+            self.student = create_image_model(self.cfg.student, self.num_classes, self.image_shape)
             self.generator = ImageGenerator(self.cfg.latent_dim, self.image_shape, self.cfg.width)
         self.student.to(self.device)
         self.generator.to(self.device)
