@@ -54,14 +54,15 @@ def teacher96(train_images: int, epochs: int) -> tuple:
     test = load_image_dataset("fashion-mnist", "test")
     info = TEACHER96_DIR / "db3_teacher.json"
     if info.is_file():
-        load_checkpoint(model, str(TEACHER96_DIR / "model.safetensors"))
+        weights = TEACHER96_DIR / "model.safetensors"
+        load_checkpoint(model, str(weights if weights.is_file() else TEACHER96_DIR / "pytorch_model.bin"))
         return model.eval(), json.loads(info.read_text())["test_accuracy"]
     train = load_image_dataset("fashion-mnist", "train", limit=train_images)
     torch.manual_seed(0)
     t = time.time()
     fit(model, upsampled(train.images), train.labels, epochs=epochs, batch_size=128, lr=2e-3, seed=0, progress=True)
     acc = evaluate(model, upsampled(test.images), test.labels)
-    save_for_hf(model, str(TEACHER96_DIR))
+    save_for_hf(model, str(TEACHER96_DIR), safe_serialization=True)
     info.write_text(json.dumps({"test_accuracy": acc, "train_images": train_images, "epochs": epochs,
                                 "train_seconds": round(time.time() - t)}))
     return model.eval(), acc

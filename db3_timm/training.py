@@ -26,7 +26,7 @@ from timm.task import TrainingTask
 
 from ._checks import check_int, check_number
 from ._distributed import check_launch
-from ._io import PathLike, write_json_atomic
+from ._io import ConfigMismatchError, PathLike, config_diff, write_json_atomic
 from ._preprocess import PixelTransform
 
 __all__ = [
@@ -440,6 +440,7 @@ class _Progress:
     best_metric: Optional[float] = None
     best_epoch: Optional[int] = None
     history: List[Dict[str, Any]] = field(default_factory=list)
+    settings: Dict[str, Any] = field(default_factory=dict)  # what the weights depend on, compared on resume
 
     def state_dict(self) -> Dict[str, Any]:
         return asdict(self)
@@ -571,6 +572,14 @@ def test_accuracy(accelerator: Any, model: nn.Module, images: torch.Tensor, labe
     return evaluate_accuracy(accelerator, model, loader, PixelTransform.for_model(model, resize_to_model="fixed"))
 
 
+def _weight_settings(cfg: TrainConfig, batch_size: int, epochs: int, rows: int) -> Dict[str, Any]:
+    """The settings a run's weights depend on (not where or how often it checkpoints, nor the process count)."""
+    settings = {**cfg.to_dict(), "batch_size": batch_size, "epochs": epochs, "rows": rows}
+    for key in ("max_samples", "eval_batch_size", "checkpoint_every", "keep_checkpoints", "num_workers"):
+        settings.pop(key)
+    return settings
+
+
 def _resume(accelerator: Any, progress: _Progress, resume: Optional[str], checkpoint_dir: Path) -> None:
     if not resume:
         if find_checkpoint("latest", checkpoint_dir) is not None:
@@ -582,7 +591,12 @@ def _resume(accelerator: Any, progress: _Progress, resume: Optional[str], checkp
         if resume != "latest":
             accelerator.print(f"no checkpoint in {checkpoint_dir} yet; starting from scratch")
         return
+    wanted = progress.settings
     accelerator.load_state(str(folder))
+    if progress.settings and config_diff(progress.settings, wanted):  # older checkpoints carry no settings
+        raise ConfigMismatchError(f"{str(folder)!r} was trained with other settings ({config_diff(progress.settings, wanted)}); "
+                                  f"resuming would mix two schedules: use a new output_dir, or the old settings")
+    progress.settings = wanted
     accelerator.print(f"resumed from {folder} (epoch {progress.epoch + 1}, batch {progress.batch_in_epoch}, "
                       f"step {progress.global_step})")
 
@@ -668,7 +682,7 @@ def train(
                                                  num_workers=cfg.num_workers))
     task, optimizer, loader, scheduler = accelerator.prepare(task, optimizer, loader, scheduler)
     transform = PixelTransform.for_model(model, resize_to_model="fixed")
-    progress = _Progress()
+    progress = _Progress(settings=_weight_settings(cfg, batch_size, epochs, len(train_set)))
     accelerator.register_for_checkpointing(progress)
     checkpoint_dir = Path(output_dir) / "checkpoints"
     _resume(accelerator, progress, resume, checkpoint_dir)

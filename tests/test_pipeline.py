@@ -119,6 +119,14 @@ def test_continuing_a_run_with_another_teacher_or_plan_is_refused(perturbed_lene
         distill_student(oracle, "lenet5_fifth", images, 400, tmp_path / "run", config=_config(plan="default", epochs=1),
                         progress=False)
     assert other.queries == 0
+    # The student's training settings too: resuming its checkpoints under another schedule would mix two runs.
+    with pytest.raises(ConfigMismatchError, match="epochs: 1 -> 3"):
+        distill_student(oracle, "lenet5_fifth", images, 400, tmp_path / "run", config=_config(plan="mixes", epochs=3),
+                        progress=False)
+    # A cap that leaves the epochs as they were changes nothing: the finished run is read back.
+    again = distill_student(oracle, "lenet5_fifth", images, 400, tmp_path / "run",
+                            config=_config(plan="mixes", epochs=1, max_samples=10_000), progress=False)
+    assert again.training.epochs == 1
 
 
 def _perturbed_copy(model):
