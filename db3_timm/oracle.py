@@ -17,6 +17,7 @@ from typing import Any, Callable, Dict, Optional, Sequence, Union
 import torch
 import torch.nn as nn
 
+from ._cpu_memory import keep_activation_buffers
 from ._io import module_fingerprint
 from ._preprocess import PixelTransform
 
@@ -56,8 +57,12 @@ class HubUnavailableError(OSError):
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
-#: Input values per teacher forward on a CPU when no ``max_batch_size`` is given (64 MB of float32 pixels).
-CPU_PIXELS_PER_FORWARD = 1 << 24
+#: Input values per teacher forward on a CPU when no ``max_batch_size`` is given (1 MB of float32 pixels; at least
+#: :data:`CPU_MIN_BATCH` images). Common CNNs then keep each activation under glibc's 32 MiB mmap ceiling, so its
+#: buffers are reused instead of faulted in again on every forward (``_cpu_memory``); a CPU gains nothing from
+#: bigger batches.
+CPU_PIXELS_PER_FORWARD = 1 << 18
+CPU_MIN_BATCH = 8
 
 
 class LabelPredictor(nn.Module):
@@ -335,16 +340,18 @@ class LabelOracle:
             channels_last: channels-last memory format (GPU convolutions).
             **kwargs: :class:`LabelOracle` options (``budget``, ``max_batch_size``, ``query_log``, ``name``).
                 ``max_batch_size`` unset or ``None`` on a CPU: :data:`CPU_PIXELS_PER_FORWARD` input values per
-                forward (111 images at 3x224x224), so activations stay bounded; unlimited on an accelerator.
+                forward (334 images at 1x28x28, 8 at 3x224x224), and glibc keeps freed activation buffers in the
+                process (:func:`~db3_timm._cpu_memory.keep_activation_buffers`); unlimited on an accelerator.
 
         Returns:
             A :class:`LabelOracle` that never exposes the module's logits.
         """
         input_size = tuple(int(s) for s in input_size)
         predictor = LabelPredictor(module, mean, std, input_size, precision=precision, channels_last=channels_last)
-        if kwargs.get("max_batch_size") is None and predictor.device.type == "cpu":
-            # A CPU gains nothing from bigger batches, but their activations grow without bound.
-            kwargs["max_batch_size"] = max(1, CPU_PIXELS_PER_FORWARD // math.prod(input_size))
+        if predictor.device.type == "cpu":
+            keep_activation_buffers()
+            if kwargs.get("max_batch_size") is None:
+                kwargs["max_batch_size"] = max(CPU_MIN_BATCH, CPU_PIXELS_PER_FORWARD // math.prod(input_size))
         if num_classes is None:
             num_classes = getattr(module, "num_classes", None)
         kwargs.setdefault("name", type(module).__name__)
