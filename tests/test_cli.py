@@ -348,6 +348,7 @@ def test_sigterm_mid_labelling_keeps_an_honest_manifest(tmp_path, local_teacher)
     deadline = time.monotonic() + 120
     while not list((out / "shards").glob("shard-*.json")) and time.monotonic() < deadline:
         time.sleep(0.2)
+    time.sleep(1.0)  # the next shard (8 images x 9 targets x 400 queries) is then under way, even on a loaded machine
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 128 + signal.SIGTERM and "Traceback" not in err

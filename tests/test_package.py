@@ -11,7 +11,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "db3_timm"
 
 # Lower layers never import higher ones (function-level imports included): a module may import its own layer or below.
 LAYERS = [
-    {"version", "_checks", "_io", "_preprocess", "_distributed", "_registry", "_disk", "_image_readers"},
+    {"version", "_checks", "_io", "_preprocess", "_distributed", "_registry", "_disk", "_image_readers", "_cpu_memory"},
     {"oracle", "remote", "data", "models", "report"},
     {"serve", "boundary"},
     {"labelers"},
