@@ -10,7 +10,10 @@ it, for two probe schemes:
 * ``ladder`` -- ``min_probe_grid=8``: grids from the coarsest with >= 8 px a side down to full resolution
   (``(2, 1)`` at 28 px, the same as two-level; ``(8, 4, 2, 1)`` at 96 px).
 
-    python benchmarks/high_resolution.py --samples 20 --budgets 500 2000
+Measured (RESULTS.md, "High resolution: 96 px"): at 500 queries per target the ladder was worse at 96 px (median
+ratio 34.3 against 28.2), so two levels stay the default.
+
+    python benchmarks/high_resolution.py --samples 20 --budgets 500 --train-images 20000 --epochs 5 --teachers 96
 """
 from __future__ import annotations
 
