@@ -14,8 +14,8 @@ _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 #: glibc's largest mmap threshold on 64-bit (``4 * 1024 * 1024 * sizeof(long)``): buffers below it come from the heap.
 MMAP_THRESHOLD_MAX = 32 << 20
-#: Freed heap memory kept in the process before glibc returns it to the kernel.
-TRIM_THRESHOLD = 1 << 30
+#: Freed heap memory kept in the process before glibc returns it to the kernel (bounds what stays resident).
+TRIM_THRESHOLD = 1 << 28
 
 _state = {"done": False, "applied": False}
 
