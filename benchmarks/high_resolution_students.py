@@ -43,14 +43,15 @@ SIDES = {"28": "lenet5 28px", "96": "mobilenetv3 96px"}
 
 
 def side_data(side: str, args) -> tuple:
-    """``(teacher, teacher test accuracy, train images, test images, test labels)`` of one side, float in [0, 1]."""
+    """``(teacher, teacher test accuracy, 28 px train images, test images, test labels)`` of one side, float in
+    [0, 1] (test images at the side's size; train subsets are upsampled per run)."""
     train = load_image_dataset("fashion-mnist", "train")
     test = load_image_dataset("fashion-mnist", "test")
     if side == "28":
         teacher, _ = fmnist_teacher(verbose=False)
         return teacher, evaluate(teacher, test.images, test.labels), train.images, test.images, test.labels
     teacher, acc = teacher96(args.train_images, args.epochs)
-    return teacher, acc, None, upsampled(test.images).float().div_(255), test.labels
+    return teacher, acc, train.images, upsampled(test.images).float().div_(255), test.labels
 
 
 def run_one(side: str, arm: str, seed: int, data: tuple, args) -> dict:
@@ -58,10 +59,7 @@ def run_one(side: str, arm: str, seed: int, data: tuple, args) -> dict:
     teacher, teacher_acc, train_images, test_x, test_y = data
     n = args.images
     order = torch.randperm(60_000, generator=torch.Generator().manual_seed(seed))[:n]  # the frontier's subsets
-    if side == "28":
-        images = train_images[order]
-    else:
-        images = upsampled(load_image_dataset("fashion-mnist", "train").images[order]).float().div_(255)
+    images = train_images[order] if side == "28" else upsampled(train_images[order]).float().div_(255)
     budget = n if arm == "hard" else n * args.multiplier
     cfg = DistillConfig(plan=arm, labeling=LabelingConfig("mbd"), val_fraction=0.0, evaluate_teacher=False,
                         train=TrainConfig(epochs=60, max_samples=args.max_samples, lr=2e-3, batch_size=128, seed=seed))

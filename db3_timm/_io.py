@@ -80,11 +80,19 @@ def tensor_fingerprint(*tensors: torch.Tensor) -> str:
     """Returns ``sha256:...`` over the shapes, dtypes and bytes of ``tensors`` (any dtype, 0-dim included)."""
     h = hashlib.sha256()
     for t in tensors:
-        t = t.detach().cpu().contiguous().reshape(-1)  # reshape: 0-dim buffers (BatchNorm counters) have no byte view
+        t = _flat(t)
         h.update(f"{tuple(t.shape)}|{t.dtype}|".encode())
-        if t.numel():
-            h.update(memoryview(t.view(torch.uint8).numpy()))
+        _hash_values(h, t)
     return "sha256:" + h.hexdigest()
+
+
+def _flat(t: torch.Tensor) -> torch.Tensor:
+    return t.detach().cpu().contiguous().reshape(-1)  # reshape: 0-dim buffers (BatchNorm counters) have no byte view
+
+
+def _hash_values(h: Any, flat: torch.Tensor) -> None:
+    if flat.numel():
+        h.update(memoryview(flat.view(torch.uint8).numpy()))
 
 
 def tensor_fingerprint_chunks(chunks: Iterable[torch.Tensor], numel: int, dtype: torch.dtype) -> str:
@@ -94,10 +102,9 @@ def tensor_fingerprint_chunks(chunks: Iterable[torch.Tensor], numel: int, dtype:
     h.update(f"{(int(numel),)}|{dtype}|".encode())
     seen = 0
     for t in chunks:
-        t = t.detach().cpu().to(dtype).contiguous().reshape(-1)
+        t = _flat(t.to(dtype))
         seen += t.numel()
-        if t.numel():
-            h.update(memoryview(t.view(torch.uint8).numpy()))
+        _hash_values(h, t)
     if seen != numel:
         raise ValueError(f"the chunks hold {seen} elements, not the {numel} announced")
     return "sha256:" + h.hexdigest()

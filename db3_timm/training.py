@@ -593,8 +593,9 @@ def _resume(accelerator: Any, progress: _Progress, resume: Optional[str], checkp
         return
     wanted = progress.settings
     accelerator.load_state(str(folder))
-    if progress.settings and config_diff(progress.settings, wanted):  # older checkpoints carry no settings
-        raise ConfigMismatchError(f"{str(folder)!r} was trained with other settings ({config_diff(progress.settings, wanted)}); "
+    changed = config_diff(progress.settings, wanted) if progress.settings else ""  # older checkpoints carry none
+    if changed:
+        raise ConfigMismatchError(f"{str(folder)!r} was trained with other settings ({changed}); "
                                   f"resuming would mix two schedules: use a new output_dir, or the old settings")
     progress.settings = wanted
     accelerator.print(f"resumed from {folder} (epoch {progress.epoch + 1}, batch {progress.batch_in_epoch}, "
