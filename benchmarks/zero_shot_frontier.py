@@ -12,7 +12,10 @@ student trained by the product's front door, ``db3_timm.distill_student(images=N
 * ``noise+boundary`` -- ``synth`` with ``proposer="noise"``: smooth noise pushed toward the working student's
   boundaries every round, no generator;
 * ``noise+synth rebalanced`` -- ``noise+synth`` aiming the generator at the classes the teacher has answered least
-  (``rebalance=True``).
+  (``targets="rare"``);
+* ``synth IDEAL-scale`` -- ``synth`` at the published generator's scale: width 64, latent 256, 30 generator steps per
+  round from a fresh generator (``reinit``), every class aimed at equally (``targets="balanced"``). About 40 s per
+  round of 250 queries on one CPU core, so a GPU arm (``--device cuda``).
 
 Rows are appended to ``--out`` (JSON lines) and skipped when found there, so an interrupted run continues.
 
@@ -34,7 +37,9 @@ from _common import REPO_ROOT, accuracy_axes, machine_info  # noqa: E402
 # arm -> (plan, mix share, share of the synth rounds that are smooth noise)
 ARMS = {"noise": ("noise", 0.0, 0.0), "synth": ("synth", 0.0, 0.0), "synth+mixes": ("synth", 0.25, 0.0),
         "noise+synth": ("synth", 0.0, 0.4), "noise+boundary": ("synth", 0.0, 0.0, {"proposer": "noise"}),
-        "noise+synth rebalanced": ("synth", 0.0, 0.4, {"rebalance": True})}
+        "noise+synth rebalanced": ("synth", 0.0, 0.4, {"targets": "rare"}),
+        "synth IDEAL-scale": ("synth", 0.0, 0.0, {"targets": "balanced", "reinit": True, "width": 64, "latent_dim": 256,
+                                                  "generator_steps": 30, "generator_lr": 1e-3})}
 
 
 def _key(r: dict) -> tuple:
@@ -55,7 +60,7 @@ def run_one(job: dict) -> dict:
     plan, share, noise, *more = ARMS[job["arm"]]
     cfg = DistillConfig(plan=plan, zero_shot=ZeroShotConfig(mix_share=share, noise_share=noise, synth=more[0] if more else {}), val_fraction=0.0, evaluate_teacher=False,
                         train=TrainConfig(epochs=60, max_samples=1_500_000, lr=2e-3, batch_size=128, seed=job["seed"]))
-    oracle = LabelOracle.from_timm_model(teacher, max_batch_size=8192)
+    oracle = LabelOracle.from_timm_model(teacher, max_batch_size=8192, device=job["device"])
     t0 = time.time()
     result = distill_student(oracle, "lenet5_half", None, job["budget"], job["work"], job["seed"],
                              test=(test.images, test.labels), config=cfg, dataset=job["dataset"], progress=False)
@@ -63,7 +68,7 @@ def run_one(job: dict) -> dict:
     return {"dataset": job["dataset"], "budget": job["budget"], "arm": job["arm"], "seed": job["seed"],
             "accuracy": result.test_accuracy, "teacher_accuracy": teacher_acc, "queries": result.queries["total"],
             "spent_now": oracle.queries, "train_rows": done["train_rows"], "wall_s": round(time.time() - t0, 1),
-            "train_s": done["wall_s"]}
+            "train_s": done["wall_s"], "device": job["device"]}
 
 
 def table(records: list) -> str:
@@ -77,8 +82,9 @@ def table(records: list) -> str:
         acc = [100 * r["accuracy"] for r in rs]
         sd = f" ± {statistics.stdev(acc):.2f}" if len(acc) > 1 else ""
         wall = statistics.mean(r["wall_s"] for r in rs)
+        where = "/".join(sorted({r.get("device", "cpu") for r in rs}))
         lines.append(f"| {data} | {budget:,} | {arm} | {statistics.mean(acc):.2f}{sd} % | {len(rs)} | "
-                     f"{max(r['queries'] for r in rs):,} | {wall:,.0f} s |")
+                     f"{max(r['queries'] for r in rs):,} | {wall:,.0f} s{'' if where == 'cpu' else f' ({where})'} |")
     return "\n".join(lines)
 
 
@@ -116,6 +122,8 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--jobs", type=int, default=1, help="runs in parallel (processes)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    ap.add_argument("--device", default="cpu", help="where the teacher, the generator and the working student run "
+                                                    "(the student trains where Accelerate puts it)")
     ap.add_argument("--out", default=str(REPO_ROOT / "benchmarks" / "results" / "zero_shot_frontier.jsonl"))
     ap.add_argument("--work", default=str(REPO_ROOT / "benchmarks" / "results" / "zero_shot_work"))
     ap.add_argument("--table", action="store_true", help="print the table of what --out holds, run nothing")
@@ -126,7 +134,7 @@ def main() -> None:
     if not args.table:
         done = {_key(r) for r in records}
         jobs = [{"dataset": args.dataset, "budget": b, "arm": a, "seed": s, "threads": args.threads,
-                 "work": str(Path(args.work) / f"{args.dataset}_b{b}_{a}_s{s}")}
+                 "device": args.device, "work": str(Path(args.work) / f"{args.dataset}_b{b}_{a}_s{s}")}
                 for b in args.budgets for s in args.seeds for a in args.arms
                 if (args.dataset, b, a, s) not in done]
         print(f"{len(jobs)} runs; machine: {machine_info()}", flush=True)

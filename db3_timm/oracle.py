@@ -323,6 +323,7 @@ class LabelOracle:
         num_classes: Optional[int] = None,
         precision: str = "fp32",
         channels_last: bool = False,
+        device: Optional[Union[str, torch.device]] = None,
         **kwargs: Any,
     ) -> "LabelOracle":
         """Wraps a classifier ``nn.Module`` whose argmax is the answer.
@@ -338,6 +339,8 @@ class LabelOracle:
             num_classes: number of outputs (read from ``module.num_classes`` when absent).
             precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` inference (see :class:`LabelPredictor`).
             channels_last: channels-last memory format (GPU convolutions).
+            device: where the teacher runs: the module is moved there (in place, as ``module.to``); default: where
+                its parameters are.
             **kwargs: :class:`LabelOracle` options (``budget``, ``max_batch_size``, ``query_log``, ``name``).
                 ``max_batch_size`` unset or ``None`` on a CPU: :data:`CPU_PIXELS_PER_FORWARD` input values per
                 forward (334 images at 1x28x28, 8 at 3x224x224), and glibc keeps freed activation buffers in the
@@ -347,6 +350,8 @@ class LabelOracle:
             A :class:`LabelOracle` that never exposes the module's logits.
         """
         input_size = tuple(int(s) for s in input_size)
+        if device is not None:
+            module.to(device)
         predictor = LabelPredictor(module, mean, std, input_size, precision=precision, channels_last=channels_last)
         if predictor.device.type == "cpu":
             keep_activation_buffers()

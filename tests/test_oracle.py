@@ -25,6 +25,12 @@ def test_labels_are_argmax_of_normalised_input_int64_on_callers_device(affine_ne
     assert torch.equal(labels, expected)
 
 
+def test_a_device_can_be_named_when_wrapping_a_module(affine_net):
+    x = torch.rand(8, 3, 4, 4, generator=torch.Generator().manual_seed(3))
+    oracle = _oracle(affine_net, device="cpu")  # e.g. "cuda": the module moves there, the answers stay the same
+    assert oracle.device == torch.device("cpu") and torch.equal(oracle(x), _oracle(affine_net)(x))
+
+
 def test_inputs_are_clamped_to_pixel_box(affine_net):
     x = torch.rand(8, 3, 4, 4, generator=torch.Generator().manual_seed(2)) * 4 - 2
     oracle = _oracle(affine_net)

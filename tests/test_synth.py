@@ -57,13 +57,15 @@ def test_a_budget_below_one_round_or_a_bad_option_is_refused_before_any_query(pe
         ZeroShotConfig(mix_share=1.0)
     with pytest.raises(ValueError, match="queries_per_round"):
         _config(queries_per_round=0)
+    with pytest.raises(ValueError, match="targets must be one of .*'nearest'"):
+        _config(targets="nearest")
     assert oracle.queries == 0 and not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize("rebalance", [False, True])
-def test_a_killed_generation_resumes_to_the_same_samples(perturbed_lenet_half, tmp_path, monkeypatch, rebalance):
+@pytest.mark.parametrize("options", [{}, {"targets": "rare"}, {"targets": "balanced", "reinit": True}])
+def test_a_killed_generation_resumes_to_the_same_samples(perturbed_lenet_half, tmp_path, monkeypatch, options):
     def _config(**kw):
-        return globals()["_config"](rebalance=rebalance, **kw)
+        return globals()["_config"](**options, **kw)
 
     straight = _rows(_build(LabelOracle.from_timm_model(perturbed_lenet_half, budget=100), _config(), tmp_path / "a"))
 
@@ -160,3 +162,15 @@ def test_noise_rounds_warm_the_working_student_up_and_the_noise_plan_is_the_base
     assert [(s.source, s.queries) for s in noise.steps] == [("noise", 70)]
     with pytest.raises(ValueError, match="plan 'noise' learns from no images"):
         plan_queries(oracle, 5, DistillConfig(plan="noise", evaluate_teacher=False), budget=70)
+
+
+def test_balanced_targets_aim_at_every_class_equally_and_reinit_starts_each_round_afresh(perturbed_lenet_half):
+    from db3_timm.generators.synth import SynthGenerator
+
+    oracle = LabelOracle.from_timm_model(perturbed_lenet_half)
+    gen = SynthGenerator(oracle, **{**SMALL, "targets": "balanced", "reinit": True, "queries_per_round": 30})
+    rng = torch.Generator().manual_seed(0)
+    assert torch.bincount(gen._target_classes(30, rng), minlength=10).tolist() == [3] * 10
+    first = gen.propose(torch.Generator().manual_seed(1))
+    again = gen.propose(torch.Generator().manual_seed(1))  # the same round's stream: the same fresh generator
+    assert torch.equal(first, again) and oracle.queries == 0

@@ -265,7 +265,7 @@ def add_zero_shot(p: argparse.ArgumentParser, *, flag: bool = True) -> None:
     s.add_argument("--noise-share", type=number(0, high=1), default=0.4, metavar="F",
                    help="synth: share of the rounds that are smooth noise before the generator's")
     s.add_argument("--synth-kwargs", type=json_object, default={}, metavar="JSON",
-                   help="more synth options (student, width, generator_steps, student_steps, augment, ...)")
+                   help="more synth options (student, width, generator_steps, student_steps, augment, targets, reinit, ...)")
     g = p.add_argument_group("zero-shot pseudo samples grown from noise (zsdb3, the paper's ZSDB3KD)")
     g.add_argument("--samples-per-class", type=int_at_least(1), default=100, metavar="N")
     g.add_argument("--iterations", type=int_at_least(0), default=10, metavar="K", help="push-away iterations")

@@ -28,9 +28,10 @@ from .._registry import register_generator
 from ..oracle import LabelOracle
 from .zsdb3 import smooth_noise
 
-__all__ = ["SynthConfig", "ImageGenerator", "SynthGenerator", "AUGMENTS"]
+__all__ = ["SynthConfig", "ImageGenerator", "SynthGenerator", "AUGMENTS", "TARGETS"]
 
 AUGMENTS = ("none", "shift", "shift+flip")
+TARGETS = ("random", "balanced", "rare")
 
 
 @dataclass
@@ -50,8 +51,12 @@ class SynthConfig:
         augment: ``"none"``, ``"shift"`` (up to 2 px) or ``"shift+flip"`` (for classes that survive a mirror).
         proposer: ``"generator"`` (the generator network's samples) or ``"noise"`` (smooth noise every round: the
             boundary push alone steers the queries; no generator is trained).
-        rebalance: draw the generator's target classes with weight ``1 / sqrt(1 + answers so far)`` per class
-            instead of uniformly, so classes the teacher has rarely answered are aimed at more often.
+        targets: how the classes the generator aims at are drawn: ``"random"`` (uniformly, as DFHL-RS),
+            ``"balanced"`` (every class equally often in each batch, as IDEAL) or ``"rare"`` (with weight
+            ``1 / sqrt(1 + answers so far)`` per class, so classes the teacher has rarely answered are aimed at more).
+        reinit: a freshly initialised generator (and optimiser) every generator round, as IDEAL does, instead of
+            one generator trained across rounds: batches from different rounds cannot collapse onto one mode, but
+            each round starts from scratch, so it wants more ``generator_steps``.
         noise_rounds: first rounds whose batch is smooth noise (:func:`~db3_timm.generators.zsdb3.smooth_noise`)
             instead of the generator's: a working student that already knows the teacher's coarse regions steers
             the generator from the start.
@@ -73,7 +78,8 @@ class SynthConfig:
     student_lr: float = 1e-3
     augment: str = "shift"
     proposer: str = "generator"
-    rebalance: bool = False
+    targets: str = "random"
+    reinit: bool = False
     noise_rounds: int = 0
 
     def __post_init__(self) -> None:
@@ -86,8 +92,10 @@ class SynthConfig:
         self.balance = check_number("balance", self.balance, low=0)
         if self.augment not in AUGMENTS:
             raise ValueError(f"augment must be one of {AUGMENTS}, got {self.augment!r}")
-        if not isinstance(self.rebalance, bool):
-            raise ValueError(f"rebalance must be true or false, got {self.rebalance!r}")
+        if self.targets not in TARGETS:
+            raise ValueError(f"targets must be one of {TARGETS}, got {self.targets!r}")
+        if not isinstance(self.reinit, bool):
+            raise ValueError(f"reinit must be true or false, got {self.reinit!r}")
         if self.proposer not in ("generator", "noise"):
             raise ValueError(f"proposer must be 'generator' or 'noise', got {self.proposer!r}")
         if not isinstance(self.student, str) or not self.student:
@@ -196,6 +204,8 @@ class SynthGenerator:
     def _generate(self, generator: torch.Generator) -> torch.Tensor:
         """Step 1: the generator and the round's latents trained against the working student; the best batch."""
         cfg, n, c = self.cfg, self.cfg.queries_per_round, self.num_classes
+        if cfg.reinit:
+            self._fresh_generator(generator)
         z = torch.randn(n, cfg.latent_dim, generator=generator).to(self.device).requires_grad_(True)
         y = self._target_classes(n, generator)
         target = torch.full((n, c), cfg.smoothing / (c - 1), device=self.device).scatter_(1, y.view(-1, 1), 1 - cfg.smoothing)
@@ -223,9 +233,21 @@ class SynthGenerator:
                 best = self.generator(z)
         return best
 
+    def _fresh_generator(self, generator: torch.Generator) -> None:
+        """Re-initialises the generator and its optimiser from the round's random stream (so a resumed round
+        gets the same initialisation)."""
+        seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            fresh = ImageGenerator(self.cfg.latent_dim, self.image_shape, self.cfg.width)
+        self.generator.load_state_dict(fresh.state_dict())
+        self.generator_opt = torch.optim.Adam(self.generator.parameters(), lr=self.cfg.generator_lr, betas=(0.5, 0.999))
+
     def _target_classes(self, n: int, generator: torch.Generator) -> torch.Tensor:
-        """The classes the generator aims the working student at: uniform, or toward rarely answered classes."""
-        if self.cfg.rebalance:
+        """The classes the generator aims the working student at (see ``SynthConfig.targets``)."""
+        if self.cfg.targets == "balanced":
+            return (torch.randperm(n, generator=generator) % self.num_classes).to(self.device)
+        if self.cfg.targets == "rare":
             weights = (1.0 + self.answers.double()).rsqrt()
             return torch.multinomial(weights, n, replacement=True, generator=generator).to(self.device)
         return torch.randint(0, self.num_classes, (n,), generator=generator).to(self.device)
