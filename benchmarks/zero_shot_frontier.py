@@ -14,8 +14,10 @@ student trained by the product's front door, ``db3_timm.distill_student(images=N
 * ``noise+synth rebalanced`` -- ``noise+synth`` aiming the generator at the classes the teacher has answered least
   (``targets="rare"``);
 * ``synth IDEAL-scale`` -- ``synth`` at the published generator's scale: width 64, latent 256, 30 generator steps per
-  round from a fresh generator (``reinit``), every class aimed at equally (``targets="balanced"``). About 40 s per
-  round of 250 queries on one CPU core, so a GPU arm (``--device cuda``).
+  round from a fresh generator (``reinit``), every class aimed at equally (``targets="balanced"``). Too slow for this
+  CPU (minutes per round of 250 queries): a GPU arm (``--device cuda``);
+* ``noise+offspring`` -- half the budget smooth noise, half its ``offspring``: children of two samples the teacher
+  gave the same label (a blend plus smooth noise), the class drawn uniformly, in 4 generations. No model trained.
 
 Rows are appended to ``--out`` (JSON lines) and skipped when found there, so an interrupted run continues.
 
@@ -34,12 +36,19 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import REPO_ROOT, accuracy_axes, machine_info  # noqa: E402
 
-# arm -> (plan, mix share, share of the synth rounds that are smooth noise)
-ARMS = {"noise": ("noise", 0.0, 0.0), "synth": ("synth", 0.0, 0.0), "synth+mixes": ("synth", 0.25, 0.0),
-        "noise+synth": ("synth", 0.0, 0.4), "noise+boundary": ("synth", 0.0, 0.0, {"proposer": "noise"}),
-        "noise+synth rebalanced": ("synth", 0.0, 0.4, {"targets": "rare"}),
-        "synth IDEAL-scale": ("synth", 0.0, 0.0, {"targets": "balanced", "reinit": True, "width": 64, "latent_dim": 256,
-                                                  "generator_steps": 30, "generator_lr": 1e-3})}
+# arm -> (plan, ZeroShotConfig settings)
+ARMS = {
+    "noise": ("noise", {}),
+    "synth": ("synth", {"noise_share": 0.0}),
+    "synth+mixes": ("synth", {"noise_share": 0.0, "mix_share": 0.25}),
+    "noise+synth": ("synth", {"noise_share": 0.4}),
+    "noise+boundary": ("synth", {"noise_share": 0.0, "synth": {"proposer": "noise"}}),
+    "noise+synth rebalanced": ("synth", {"noise_share": 0.4, "synth": {"targets": "rare"}}),
+    "synth IDEAL-scale": ("synth", {"noise_share": 0.0, "synth": {
+        "targets": "balanced", "reinit": True, "width": 64, "latent_dim": 256, "generator_steps": 30,
+        "generator_lr": 1e-3}}),
+    "noise+offspring": ("noise", {"offspring_share": 0.5}),
+}
 
 
 def _key(r: dict) -> tuple:
@@ -57,8 +66,8 @@ def run_one(job: dict) -> dict:
     from db3_timm.transfer.build import ZeroShotConfig
 
     teacher, teacher_acc, test = teacher_for(job["dataset"])
-    plan, share, noise, *more = ARMS[job["arm"]]
-    cfg = DistillConfig(plan=plan, zero_shot=ZeroShotConfig(mix_share=share, noise_share=noise, synth=more[0] if more else {}), val_fraction=0.0, evaluate_teacher=False,
+    plan, settings = ARMS[job["arm"]]
+    cfg = DistillConfig(plan=plan, zero_shot=ZeroShotConfig(**settings), val_fraction=0.0, evaluate_teacher=False,
                         train=TrainConfig(epochs=60, max_samples=1_500_000, lr=2e-3, batch_size=128, seed=job["seed"]))
     oracle = LabelOracle.from_timm_model(teacher, max_batch_size=8192, device=job["device"])
     t0 = time.time()

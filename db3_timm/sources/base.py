@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Optional, Sequence
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import torch
 
@@ -78,6 +78,15 @@ class SourceContext:
         if procs > 1:
             self.state.wait_for_everyone()
         return sum(r["queries"] for n, r in self.store.committed().items() if n.rsplit("-", 1)[0] == source)
+
+    def rows_of(self, source: str) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Returns the images ``(N, C, H, W)`` and teacher labels ``(N,)`` of every committed unit of ``source``,
+        in unit order (read back from the store)."""
+        names = sorted(n for n in self.store.committed() if n.rsplit("-", 1)[0] == source)
+        parts = [self.store.read_unit(n) for n in names]
+        if not parts:
+            return torch.empty(0, *self.image_shape), torch.empty(0, dtype=torch.long)
+        return torch.cat([p["image"] for p in parts]), torch.cat([p["label"] for p in parts])
 
 
 class Source:

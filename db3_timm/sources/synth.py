@@ -125,14 +125,16 @@ class NoiseSamples(Source):
 
     Args:
         unit_size: queries per unit (the step of resumption).
+        keep_pool: leave the labelled noise in the context as pseudo samples, for a later step (``offspring``).
     """
 
     name = "noise"
 
-    def __init__(self, unit_size: int = 8192):
+    def __init__(self, unit_size: int = 8192, keep_pool: bool = False):
         from .._checks import check_int
 
         self.unit_size = check_int("unit_size", unit_size, 1)
+        self.keep_pool = bool(keep_pool)
 
     def run(self, ctx: SourceContext, queries: int) -> int:
         from ..generators.zsdb3 import smooth_noise
@@ -140,4 +142,7 @@ class NoiseSamples(Source):
         def work(k: int, size: int, generator: torch.Generator) -> None:
             ctx.oracle(smooth_noise(size, ctx.image_shape, generator, torch.device("cpu")))
 
-        return ctx.run_units(self.name, queries, self.unit_size, work)
+        spent = ctx.run_units(self.name, queries, self.unit_size, work)
+        if self.keep_pool:
+            ctx.extra["pseudo_images"], ctx.extra["pseudo_labels"] = ctx.rows_of(self.name)
+        return spent

@@ -80,6 +80,8 @@ class ZeroShotConfig:
         noise_share: share of a ``synth`` plan's rounds that are smooth noise, before the generator's (the
             generator's ``noise_rounds``, sized to the budget); 0.4 measured best of 0 and 0.4
             (``benchmarks/zero_shot_frontier.py``).
+        offspring_share: share of a ``noise`` plan's budget spent on teacher-labelled children of same-label noise
+            samples (the ``offspring`` source), bred in 4 generations after the noise.
     """
 
     generator: str = "zsdb3"
@@ -93,6 +95,7 @@ class ZeroShotConfig:
     synth: Dict[str, Any] = field(default_factory=dict)
     mix_share: float = 0.0
     noise_share: float = 0.4
+    offspring_share: float = 0.0
 
     def __post_init__(self) -> None:
         from .._registry import is_generator, list_generators
@@ -101,6 +104,7 @@ class ZeroShotConfig:
         SynthConfig(**self.synth)
         check_number("mix_share", self.mix_share, low=0, high=1, high_open=True)
         check_number("noise_share", self.noise_share, low=0, high=1)
+        check_number("offspring_share", self.offspring_share, low=0, high=1, high_open=True)
         if not is_generator(self.generator):
             raise ValueError(f"unknown generator {self.generator!r}; known generators: {', '.join(list_generators())}")
         check_int("samples_per_class", self.samples_per_class, 1)

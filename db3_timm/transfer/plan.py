@@ -155,8 +155,7 @@ def make_plan(name: str, oracle: Any, num_images: Optional[int], *, budget: Opti
     elif name == "synth":
         steps = _synth_steps(spend, zero_shot)
     elif name == "noise":
-        spend = DEFAULT_ZERO_SHOT_QUERIES if spend is None else spend
-        steps = [PlanStep("noise", spend, "teacher-labelled smooth noise (the naive zero-shot baseline)")]
+        steps = _noise_steps(DEFAULT_ZERO_SHOT_QUERIES if spend is None else spend, zero_shot)
     else:
         steps = _zero_shot_steps(oracle, spend, labeling, zero_shot)
     if evaluation:
@@ -206,6 +205,15 @@ def _synth_steps(spend: Optional[int], zero_shot: Any) -> List[PlanStep]:
     if rest and zero_shot.mix_share > 0:
         steps.append(PlanStep("mixes", rest, "teacher-labelled mixes of two generated samples", {"on": "pseudo"}))
     return steps
+
+
+def _noise_steps(spend: int, zero_shot: Any) -> List[PlanStep]:
+    kids = int(spend * zero_shot.offspring_share) if zero_shot is not None else 0
+    if not kids:
+        return [PlanStep("noise", spend, "teacher-labelled smooth noise (the naive zero-shot baseline)")]
+    return [PlanStep("noise", spend - kids, "teacher-labelled smooth noise, the first parents", {"keep_pool": True}),
+            PlanStep("offspring", kids, "teacher-labelled children of two samples the teacher gave the same label "
+                                        "(a blend plus smooth noise), in 4 generations; no model trained")]
 
 
 def _zero_shot_steps(oracle: Any, spend: Optional[int], labeling: Any, zero_shot: Any) -> List[PlanStep]:
