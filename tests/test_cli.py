@@ -383,3 +383,13 @@ def test_db3_label_targets_k_states_the_smaller_cost_and_refuses_a_bad_k_before_
         err = capsys.readouterr().err
         assert exc.value.code == 2 and message in err and "Traceback" not in err
     assert not (tmp_path / "o").exists()
+
+
+def test_db3_distill_zero_shot_noise_with_offspring_states_both_steps_first(tmp_path, local_teacher, capsys):
+    argv = ["distill", "--teacher", f"local-dir:{local_teacher}", "--student", "lenet5_fifth", "--zero-shot",
+            "--plan", "noise", "--offspring-share", "0.5", "--budget", "2000", "--no-progress", "--out",
+            str(tmp_path / "o"), "--dry-run"]
+    assert cli_main(argv) == 0
+    text = capsys.readouterr().out
+    assert re.search(r"noise +1,000 ", text) and re.search(r"offspring +1,000 ", text)
+    assert not (tmp_path / "o").exists()

@@ -264,6 +264,8 @@ def add_zero_shot(p: argparse.ArgumentParser, *, flag: bool = True) -> None:
                    help="synth: share of the budget spent on teacher-labelled mixes of the generated samples")
     s.add_argument("--noise-share", type=number(0, high=1), default=0.4, metavar="F",
                    help="synth: share of the rounds that are smooth noise before the generator's")
+    s.add_argument("--offspring-share", type=number(0, high=0.9), default=0.0, metavar="F",
+                   help="plan noise: share of the budget spent on teacher-labelled children of same-label noise samples")
     s.add_argument("--synth-kwargs", type=json_object, default={}, metavar="JSON",
                    help="more synth options (student, width, generator_steps, student_steps, augment, targets, reinit, ...)")
     g = p.add_argument_group("zero-shot pseudo samples grown from noise (zsdb3, the paper's ZSDB3KD)")
@@ -389,7 +391,7 @@ def zero_shot_config(args: argparse.Namespace) -> Any:
     return ZeroShotConfig(samples_per_class=args.samples_per_class, iterations=args.iterations,
                           queries_per_iteration=args.queries_per_iteration, step=args.step, step_growth=args.step_growth,
                           options=options, synth=synth, mix_share=args.mix_share,
-                          noise_share=args.noise_share)
+                          noise_share=args.noise_share, offspring_share=args.offspring_share)
 
 
 def train_config(args: argparse.Namespace) -> Any:
