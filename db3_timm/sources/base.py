@@ -77,6 +77,10 @@ class SourceContext:
         bar.close()
         if procs > 1:
             self.state.wait_for_everyone()
+        return self.queries_of(source)
+
+    def queries_of(self, source: str) -> int:
+        """Returns the queries spent by every committed unit of ``source`` (this run's and earlier runs')."""
         return sum(r["queries"] for n, r in self.store.committed().items() if n.rsplit("-", 1)[0] == source)
 
     def rows_of(self, source: str) -> Tuple[torch.Tensor, torch.Tensor]:

@@ -89,4 +89,4 @@ class Offspring(Source):
                 images, labels = torch.cat([images, part["image"]]), torch.cat([labels, part["label"]])
         if procs > 1:
             ctx.state.wait_for_everyone()
-        return sum(r["queries"] for n, r in ctx.store.committed().items() if n.rsplit("-", 1)[0] == self.name)
+        return ctx.queries_of(self.name)

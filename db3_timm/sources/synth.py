@@ -61,11 +61,7 @@ class SynthSamples(Source):
         bank = self._generate(ctx, gen, rounds) if rank == 0 else None  # one generator, on the main process
         if procs > 1:
             ctx.state.wait_for_everyone()
-        done = ctx.store.committed()
-        if bank is None:  # the other processes read the main process's rows back
-            parts = [ctx.store.read_unit(f"{self.name}-{k:05d}") for k in range(rounds)]
-            bank = torch.cat([p["image"] for p in parts]), torch.cat([p["label"] for p in parts])
-        images, labels = bank
+        images, labels = bank if bank is not None else ctx.rows_of(self.name)  # others read the main one's rows
         counts = torch.bincount(labels, minlength=gen.num_classes)
         names = ctx.extra.get("class_names") or [str(c) for c in range(gen.num_classes)]
         missing = [str(names[c]) for c in range(gen.num_classes) if counts[c] == 0]
@@ -73,7 +69,7 @@ class SynthSamples(Source):
             warnings.warn(f"the teacher never answered {', '.join(missing)} on {len(labels):,} synth samples; the "
                           f"student learns nothing about {'it' if len(missing) == 1 else 'them'}", stacklevel=2)
         ctx.extra.update(pseudo_images=images, pseudo_labels=labels, generator=gen.config(), missing_classes=missing)
-        return sum(r["queries"] for n, r in done.items() if n.rsplit("-", 1)[0] == self.name)
+        return ctx.queries_of(self.name)
 
     def _generate(self, ctx: SourceContext, gen: Any, rounds: int) -> Tuple[torch.Tensor, torch.Tensor]:
         """Runs (or resumes) every round; returns the bank: every sample the teacher labelled, and its label."""

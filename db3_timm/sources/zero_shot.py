@@ -69,7 +69,7 @@ class ZeroShotGeneration(Source):
                                   unit=ctx.store.unit)
         ctx.extra.update(pseudo_images=pseudo.images.cpu(), pseudo_labels=pseudo.labels.cpu(), generator=gen.config(),
                          missing_classes=pseudo.missing_classes)
-        return sum(r["queries"] for n, r in ctx.store.committed().items() if n.rsplit("-", 1)[0] == self.name)
+        return ctx.queries_of(self.name)
 
     def _generate(self, ctx: SourceContext, gen: Any) -> Any:
         from ..report import diversity_report, plot_curve, save_class_grids
