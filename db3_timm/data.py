@@ -42,6 +42,7 @@ __all__ = [
     "read_idx",
     "write_idx",
     "FASHION_MNIST_DIR",
+    "FASHION_MNIST_ENV",
     "FASHION_MNIST_CLASSES",
     "DIGITS_SPLIT_SEED",
     "DIGITS_TRAIN_FRACTION",
@@ -49,6 +50,8 @@ __all__ = [
 
 #: Where Debian's ``dataset-fashion-mnist`` package installs the IDX files.
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+#: Environment variable naming another IDX folder for ``fashion-mnist`` (a machine without the Debian package).
+FASHION_MNIST_ENV = "DB3_FASHION_MNIST_DIR"
 
 #: Label names in Zalando's order (label ``i`` is ``FASHION_MNIST_CLASSES[i]``).
 FASHION_MNIST_CLASSES = [
@@ -70,7 +73,7 @@ _ACCEPTED_FORMS = (
 _FASHION_MNIST_HINT = (
     "install the IDX files with `apt-get install dataset-fashion-mnist` "
     f"(they land in {FASHION_MNIST_DIR}), or point at a folder holding them with "
-    "the spec 'idx:PATH' (or root=PATH)"
+    f"the spec 'idx:PATH', root=PATH or ${FASHION_MNIST_ENV}"
 )
 
 # IDX type codes (third magic byte). Multi-byte types are big-endian on disk.
@@ -264,8 +267,8 @@ def load_image_dataset(
             the source's own order (file order for IDX/torchvision/Hugging Face,
             scikit-learn's order for digits). Applied before decoding/resizing,
             so small limits load fast.
-        root: for ``fashion-mnist``, the IDX folder (default
-            ``/usr/share/datasets/fashion-mnist``); for ``torchvision:NAME``, the
+        root: for ``fashion-mnist``, the IDX folder (default ``$DB3_FASHION_MNIST_DIR``,
+            else ``/usr/share/datasets/fashion-mnist``); for ``torchvision:NAME``, the
             dataset root when the spec carries none; for Hub/parquet/imagefolder
             sources, the ``datasets`` cache directory. Ignored otherwise.
 
@@ -357,8 +360,9 @@ def _load_raw(
 
 
 def _load_fashion_mnist(text: str, split: str, limit: int | None, root: str | None) -> dict[str, Any]:
-    """Debian's Fashion-MNIST IDX files (or those under ``root``), with Zalando's class names."""
-    folder = os.path.expanduser(root) if root is not None else FASHION_MNIST_DIR
+    """Debian's Fashion-MNIST IDX files (or those under ``root`` / ``$DB3_FASHION_MNIST_DIR``), with Zalando's
+    class names."""
+    folder = os.path.expanduser(root if root is not None else os.environ.get(FASHION_MNIST_ENV) or FASHION_MNIST_DIR)
     raw = _load_idx_folder(folder, train_or_test(split, text), limit, missing_hint=_FASHION_MNIST_HINT)
     raw["num_classes"], raw["class_names"] = len(FASHION_MNIST_CLASSES), list(FASHION_MNIST_CLASSES)
     return raw

@@ -17,6 +17,7 @@ from PIL import Image as PILImage
 from db3_timm.data import (
     FASHION_MNIST_CLASSES,
     FASHION_MNIST_DIR,
+    FASHION_MNIST_ENV,
     ImageData,
     load_image_dataset,
     read_idx,
@@ -91,6 +92,18 @@ def test_fashion_mnist_missing_folder_says_how_to_install(tmp_path):
     with pytest.raises(FileNotFoundError, match="apt-get install dataset-fashion-mnist") as info:
         load_image_dataset("fashion-mnist", root=str(tmp_path / "nope"))
     assert "idx:" in str(info.value)
+
+
+def test_fashion_mnist_folder_from_the_environment(tmp_path, monkeypatch):
+    # A machine without the Debian package (a GPU box) points the loader at carried IDX files.
+    x, y = _rand_u8((3, 28, 28), seed=3), np.array([9, 0, 4], np.uint8)
+    _write_idx_split(tmp_path, "t10k", x, y, ".gz")
+    monkeypatch.setenv(FASHION_MNIST_ENV, str(tmp_path))
+    data = load_image_dataset("fashion-mnist", "test")
+    assert torch.equal(data.images[:, 0], _as_float(x)) and data.class_names[9] == "Ankle boot"
+    monkeypatch.setenv(FASHION_MNIST_ENV, str(tmp_path / "nope"))
+    with pytest.raises(FileNotFoundError, match=FASHION_MNIST_ENV):
+        load_image_dataset("fashion-mnist", "test")
 
 
 # --------------------------------------------------------------------------- IDX
