@@ -53,7 +53,8 @@ class SynthConfig:
             generator's loss and the working student's updates. ``"none"`` by default: a shifted image keeps the
             teacher's label only if the teacher is shift-invariant there, and on noise-like images it is not
             (Fashion-MNIST, 50k labelled smooth-noise images: a student trained with shifts scored 63.1 % against
-            67.5 % without; the working student of a 50k ``synth`` run 62.4 % against 66.3 %).
+            67.5 % without, one seed). At the product level (50k, 3 seeds) the two are within one sd, the
+            shift-free runs less spread (``benchmarks/RESULTS.md``).
         proposer: ``"generator"`` (the generator network's samples) or ``"noise"`` (smooth noise every round: the
             boundary push alone steers the queries; no generator is trained).
         targets: how the classes the generator aims at are drawn: ``"random"`` (uniformly, as DFHL-RS),
