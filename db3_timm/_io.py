@@ -6,6 +6,8 @@ import errno
 import hashlib
 import json
 import os
+import sys
+import time
 import uuid
 from pathlib import Path
 from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Union
@@ -174,25 +176,57 @@ class RunLockedError(RuntimeError):
 
 
 @contextlib.contextmanager
-def run_lock(folder: PathLike, what: str = "run") -> Iterator[None]:
+def run_lock(folder: PathLike, what: str = "run", state: Any = None) -> Iterator[None]:
     """Holds an exclusive lock on ``folder/.lock`` for the duration of a job (released when the process dies).
 
+    The holder writes its pid, command line and start time into the file, so the refusal names the running job.
+    With ``state`` (a process state with ``num_processes`` / ``process_index``), the main process takes the lock
+    and every process of the job gets its outcome: all of them raise, none waits at a barrier for a refused one.
+
     Raises:
-        RunLockedError: another process writes into ``folder`` right now.
+        RunLockedError: another live process writes into ``folder`` right now (nothing was done yet).
     """
     import fcntl
 
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    fh = open(folder / ".lock", "a+")
-    try:
+    main = state is None or int(state.process_index) == 0
+    fh, refused = None, None
+    if main:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        fh = open(folder / ".lock", "a+")
         try:
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as err:
             if err.errno not in (errno.EAGAIN, errno.EACCES):
+                fh.close()
                 raise
-            raise RunLockedError(f"another {what} is writing into {str(folder)!r} right now; wait for it or use "
-                                 f"another output folder") from None
+            fh.seek(0)
+            holder = fh.read().strip()
+            fh.close()
+            refused = (f"another {what} ({holder or 'a live process'}) is writing into {str(folder)!r} right now; "
+                       f"wait for it or use another output folder")
+        else:
+            fh.seek(0)
+            fh.truncate()
+            fh.write(f"pid {os.getpid()}: {' '.join(sys.argv)[:200]}, since "
+                     f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')}")
+            fh.flush()
+    refused = _agreed(refused, state)
+    if refused is not None:
+        raise RunLockedError(refused)
+    try:
         yield
     finally:
-        fh.close()
+        if fh is not None:
+            fh.close()
+
+
+def _agreed(value: Any, state: Any) -> Any:
+    """Returns the main process's ``value`` on every process of the job (the value itself when it runs alone)."""
+    import torch.distributed as dist
+
+    if state is None or int(state.num_processes) == 1 or not dist.is_initialized():
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]

@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 
 from ._checks import check_int, check_number
-from ._io import PathLike, module_fingerprint, write_json_atomic
+from ._io import PathLike, module_fingerprint, run_lock, write_json_atomic
 from .models import create_image_model
 from .oracle import LabelOracle
 from .training import ArrowRows, TensorDictDataset, TrainConfig, TrainResult, make_accelerator, test_accuracy, train
@@ -293,6 +293,7 @@ def distill_student(
 
     Raises:
         BudgetTooSmallError: the plan needs more than ``budget`` queries (nothing was spent).
+        RunLockedError: another job is writing into ``out_dir`` right now (nothing was spent).
     """
     cfg = config or DistillConfig()
     _check_images(oracle, images, labels)
@@ -307,7 +308,7 @@ def distill_student(
     accelerator = accelerator or make_accelerator(out, seed=seed, mixed_precision=cfg.mixed_precision,
                                                   gradient_accumulation_steps=cfg.gradient_accumulation_steps, cpu=cfg.cpu)
     source = images if transfer_dir is None else Path(transfer_dir)
-    with _capped(oracle, budget):
+    with run_lock(out, "distillation", accelerator), _capped(oracle, budget):
         transfer, train_rows, val, val_source = _transfer(oracle, source, labels, plan, cfg, out, seed, class_names,
                                                           accelerator, progress)
         model, training, kind = _train_student(accelerator, student, transfer, train_rows, val, cfg, seed, out, progress)

@@ -333,6 +333,12 @@ def test_another_generation_into_the_same_folder_is_refused_before_any_query(tmp
         cli_main(argv + ["--iterations", "2"])  # the later flag wins
     err = capsys.readouterr().err
     assert exc.value.code == 2 and "holds a job with other settings" in err and "Traceback" not in err
+    from db3_timm._io import run_lock
+
+    with run_lock(tmp_path / "zs", "transfer-set job"):  # a second copy of the same command, started by mistake
+        assert cli_main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"db3 generate: another transfer-set job (pid {os.getpid()}: ") and len(err.splitlines()) == 1
 
 
 @pytest.mark.slow

@@ -290,6 +290,7 @@ import torch
 sys.path.insert(0, {tests!r})
 import test_labeling as t
 from accelerate.state import PartialState
+from db3_timm._io import RunLockedError
 from db3_timm.transfer.label import label_dataset
 
 x, refs, ref_labels = torch.load({inputs!r})
@@ -301,6 +302,14 @@ for name in {names!r}:
     state = PartialState()
     torch.save({{"queries": oracle.queries, "num_processes": state.num_processes, "rows": t._columns(ds)}},
                os.path.join({results!r}, f"{{name}}-p{{state.process_index}}.pt"))
+# A folder another job (the test) holds: every process must raise, none may wait for a refused main process.
+try:
+    label_dataset(t._labeler(t._oracle(), "sd"), x, {busy!r}, shard_size=t.SHARD, progress=False)
+    refused = None
+except RunLockedError as err:
+    refused = str(err)
+with open(os.path.join({results!r}, f"busy-p{{PartialState().process_index}}.txt"), "w") as fh:
+    fh.write(repr(refused))
 PartialState().destroy_process_group()
 """
 
@@ -327,13 +336,18 @@ def test_two_processes_equal_one_process(tmp_path):
     torch.save((x, refs, ref_labels), tmp_path / "inputs.pt")
     script = tmp_path / "worker.py"
     script.write_text(_WORKER.format(tests=str(Path(__file__).parent), inputs=str(tmp_path / "inputs.pt"), names=names,
-                                     out=str(tmp_path / "two"), results=str(results)))
+                                     out=str(tmp_path / "two"), results=str(results), busy=str(tmp_path / "busy")))
     env = dict(os.environ, ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).parents[1]))
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
            "--main_process_port", str(_free_port()), str(script)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    from db3_timm._io import run_lock
+
+    with run_lock(tmp_path / "busy", "labelling run"):
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for p in range(2):  # both processes of the job were refused, naming this process
+        assert f"another labelling run (pid {os.getpid()}: " in (results / f"busy-p{p}.txt").read_text()
 
     for name in names:
         single = label_dataset(_labeler(_oracle(), name), x, tmp_path / "one" / name, references=refs,
@@ -372,7 +386,7 @@ def test_a_second_run_into_the_same_folder_is_refused_while_the_first_runs(tmp_p
 
     x, refs, ref_labels = _data()
     with run_lock(tmp_path, "labelling run"):  # another process labelling into the folder right now
-        with pytest.raises(RunLockedError, match="another labelling run is writing into"):
+        with pytest.raises(RunLockedError, match=rf"another labelling run \(pid {os.getpid()}: .+\) is writing into"):
             label_dataset(_labeler(_oracle()), x, tmp_path, shard_size=SHARD, progress=False)
 
 

@@ -129,6 +129,53 @@ def test_continuing_a_run_with_another_teacher_or_plan_is_refused(perturbed_lene
     assert again.training.epochs == 1
 
 
+_HOLDER = """
+import sys
+from db3_timm._io import run_lock
+with run_lock(sys.argv[1], "distillation"):
+    print("held", flush=True)
+    sys.stdin.read()
+"""
+
+
+def test_a_second_job_in_a_busy_folder_is_refused_before_any_query(perturbed_lenet_half, tmp_path, one_thread):
+    import subprocess
+    import sys
+
+    from db3_timm import RunLockedError
+
+    oracle, images, _ = _setup(perturbed_lenet_half, n=20)
+    cfg, spent = _config(plan="mixes", epochs=1), oracle.queries
+    holder = subprocess.Popen([sys.executable, "-c", _HOLDER, str(tmp_path / "run")], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(RunLockedError, match=rf"another distillation \(pid {holder.pid}: .+\) is writing into"):
+            distill_student(oracle, "lenet5_fifth", images, 400, tmp_path / "run", config=cfg, progress=False)
+        assert oracle.queries == spent and not (tmp_path / "run" / "transfer").exists()
+    finally:
+        holder.kill()  # a killed job leaves nothing to clean up: the kernel drops its lock
+        holder.wait()
+    result = distill_student(oracle, "lenet5_fifth", images, 400, tmp_path / "run", config=cfg, progress=False)
+    assert result.queries["total"] == oracle.queries - spent > 0
+
+
+def test_a_transfer_set_in_use_keeps_the_other_jobs_pending_answers(perturbed_lenet_half, tmp_path, one_thread):
+    from db3_timm import RunLockedError
+    from db3_timm._io import run_lock
+    from db3_timm.transfer.build import build_transfer_set
+
+    oracle, images, _ = _setup(perturbed_lenet_half, n=20)
+    plan, spent = plan_queries(oracle, len(images), _config(plan="mixes"), budget=400), oracle.queries
+    pending = tmp_path / "transfer" / "pending" / "mixes-0"
+    pending.mkdir(parents=True)
+    (pending / "rows.arrow").write_bytes(b"answers not committed yet")
+    with run_lock(tmp_path / "transfer", "transfer-set job"):  # another job builds here right now
+        with pytest.raises(RunLockedError, match="another transfer-set job"):
+            build_transfer_set(oracle, plan, tmp_path / "transfer", images=images, progress=False)
+    assert oracle.queries == spent and (pending / "rows.arrow").is_file()
+
+
 def _perturbed_copy(model):
     import copy
 

@@ -141,12 +141,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         return int(args.func(args) or 0)
     except Exception as err:  # a known error of the library: one line, not a traceback
+        from .._io import ConfigMismatchError, RunLockedError
         from ..oracle import QueryBudgetExceeded
 
         if isinstance(err, QueryBudgetExceeded):
             print(f"db3 {args.command}: {err}. Finished work is kept in the output folder; rerun the same command "
                   f"with a larger --budget to resume.", file=sys.stderr)
             return 3
+        if isinstance(err, (ConfigMismatchError, RunLockedError)):  # the output folder's state; the message says why
+            print(f"db3 {args.command}: {err}", file=sys.stderr)
+            return 1
         if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EACCES, errno.EROFS):
             print(f"db3 {args.command}: {err.strerror or err}", file=sys.stderr)
             return 1

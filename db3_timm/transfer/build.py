@@ -17,7 +17,8 @@ import torch
 
 from .._checks import check_int, check_number
 from .._disk import dataset_card, is_dataset_dict, quiet_datasets, read_columns
-from .._io import ConfigMismatchError, PathLike, canonical, config_diff, read_json, tensor_fingerprint, write_json_atomic
+from .._io import (ConfigMismatchError, PathLike, canonical, config_diff, read_json, run_lock, tensor_fingerprint,
+                   write_json_atomic)
 from .._registry import create_generator, create_labeler
 from ..oracle import LabelOracle
 from ..sources.base import SourceContext
@@ -189,15 +190,24 @@ def build_transfer_set(
     if shape is None:
         raise ValueError("the teacher's input size is unknown: pass input_size= to the oracle (or images)")
     names = list(class_names) if class_names is not None else [str(i) for i in range(oracle.num_classes)]
-    store = QueryStore(out, image_shape=shape, class_names=names, clean=state.process_index == 0,
-                       image_dtype="uint8" if getattr(oracle, "quantize", None) == "uint8" else "float32")
-    ctx = SourceContext(oracle, store, None if images is None else images.detach().cpu(), len(names), seed,
-                        state=state, progress=progress, extra={"class_names": class_names})
+    image_dtype = "uint8" if getattr(oracle, "quantize", None) == "uint8" else "float32"
     job = {"plan": plan.name, "steps": [{"source": st.source, "queries": st.queries, **src.describe(oracle, seed)}
                                         for st, src in sources],
            "seed": seed, "teacher": str(getattr(oracle, "identity", oracle.name)),
            "images": None if images is None else tensor_fingerprint(images), "class_names": names,
-           "image_dtype": store.image_dtype}
+           "image_dtype": image_dtype}
+    with run_lock(out, "transfer-set job", state):  # before the store cleans up what a killed job left
+        store = QueryStore(out, image_shape=shape, class_names=names, clean=state.process_index == 0,
+                           image_dtype=image_dtype)
+        ctx = SourceContext(oracle, store, None if images is None else images.detach().cpu(), len(names), seed,
+                            state=state, progress=progress, extra={"class_names": class_names})
+        return _build(oracle, store, ctx, sources, plan, job, state)
+
+
+def _build(oracle: LabelOracle, store: QueryStore, ctx: SourceContext, sources: Any, plan: Any, job: Dict[str, Any],
+           state: Any) -> TransferSet:
+    """Runs the sources into ``store`` (the folder is locked by the caller); returns the finished transfer set."""
+    out = store.out
     if state.process_index == 0:  # the main process records a new job first; then everyone checks against it
         _check_job(out, job, write=True)
         store.committed(verify=True)  # a damaged unit is forgotten, so its source asks it again

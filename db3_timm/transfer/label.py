@@ -495,10 +495,7 @@ def label_dataset(
                     shard_size, seed, class_names, read_bar)
     # Every process checks the config itself, before any barrier, so a mismatch cannot deadlock.
     run.check_config()
-    if state.process_index == 0:
-        with run_lock(run.out, "labelling run"):
-            _label_all(run, state, progress)
-    else:
+    with run_lock(run.out, "labelling run", state):
         _label_all(run, state, progress)
     return load_labeled_dataset(run.out)
 
