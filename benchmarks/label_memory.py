@@ -50,10 +50,10 @@ def make_images(n: int, out: Path) -> Path:
     import datasets
     from PIL import Image
 
-    from db3_timm.data import FASHION_MNIST_CLASSES, FASHION_MNIST_DIR, read_idx
+    from db3_timm.data import FASHION_MNIST_CLASSES, fashion_mnist_dir, read_idx
 
-    x = read_idx(f"{FASHION_MNIST_DIR}/train-images-idx3-ubyte.gz", count=n)
-    y = read_idx(f"{FASHION_MNIST_DIR}/train-labels-idx1-ubyte.gz")[:n]
+    x = read_idx(f"{fashion_mnist_dir()}/train-images-idx3-ubyte.gz", count=n)
+    y = read_idx(f"{fashion_mnist_dir()}/train-labels-idx1-ubyte.gz")[:n]
 
     def rows():
         for img, label in zip(x, y):

@@ -44,6 +44,7 @@ __all__ = [
     "FASHION_MNIST_DIR",
     "FASHION_MNIST_ENV",
     "FASHION_MNIST_CLASSES",
+    "fashion_mnist_dir",
     "DIGITS_SPLIT_SEED",
     "DIGITS_TRAIN_FRACTION",
 ]
@@ -359,11 +360,16 @@ def _load_raw(
     raise ValueError(f"unknown dataset spec {spec!r}; accepted forms: {_ACCEPTED_FORMS}")
 
 
+def fashion_mnist_dir(root: str | None = None) -> str:
+    """Returns the Fashion-MNIST IDX folder the loader reads: ``root``, else ``$DB3_FASHION_MNIST_DIR``, else
+    Debian's :data:`FASHION_MNIST_DIR`."""
+    return os.path.expanduser(root if root is not None else os.environ.get(FASHION_MNIST_ENV) or FASHION_MNIST_DIR)
+
+
 def _load_fashion_mnist(text: str, split: str, limit: int | None, root: str | None) -> dict[str, Any]:
     """Debian's Fashion-MNIST IDX files (or those under ``root`` / ``$DB3_FASHION_MNIST_DIR``), with Zalando's
     class names."""
-    folder = os.path.expanduser(root if root is not None else os.environ.get(FASHION_MNIST_ENV) or FASHION_MNIST_DIR)
-    raw = _load_idx_folder(folder, train_or_test(split, text), limit, missing_hint=_FASHION_MNIST_HINT)
+    raw = _load_idx_folder(fashion_mnist_dir(root), train_or_test(split, text), limit, missing_hint=_FASHION_MNIST_HINT)
     raw["num_classes"], raw["class_names"] = len(FASHION_MNIST_CLASSES), list(FASHION_MNIST_CLASSES)
     return raw
 

@@ -16,17 +16,18 @@ from PIL import Image as PILImage
 
 from db3_timm.data import (
     FASHION_MNIST_CLASSES,
-    FASHION_MNIST_DIR,
     FASHION_MNIST_ENV,
     ImageData,
+    fashion_mnist_dir,
     load_image_dataset,
     read_idx,
     write_idx,
 )
 
-HAVE_FMNIST = os.path.isfile(os.path.join(FASHION_MNIST_DIR, "train-images-idx3-ubyte.gz"))
+FMNIST = fashion_mnist_dir()  # where the loader looks: $DB3_FASHION_MNIST_DIR, else Debian's folder
+HAVE_FMNIST = os.path.isfile(os.path.join(FMNIST, "train-images-idx3-ubyte.gz"))
 needs_fmnist = pytest.mark.skipif(
-    not HAVE_FMNIST, reason=f"{FASHION_MNIST_DIR} absent (apt-get install dataset-fashion-mnist)"
+    not HAVE_FMNIST, reason=f"{FMNIST} absent (apt-get install dataset-fashion-mnist, or set {FASHION_MNIST_ENV})"
 )
 
 
@@ -70,9 +71,9 @@ def test_fashion_mnist_full_train_and_test():
 @needs_fmnist
 def test_fashion_mnist_matches_raw_bytes_and_limit():
     # Independent parse of the gz files: header is 16 bytes for images, 8 for labels.
-    with gzip.open(os.path.join(FASHION_MNIST_DIR, "t10k-images-idx3-ubyte.gz")) as f:
+    with gzip.open(os.path.join(FMNIST, "t10k-images-idx3-ubyte.gz")) as f:
         raw_images = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 28, 28)
-    with gzip.open(os.path.join(FASHION_MNIST_DIR, "t10k-labels-idx1-ubyte.gz")) as f:
+    with gzip.open(os.path.join(FMNIST, "t10k-labels-idx1-ubyte.gz")) as f:
         raw_labels = np.frombuffer(f.read(), np.uint8, offset=8)
     data = load_image_dataset("fashion-mnist", "t10k", limit=500)
     assert data.images.shape == (500, 1, 28, 28)

@@ -406,14 +406,14 @@ def test_config_data_fits_its_teacher_and_student(config, tmp_path, in_process):
     import yaml
     from timm.data import resolve_model_data_config
 
-    from db3_timm.data import FASHION_MNIST_DIR, load_image_dataset
+    from db3_timm.data import fashion_mnist_dir, load_image_dataset
 
     path = str(CONFIGS / config)
     spec = yaml.safe_load(open(path))["data"]
     override = []
     if spec in _STANDINS:
         override = ["--data", _standin(tmp_path, _STANDINS[spec])]
-    elif spec == "fashion-mnist" and not Path(FASHION_MNIST_DIR).is_dir():
+    elif spec == "fashion-mnist" and not Path(fashion_mnist_dir()).is_dir():
         override = ["--data", _standin(tmp_path, "gray28")]
     elif spec == "digits":
         pytest.importorskip("sklearn")
