@@ -195,6 +195,27 @@ def test_two_cpu_processes_train_the_same_student(single, teacher, tmp_path):
     assert r2["queries"] == r1["queries"]  # labelling split across processes, the same cost
 
 
+@pytest.mark.slow
+def test_two_cpu_processes_build_the_same_zero_shot_transfer_set(teacher, tmp_path):
+    from db3_timm import load_transfer_set
+    from db3_timm._disk import read_columns
+
+    # The main process runs the generator; the other waits and reads the bank back from the store.
+    synth = ["--zero-shot", "--plan", "default", "--budget", "300", "--queries-per-round", "50", "--noise-share", "0.34", "--synth-kwargs",
+             '{"generator_steps": 2, "boundary_steps": 1, "student_steps": 3, "student": "lenet5_fifth"}',
+             "--no-eval-teacher", "--test-limit", "40"]
+    _run([sys.executable, str(RECIPES / "distill.py"), *_distill_args(teacher, tmp_path / "one", *synth)])
+    _run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines",
+          "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
+          str(RECIPES / "distill.py"), *_distill_args(teacher, tmp_path / "two", *synth)], ACCELERATE_USE_CPU="true")
+    one, two = _results(tmp_path / "one"), _results(tmp_path / "two")
+    assert two["num_processes"] == 2 and two["queries"] == one["queries"] and one["queries"]["synth"] == 300
+    sets = [load_transfer_set(tmp_path / r / "transfer").rows for r in ("one", "two")]
+    assert sets[0]["unit"] == sets[1]["unit"]  # the same rounds, each asked once
+    rows = [read_columns(ds, ["image", "label"]) for ds in sets]
+    assert torch.equal(rows[0]["image"], rows[1]["image"]) and torch.equal(rows[0]["label"], rows[1]["label"])
+
+
 def test_distill_from_a_prelabelled_transfer_dir(teacher, in_process, tmp_path):
     from db3_timm.cli import main as db3
     from db3_timm.transfer.label import read_manifest
