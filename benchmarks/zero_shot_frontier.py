@@ -54,6 +54,11 @@ ARMS = {
 }
 
 
+# Published hard-label data-free students on Fashion-MNIST at 50k queries (issue #15's table: LeNet-5 teacher at
+# ~90.9 %, 5 runs, re-run in a later paper). Plotted as reference points, not measured here.
+PUBLISHED_FMNIST_50K = {"IDEAL": 82.84, "DFHL-RS": 83.89, "DIP-KD": 83.98}
+
+
 def _key(r: dict) -> tuple:
     return (r["dataset"], r["budget"], r["arm"], r["seed"])
 
@@ -100,6 +105,31 @@ def table(records: list) -> str:
     return "\n".join(lines)
 
 
+def per_class(records: list, work: Path, budget: int) -> str:
+    """Returns a markdown table: the teacher's and each saved ``budget`` student's accuracy per class on the real
+    test images (the students are read back from their run folders with ``LabelOracle.from_timm``)."""
+    from zero_shot import teacher_for
+
+    from db3_timm import LabelOracle
+
+    data = records[0]["dataset"]
+    teacher, _, test = teacher_for(data)
+    names = test.class_names or [str(c) for c in range(int(test.labels.max()) + 1)]
+
+    def row(name: str, pred) -> str:
+        hits = [100 * (pred[test.labels == c] == c).float().mean().item() for c in range(len(names))]
+        total = 100 * (pred == test.labels).float().mean().item()
+        return f"| {name} | " + " | ".join(f"{h:.1f}" for h in hits) + f" | {total:.2f} |"
+
+    lines = ["| model | " + " | ".join(names) + " | all |", "|---" * (len(names) + 2) + "|",
+             row("teacher", LabelOracle.from_timm_model(teacher)(test.images).cpu())]
+    for r in sorted((r for r in records if r["budget"] == budget), key=lambda r: (list(ARMS).index(r["arm"]), r["seed"])):
+        folder = work / f"{data}_b{budget}_{r['arm']}_s{r['seed']}" / "model"
+        if folder.is_dir():
+            lines.append(row(f"{r['arm']} s{r['seed']}", LabelOracle.from_timm(f"local-dir:{folder}")(test.images).cpu()))
+    return "\n".join(lines)
+
+
 def plot(records: list, path: Path) -> None:
     """Student accuracy vs teacher queries (log x), one line per arm, mean ± sd over seeds."""
     import matplotlib
@@ -117,6 +147,10 @@ def plot(records: list, path: Path) -> None:
             xs = sorted(pts)
             ax.errorbar(xs, [statistics.mean(pts[x]) for x in xs], marker="o", capsize=3, label=arm,
                         yerr=[statistics.stdev(pts[x]) if len(pts[x]) > 1 else 0 for x in xs])
+    if records and records[0]["dataset"] == "fashion-mnist":
+        for (name, acc), marker in zip(PUBLISHED_FMNIST_50K.items(), "^sv"):
+            ax.plot([50_000], [acc], marker=marker, color="black", linestyle="none", markerfacecolor="none",
+                    label=f"{name} (published, their teacher)")
     teacher = next((100 * r["teacher_accuracy"] for r in records), None)
     if teacher is not None:
         ax.axhline(teacher, color="gray", linestyle="--", label="teacher")
@@ -140,6 +174,8 @@ def main() -> None:
     ap.add_argument("--work", default=str(REPO_ROOT / "benchmarks" / "results" / "zero_shot_work"))
     ap.add_argument("--table", action="store_true", help="print the table of what --out holds, run nothing")
     ap.add_argument("--plot", default=None, help="also write the accuracy-vs-queries plot here (PNG)")
+    ap.add_argument("--per-class", type=int, default=None, metavar="BUDGET",
+                    help="also print each saved student's accuracy per class at this budget, beside the teacher's")
     args = ap.parse_args()
     out = Path(args.out)
     records = [json.loads(line) for line in out.read_text().splitlines() if line.strip()] if out.is_file() else []
@@ -162,6 +198,8 @@ def main() -> None:
     print(table(mine))
     if args.plot and mine:
         plot(mine, Path(args.plot))
+    if args.per_class and mine:
+        print(per_class(mine, Path(args.work), args.per_class))
 
 
 if __name__ == "__main__":
