@@ -204,7 +204,10 @@ def _evaluate(accelerator: Any, model: nn.Module, oracle: LabelOracle, test: Opt
     return student_acc, saved["accuracy"], int(saved["queries"])
 
 
-def _check_images(oracle: LabelOracle, images: Optional[torch.Tensor], labels: Optional[torch.Tensor]) -> None:
+def _check_images(oracle: LabelOracle, images: Optional[torch.Tensor], labels: Optional[torch.Tensor],
+                  transfer_dir: Optional[PathLike]) -> None:
+    if transfer_dir is not None and images is not None:
+        raise ValueError("pass either images (to build a transfer set) or transfer_dir (to train on one), not both")
     if images is None:
         return
     if not isinstance(images, torch.Tensor) or images.dim() != 4 or not images.is_floating_point() or not len(images):
@@ -296,10 +299,8 @@ def distill_student(
         RunLockedError: another job is writing into ``out_dir`` right now (nothing was spent).
     """
     cfg = config or DistillConfig()
-    _check_images(oracle, images, labels)
+    _check_images(oracle, images, labels, transfer_dir)
     check_int("seed", seed, 0)
-    if transfer_dir is not None and images is not None:
-        raise ValueError("pass either images (to build a transfer set) or transfer_dir (to train on one), not both")
     plan = plan_queries(oracle, None if images is None else images.shape[0], cfg,
                         test_images=0 if test is None else len(test[0]), budget=budget, seed=seed,
                         transfer_dir=transfer_dir, with_labels=labels is not None, prior=prior)
