@@ -51,18 +51,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     config = db3_timm.DistillConfig(plan=args.plan, labeling=opt.labeling_config(args), zero_shot=opt.zero_shot_config(args),
                                     train=opt.train_config(args), val_fraction=args.val_fraction,
                                     evaluate_teacher=args.eval_teacher, student_pretrained=args.student_pretrained)
-    plan = db3_timm.plan_queries(oracle, None if train is None else len(train), config, test_images=len(test),
-                                 budget=args.budget, seed=args.seed, transfer_dir=args.transfer_dir,
-                                 with_labels=train is not None, prior=prior)
+    try:  # a plan over budget is refused here, in one line, before any query
+        plan = db3_timm.plan_queries(oracle, None if train is None else len(train), config, test_images=len(test),
+                                     budget=args.budget, seed=args.seed, transfer_dir=args.transfer_dir,
+                                     with_labels=train is not None, prior=prior)
+    except db3_timm.BudgetTooSmallError as err:
+        parser.exit(2, f"{parser.prog}: error: argument --budget: {err}\n")
     accelerator.print(f"plan:\n{plan.describe()}")
     if args.dry_run:
         accelerator.end_training()
         return 0
-    result = db3_timm.distill_student(
-        oracle, args.student, None if train is None else train.images, args.budget, args.out, args.seed,
-        labels=None if train is None else train.labels, test=(test.images, test.labels), class_names=test.class_names,
-        dataset=args.data, config=config, transfer_dir=args.transfer_dir, prior=prior, accelerator=accelerator,
-        progress=not args.no_progress)
+    try:
+        result = db3_timm.distill_student(
+            oracle, args.student, None if train is None else train.images, args.budget, args.out, args.seed,
+            labels=None if train is None else train.labels, test=(test.images, test.labels),
+            class_names=test.class_names, dataset=args.data, config=config, transfer_dir=args.transfer_dir, prior=prior,
+            accelerator=accelerator, progress=not args.no_progress)
+    except (db3_timm.ConfigMismatchError, db3_timm.RunLockedError) as err:  # the output folder's state
+        parser.exit(1, f"{parser.prog}: error: argument --output-dir: {err}\n")
     accelerator.print(f"student test accuracy {result.test_accuracy:.2%} ({result.queries['total']:,} teacher queries) "
                       f"-> {result.out_dir / 'model'}")
     accelerator.end_training()  # tears the process group down before exit (gloo threads abort otherwise)

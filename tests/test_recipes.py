@@ -294,6 +294,22 @@ def test_guard_names_the_fix(monkeypatch, in_process, capsys, tmp_path):
     assert not (tmp_path / "o" / "transfer").exists()  # refused before any query
 
 
+def test_the_recipe_refuses_a_small_budget_and_a_busy_folder_in_one_line(teacher, in_process, capsys, tmp_path):
+    from db3_timm._io import run_lock
+
+    argv = _distill_args(teacher, tmp_path / "o", "--plan", "default", "--no-eval-teacher", "--budget", "50")
+    with pytest.raises(SystemExit) as exc:
+        _recipe("distill").main(argv)
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "argument --budget: plan 'default' needs at least 180" in err  # 10 % held out
+    assert "Traceback" not in err and not (tmp_path / "o" / "transfer").exists()
+    with run_lock(tmp_path / "o", "distillation"), pytest.raises(SystemExit) as exc:
+        _recipe("distill").main(_distill_args(teacher, tmp_path / "o", "--plan", "default", "--budget", "1000"))
+    err = capsys.readouterr().err
+    assert exc.value.code == 1 and "argument --output-dir: another distillation (pid" in err
+    assert not (tmp_path / "o" / "transfer").exists()
+
+
 def test_the_launcher_decides_precision_and_accumulation_unless_the_flag_is_given(monkeypatch, in_process, tmp_path):
     from db3_timm.training import make_accelerator
 
