@@ -180,6 +180,10 @@ def build_transfer_set(
 
     Returns:
         The :class:`TransferSet`.
+
+    Raises:
+        RunLockedError: another job is building into ``out_dir`` right now (nothing was spent or cleaned).
+        ConfigMismatchError: ``out_dir`` holds a job with another teacher, plan or set of images.
     """
     from .._distributed import process_state
 

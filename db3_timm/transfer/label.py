@@ -480,6 +480,7 @@ def label_dataset(
 
     Raises:
         ConfigMismatchError: ``out_dir`` holds a run with other settings (the message names the keys).
+        RunLockedError: another run is labelling into ``out_dir`` right now (the message names it).
         DistributedSetupError: ``WORLD_SIZE > 1`` but accelerate set up a single process.
         QueryBudgetExceeded: the oracle's budget ran out; finished shards are kept, rerun to resume.
     """
