@@ -9,6 +9,7 @@ student trained by the product's front door, ``db3_timm.distill_student(images=N
 * ``synth+mixes`` -- the ``synth`` plan with a quarter of the budget on teacher-labelled mixes of its samples;
 * ``noise+synth`` -- ``synth`` whose first 40 % of rounds are smooth noise (``noise_share``), warming the working
   student up before the generator steers;
+* ``noise+synth 20%`` -- ``noise+synth`` with 20 % noise rounds instead of 40 %;
 * ``noise+synth shift`` -- ``noise+synth`` whose generator loss and working student use 2-px shifts (the default
   before ``augment="none"`` was measured);
 * ``noise+boundary`` -- ``synth`` with ``proposer="noise"``: smooth noise pushed toward the working student's
@@ -47,6 +48,7 @@ ARMS = {
     "synth": ("synth", {"noise_share": 0.0}),
     "synth+mixes": ("synth", {"noise_share": 0.0, "mix_share": 0.25}),
     "noise+synth": ("synth", {"noise_share": 0.4}),
+    "noise+synth 20%": ("synth", {"noise_share": 0.2}),
     "noise+synth shift": ("synth", {"noise_share": 0.4, "synth": {"augment": "shift"}}),
     "noise+boundary": ("synth", {"noise_share": 0.0, "synth": {"proposer": "noise"}}),
     "noise+synth rebalanced": ("synth", {"noise_share": 0.4, "synth": {"targets": "rare"}}),
