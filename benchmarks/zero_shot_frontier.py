@@ -42,7 +42,21 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import REPO_ROOT, accuracy_axes, machine_info  # noqa: E402
 
-# arm -> (plan, ZeroShotConfig settings)
+
+def zsdb3_settings(budget: int) -> tuple:
+    """Returns ``(ZeroShotConfig settings, LabelingConfig settings)`` of the ``zsdb3`` arm at ``budget`` queries.
+
+    The paper's schedule spends ~10^8 queries; here it gets the same budget as every other arm: 40 % start pool
+    (noise answers, kept as rows), 40 % growing ``budget // 2500`` pseudo samples per class, the rest (at most
+    14.4 %) on MBD soft labels of the pseudo samples. The plan refuses the budget if it does not fit.
+    """
+    pool = int(0.4 * budget)
+    zero_shot = {"samples_per_class": max(1, budget // 2500), "iterations": 4, "queries_per_iteration": 25,
+                 "options": {"start_pool": pool, "max_init_queries": pool}}
+    return zero_shot, {"labeler": "mbd", "options": {"queries_per_target": 4}, "references_per_class": 0}
+
+
+# arm -> (plan, ZeroShotConfig settings, or a function of the budget returning them and LabelingConfig settings)
 ARMS = {
     "noise": ("noise", {}),
     "synth": ("synth", {"noise_share": 0.0}),
@@ -56,21 +70,8 @@ ARMS = {
         "targets": "balanced", "reinit": True, "width": 64, "latent_dim": 256, "generator_steps": 30,
         "generator_lr": 1e-3}}),
     "noise+offspring": ("noise", {"offspring_share": 0.5}),
-    "zsdb3": ("zsdb3", None),  # settings depend on the budget: zsdb3_settings
+    "zsdb3": ("zsdb3", zsdb3_settings),  # its settings depend on the budget
 }
-
-
-def zsdb3_settings(budget: int) -> tuple:
-    """Returns ``(ZeroShotConfig settings, LabelingConfig settings)`` of the ``zsdb3`` arm at ``budget`` queries.
-
-    The paper's schedule spends ~10^8 queries; here it gets the same budget as every other arm: 40 % start pool
-    (noise answers, kept as rows), 40 % growing ``budget // 2500`` pseudo samples per class, the rest (at most
-    14.4 %) on MBD soft labels of the pseudo samples. The plan refuses the budget if it does not fit.
-    """
-    pool = int(0.4 * budget)
-    zero_shot = {"samples_per_class": max(1, budget // 2500), "iterations": 4, "queries_per_iteration": 25,
-                 "options": {"start_pool": pool, "max_init_queries": pool}}
-    return zero_shot, {"labeler": "mbd", "options": {"queries_per_target": 4}, "references_per_class": 0}
 
 
 # Published hard-label data-free students on Fashion-MNIST at 50k queries (issue #15's table: LeNet-5 teacher at
@@ -94,9 +95,7 @@ def run_one(job: dict) -> dict:
 
     teacher, teacher_acc, test = teacher_for(job["dataset"])
     plan, settings = ARMS[job["arm"]]
-    labeling = {}
-    if settings is None:
-        settings, labeling = zsdb3_settings(job["budget"])
+    settings, labeling = settings(job["budget"]) if callable(settings) else (settings, {})
     cfg = DistillConfig(plan=plan, zero_shot=ZeroShotConfig(**settings), labeling=LabelingConfig(**labeling),
                         val_fraction=0.0, evaluate_teacher=False,
                         train=TrainConfig(epochs=60, max_samples=1_500_000, lr=2e-3, batch_size=128, seed=job["seed"]))
