@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Optional
+from typing import Any, List, Optional
 
-__all__ = ["check_int", "check_number"]
+__all__ = ["check_int", "check_number", "check_class_names"]
 
 
 def check_int(name: str, value: Any, minimum: int, *, at_most: Optional[int] = None) -> int:
@@ -40,3 +40,27 @@ def check_number(name: str, value: Any, *, low: Optional[float] = None, high: Op
         interval = f"{'(' if low_open or low is None else '['}{lo}, {hi}{')' if high_open or high is None else ']'}"
         raise ValueError(f"{name} must be a finite number in {interval}, got {value!r}")
     return float(value)
+
+
+def check_class_names(value: Any, num_classes: Optional[int]) -> Optional[List[str]]:
+    """Returns ``value`` as a list of distinct, non-empty class names (``num_classes`` of them when that is known),
+    or ``None`` for ``None``. Distinct because a ``datasets.ClassLabel`` maps each name back to one class.
+
+    Raises:
+        ValueError: naming what is wrong (a string instead of a list, a count, an empty or repeated name).
+    """
+    if value is None:
+        return None
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+        raise ValueError(f"class_names must be a list of names, got {value!r}")
+    names = list(value)
+    if num_classes is not None and len(names) != num_classes:
+        raise ValueError(f"class_names must be {num_classes} names (one per class), got {len(names)}")
+    bad = next((n for n in names if not isinstance(n, str) or not n.strip()), None)
+    if bad is not None or not names:
+        raise ValueError(f"class_names must be non-empty strings, got {bad!r}")
+    seen: set = set()
+    repeated = next((n for n in names if n in seen or seen.add(n)), None)
+    if repeated is not None:
+        raise ValueError(f"class_names must be distinct, {repeated!r} is given twice")
+    return names

@@ -27,10 +27,11 @@ import shlex
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch.nn as nn
 
+from ._checks import check_class_names
 from ._io import write_json_atomic
 from .oracle import HubUnavailableError
 from .version import __version__
@@ -448,6 +449,7 @@ def save_student(
     *,
     card: Union[StudentCard, Mapping[str, Any]],
     data_config: Optional[Mapping[str, Any]] = None,
+    label_names: Optional[Sequence[str]] = None,
 ) -> Path:
     """Writes a distilled timm student in timm's Hub format with a model card and ``db3.json``.
 
@@ -457,6 +459,8 @@ def save_student(
         card: a :class:`StudentCard` or a dict of its fields; ``architecture`` defaults to the model's.
         data_config: preprocessing the student was trained with (``mean``, ``std``, ``input_size``,
             ``interpolation``, ``crop_pct``), recorded in config.json (default: the model's).
+        label_names: the teacher's class names, one per output, written to config.json as timm's ``label_names``
+            (a loaded student has them in ``pretrained_cfg["label_names"]``).
 
     Returns:
         The folder, absolute; it loads with ``timm.create_model('local-dir:' + str(path), pretrained=True)``.
@@ -475,8 +479,10 @@ def save_student(
     elif card.architecture != arch:
         raise ValueError(f"card.architecture is {card.architecture!r} but the model is {arch!r}")
     out = Path(out_dir).expanduser().resolve()
+    label_names = check_class_names(label_names, getattr(model, "num_classes", None))
     timm.models.save_for_hf(
-        model, out, safe_serialization=True, data_config=None if data_config is None else dict(data_config)
+        model, out, safe_serialization=True, data_config=None if data_config is None else dict(data_config),
+        model_config=None if label_names is None else {"label_names": label_names},
     )
     config = json.loads((out / "config.json").read_text(encoding="utf-8"))
     model_card = _render_card(card, config, db3_import=type(model).__module__.split(".")[0] == "db3_timm")

@@ -12,17 +12,20 @@ import math
 import os
 import threading
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Sequence, Union
+from collections import Counter
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
 
+from ._checks import check_class_names
 from ._cpu_memory import keep_activation_buffers
 from ._io import module_fingerprint
 from ._preprocess import PixelTransform
 
 __all__ = [
     "LabelOracle",
+    "timm_class_names",
     "LabelPredictor",
     "create_timm_model",
     "QueryBudgetExceeded",
@@ -122,6 +125,8 @@ class LabelOracle:
         query_log: optional observer called per batch sent as ``(batch_size, total_queries)``.
         device: where ``predict`` wants its input (``None``: leave inputs where they are).
         name: human-readable teacher id, used in reports and progress output.
+        class_names: the teacher's ``num_classes`` class names, when it has them (reports, the transfer set's
+            ``ClassLabel`` and the student's ``label_names`` use them; default: the class indices).
         quantize: ``"uint8"`` sends every query on the 8-bit grid (``round(255 x) / 255``), as an image API
             that takes PNG/JPEG bytes would receive it; ``None`` sends the float pixels as they are.
         store: a :class:`~db3_timm.store.QueryStore` keeping every (image, answer) (see also ``store.attached``).
@@ -143,6 +148,7 @@ class LabelOracle:
         identity: Optional[str] = None,
         quantize: Optional[str] = None,
         store: Any = None,
+        class_names: Optional[Sequence[str]] = None,
     ):
         if max_batch_size is not None and int(max_batch_size) < 1:
             raise ValueError(f"max_batch_size must be a positive integer, got {max_batch_size!r}")
@@ -152,6 +158,7 @@ class LabelOracle:
             raise ValueError(f"input_size must be (C, H, W), got {tuple(input_size)!r}")
         self._predict = predict
         self.num_classes = None if num_classes is None else int(num_classes)
+        self.class_names = check_class_names(class_names, self.num_classes)
         self.input_size = None if input_size is None else tuple(int(s) for s in input_size)
         self.budget = budget
         self.max_batch_size = None if max_batch_size is None else int(max_batch_size)
@@ -373,7 +380,8 @@ class LabelOracle:
 
     @classmethod
     def from_timm_model(cls, model: nn.Module, **kwargs: Any) -> "LabelOracle":
-        """Wraps an instantiated timm model using its resolved data config (mean, std, input size).
+        """Wraps an instantiated timm model using its resolved data config (mean, std, input size) and its class
+        names (:func:`timm_class_names`, unless ``class_names`` is passed).
 
         Returns:
             A :class:`LabelOracle` with timm's preprocessing for ``model``.
@@ -381,6 +389,7 @@ class LabelOracle:
         from timm.data import resolve_model_data_config
 
         cfg = resolve_model_data_config(model)
+        kwargs.setdefault("class_names", timm_class_names(model))
         return cls.from_module(
             model,
             mean=cfg["mean"],
@@ -482,7 +491,8 @@ class LabelOracle:
             retries, backoff: retries on connection errors, timeouts, 429 and 5xx, with exponential backoff.
             wire: ``"binary"`` (the OIP binary tensor extension), ``"json"``, or ``"auto"``: binary when the server
                 lists the extension.
-            **kwargs: other :class:`LabelOracle` options (``budget``, ``query_log``, ``num_classes``, ``input_size``, ``name``).
+            **kwargs: other :class:`LabelOracle` options (``budget``, ``query_log``, ``num_classes``, ``input_size``,
+                ``class_names``, ``name``); the unset sizes and names come from the server's metadata.
 
         Returns:
             A :class:`LabelOracle` whose queries are HTTP requests.
@@ -496,11 +506,45 @@ class LabelOracle:
             kwargs["input_size"] = predictor.input_size = meta["input_size"]
         if kwargs.get("num_classes") is None:
             kwargs["num_classes"] = meta["num_classes"]
+        if kwargs.get("class_names") is None and meta["class_names"] and len(meta["class_names"]) == kwargs["num_classes"]:
+            kwargs["class_names"] = meta["class_names"]
         kwargs.setdefault("name", f"{predictor.model}@{predictor.public_url}")
         kwargs.setdefault("identity", f"endpoint {predictor.public_url}/v2/models/{predictor.model}")
         oracle = cls(predictor, max_batch_size=max_batch_size, **kwargs)
         predictor.bind(oracle)
         return oracle
+
+
+def timm_class_names(model: nn.Module) -> Optional[List[str]]:
+    """Returns the class names a timm model carries, one per output, or ``None`` when it has none.
+
+    In order: its ``pretrained_cfg["label_names"]`` (what a Hub or ``local-dir`` ``config.json`` holds), each
+    replaced by its ``label_descriptions`` entry where there is one; else the ImageNet subset timm infers from the
+    classifier size (``imagenet-1k``: ``"tench"``, ``"goldfish"``, ...). Descriptions keep their first name
+    (``"tench, Tinca tinca"`` -> ``"tench"``); a name that two classes share gets its index appended
+    (``"crane (134)"``), so the names stay distinct.
+    """
+    n = getattr(model, "num_classes", None)
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    if not isinstance(n, int) or n < 2:
+        return None
+    labels = cfg.get("label_names")
+    if isinstance(labels, dict):  # id -> name, possibly with gaps: only a complete map names every output
+        labels = [labels.get(i, labels.get(str(i))) for i in range(n)]
+    if isinstance(labels, (list, tuple)) and len(labels) == n and all(isinstance(v, str) and v for v in labels):
+        described = cfg.get("label_descriptions") or {}
+        names = [str(described.get(v, v)) for v in labels]
+    else:
+        from timm.data import ImageNetInfo, infer_imagenet_subset
+
+        subset = infer_imagenet_subset(model)
+        if subset is None:
+            return None
+        info = ImageNetInfo(subset)
+        names = [info.index_to_description(i) for i in range(n)]
+    names = [v.split(",")[0].strip() or v for v in names]
+    counts = Counter(names)
+    return [f"{v} ({i})" if counts[v] > 1 else v for i, v in enumerate(names)]
 
 
 def _create_from_hub(name: str, **model_kwargs: Any) -> nn.Module:

@@ -282,7 +282,8 @@ def distill_student(
         seed: seeds everything (labelling, generation, the student's initialisation and shuffles).
         labels: optional dataset labels of ``images`` (choose the references and score the validation split).
         test: optional ``(images, labels)`` to score the student (and the teacher, counted as queries) on.
-        class_names: names of the teacher's classes (datasets and the card).
+        class_names: names of the teacher's classes for the transfer set, reports and the saved student's
+            ``label_names`` (default: the oracle's :attr:`~db3_timm.LabelOracle.class_names`, if it has them).
         dataset: what the images are, for the card (a spec such as ``fashion-mnist``; no local paths).
         config: the remaining settings (:class:`DistillConfig`).
         transfer_dir: train on this existing transfer set (a ``db3 label`` / ``db3 generate`` / ``db3 distill``
@@ -323,7 +324,8 @@ def distill_student(
                "accuracy_kind": kind, "test_accuracy": accuracy[0], "teacher_accuracy": accuracy[1],
                "training": asdict(training), "config": _jsonable(asdict(cfg)), "num_processes": accelerator.num_processes}
     card = _card(oracle, student, dataset, cfg, transfer, queries, accuracy[:2], kind, training)
-    _save(accelerator, model, out, card, results, t0)
+    names = transfer.rows.features["label"].names  # the teacher's names, or the indices when it has none
+    _save(accelerator, model, out, card, results, t0, None if names == [str(i) for i in range(len(names))] else names)
     return DistillResult(model, queries, plan, transfer, training, accuracy[0], accuracy[1], out)
 
 
@@ -361,15 +363,16 @@ def _train_student(accelerator: Any, name: str, transfer: TransferSet, rows: Any
     return model, training, "val-selected"
 
 
-def _save(accelerator: Any, model: nn.Module, out: Path, card: Dict[str, Any], results: Dict[str, Any], t0: float) -> None:
-    """Main process: the student folder with its card, and ``results.json``."""
+def _save(accelerator: Any, model: nn.Module, out: Path, card: Dict[str, Any], results: Dict[str, Any], t0: float,
+          label_names: Optional[Sequence[str]]) -> None:
+    """Main process: the student folder with its card (and the teacher's class names), and ``results.json``."""
     from accelerate.utils import gather_object
 
     from .hub import save_student
 
     weights = gather_object([module_fingerprint(model)])  # every process must hold the same student
     if accelerator.is_main_process:
-        save_student(model, out / "model", card=card)
+        save_student(model, out / "model", card=card, label_names=label_names)
         write_json_atomic(out / "results.json", {**results, "weights_per_process": weights,
                                                  "wall_s": round(time.monotonic() - t0, 2)})
     accelerator.wait_for_everyone()

@@ -7,10 +7,10 @@ exact counts, budget refused before anything is sent, chunks of ``max_batch_size
 Wire format (any OIP v2 REST server whose model has one FP32 input and an integer label
 output works, e.g. ``db3 serve``; standard stdlib ``urllib``, no extra dependency)::
 
-    GET  {url}/v2/models/{model}        (optional; read for input_size and num_classes)
+    GET  {url}/v2/models/{model}        (optional; read for input_size, num_classes, class_names)
       <- {"inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, C, H, W]}],
           "outputs": [{"name": "label", "datatype": "INT64", "shape": [-1]}],
-          "parameters": {"num_classes": K}}                       # parameters: db3 extension
+          "parameters": {"num_classes": K, "class_names": [K names]}}   # parameters: db3 extension
     POST {url}/v2/models/{model}/infer   Authorization: Bearer TOKEN   (when a token is set)
       -> {"inputs": [{"name": "input", "shape": [N, C, H, W], "datatype": "FP32",
                       "data": [N*C*H*W floats, row-major]}],
@@ -51,6 +51,7 @@ from typing import Any, Callable, Dict, Optional, Tuple
 import numpy as np
 import torch
 
+from ._checks import check_class_names
 from ._preprocess import resize
 
 __all__ = ["RemotePredictor", "RemoteOracleError", "RemoteAuthError", "TOKEN_ENV", "public_url"]
@@ -216,10 +217,11 @@ class RemotePredictor:
         return self._request(self._meta_url)
 
     def describe(self) -> Dict[str, Any]:
-        """``{"input_size": (C, H, W) or None, "num_classes": K or None}`` read from the metadata.
+        """``{"input_size": (C, H, W) or None, "num_classes": K or None, "class_names": K names or None}`` read
+        from the metadata.
 
-        A server without a usable metadata answer (``404``/``405`` or an unexpected layout) gives ``None``s;
-        auth errors and connection failures raise.
+        A server without a usable metadata answer (``404``/``405`` or an unexpected layout) gives ``None``s, and
+        names that do not fit the classes are left out; auth errors and connection failures raise.
         """
         try:
             meta = self.metadata()
@@ -227,9 +229,9 @@ class RemotePredictor:
             raise
         except RemoteOracleError as err:
             if err.status in (404, 405, 501):
-                return {"input_size": None, "num_classes": None}
+                return {"input_size": None, "num_classes": None, "class_names": None}
             raise
-        input_size = num_classes = None
+        input_size = num_classes = class_names = None
         try:
             shape = meta["inputs"][0]["shape"]
             if len(shape) == 4 and all(int(s) > 0 for s in shape[1:]):
@@ -239,7 +241,12 @@ class RemotePredictor:
         params = meta.get("parameters") if isinstance(meta, dict) else None
         if isinstance(params, dict) and isinstance(params.get("num_classes"), int):
             num_classes = params["num_classes"]
-        return {"input_size": input_size, "num_classes": num_classes}
+        if isinstance(params, dict) and params.get("class_names") is not None:
+            try:
+                class_names = check_class_names(params["class_names"], num_classes)
+            except ValueError:  # a server's malformed names are its business: the labels still work without them
+                class_names = None
+        return {"input_size": input_size, "num_classes": num_classes, "class_names": class_names}
 
     # ------------------------------------------------------------------ predict
     def __call__(self, x: torch.Tensor) -> torch.Tensor:

@@ -52,7 +52,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .oracle import LabelPredictor
+from ._checks import check_class_names
+from .oracle import LabelPredictor, timm_class_names
 
 if TYPE_CHECKING:  # starlette is the optional 'serve' extra: imported where used
     from starlette.requests import Request
@@ -184,7 +185,8 @@ class _LabelServer:
     """
 
     def __init__(self, predictor: LabelPredictor, *, model_name: str, num_classes: Optional[int],
-                 token: Optional[str], max_batch_size: int, max_request_bytes: int, quota: Optional[_Quota]):
+                 class_names: Optional[Sequence[str]], token: Optional[str], max_batch_size: int,
+                 max_request_bytes: int, quota: Optional[_Quota]):
         self.predictor, self.model_name, self.quota = predictor, model_name, quota
         self.input_size: Tuple[int, int, int] = tuple(predictor.input_size)
         self.per_image = int(np.prod(self.input_size))
@@ -198,7 +200,8 @@ class _LabelServer:
             "platform": "pytorch_timm",
             "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, *self.input_size]}],
             "outputs": [{"name": "label", "datatype": "INT64", "shape": [-1]}],
-            "parameters": {"num_classes": num_classes, "label_only": True, "max_batch_size": max_batch_size},
+            "parameters": {"num_classes": num_classes, "label_only": True, "max_batch_size": max_batch_size,
+                           **({} if class_names is None else {"class_names": list(class_names)})},
         }
 
     # ------------------------------------------------------------------ access
@@ -443,6 +446,7 @@ def create_app(
     std: Sequence[float],
     input_size: Sequence[int],
     num_classes: Optional[int] = None,
+    class_names: Optional[Sequence[str]] = None,
     token: Optional[str] = None,
     max_batch_size: int = 1024,
     max_request_bytes: Optional[int] = None,
@@ -456,6 +460,8 @@ def create_app(
         model_name: the ``{name}`` in ``/v2/models/{name}/...``.
         mean, std, input_size: the model's preprocessing (pixel-space mean/std) and ``(C, H, W)``.
         num_classes: advertised in the metadata (default: ``model.num_classes``).
+        class_names: advertised in the metadata, so a client's reports and students name the classes (default:
+            :func:`~db3_timm.oracle.timm_class_names` of ``model``; none for a model without them).
         token: bearer token required on model routes (``None``: no auth; health routes are open).
         max_batch_size: largest ``N`` accepted in one request (``400`` above it).
         max_request_bytes: largest request body (``413`` above it); default fits a full batch of
@@ -467,9 +473,10 @@ def create_app(
         A :class:`starlette.applications.Starlette` app; ``app.state.model_name`` is ``model_name``.
 
     Raises:
-        ValueError: a bad ``input_size``, ``max_batch_size``, ``quota``, ``quota_window`` or ``token``.
+        ValueError: a bad ``input_size``, ``max_batch_size``, ``quota``, ``quota_window``, ``token`` or ``class_names``.
     """
     from starlette.applications import Starlette
+
 
     input_size = tuple(int(s) for s in input_size)
     if len(input_size) != 3 or min(input_size) < 1:
@@ -480,12 +487,15 @@ def create_app(
     if token is not None and not token:
         raise ValueError("token must be a non-empty string or None")
     max_batch_size = int(max_batch_size)
+    num_classes = getattr(model, "num_classes", None) if num_classes is None else num_classes
+    class_names = check_class_names(timm_class_names(model) if class_names is None else class_names, num_classes)
     if max_request_bytes is None:
         max_request_bytes = 24 * max_batch_size * int(np.prod(input_size)) + 65536
     server = _LabelServer(
         LabelPredictor(model, mean, std, input_size),
         model_name=model_name,
-        num_classes=getattr(model, "num_classes", None) if num_classes is None else num_classes,
+        num_classes=num_classes,
+        class_names=class_names,
         token=token,
         max_batch_size=max_batch_size,
         max_request_bytes=int(max_request_bytes),

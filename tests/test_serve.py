@@ -241,6 +241,18 @@ def test_quota_429_then_retry_after_window(model, caplog):
         s.stop()
 
 
+def test_a_served_teacher_names_its_classes_to_the_client(model, server):
+    names = [f"kind {c}" for c in range(10)]
+    s = Server(_app(model, class_names=names))
+    try:
+        assert LabelOracle.from_url(s.url, NAME).class_names == names
+    finally:
+        s.stop()
+    assert LabelOracle.from_url(server.url, NAME, token=TOKEN).class_names is None  # a model without names
+    with pytest.raises(ValueError, match="10 names"):
+        _app(model, class_names=names[:9])
+
+
 @pytest.mark.parametrize("window", [float("nan"), float("inf"), float("-inf"), 0, -1.0, "soon"])
 def test_quota_window_must_be_finite_and_positive(model, window):
     # A NaN window never ended and an infinite one has no Retry-After: both used to be accepted and turn

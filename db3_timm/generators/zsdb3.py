@@ -267,9 +267,11 @@ class ZSDB3Generator:
         missing = [c for c in range(self.num_classes) if have[c] == 0]
         short = [c for c in range(self.num_classes) if 0 < have[c] < samples_per_class]
         if missing or short:
+            names = getattr(self.oracle, "class_names", None) or list(range(self.num_classes))
+            missing_named, short_named = [names[c] for c in missing], [names[c] for c in short]
             warnings.warn(
                 f"start search stopped after {spent} queries (max_init_queries={self.max_init_queries}): "
-                f"the teacher never answered classes {missing} for noise; classes {short} have fewer than "
+                f"the teacher never answered classes {missing_named} for noise; classes {short_named} have fewer than "
                 f"{samples_per_class} samples. They are left out / kept short; raise max_init_queries or "
                 f"seed the generator with a few real images of those classes.",
                 stacklevel=2,

@@ -15,7 +15,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 
 import torch
 
-from .._checks import check_int, check_number
+from .._checks import check_class_names, check_int, check_number
 from .._disk import dataset_card, is_dataset_dict, quiet_datasets, read_columns
 from .._io import (ConfigMismatchError, PathLike, canonical, config_diff, read_json, run_lock, tensor_fingerprint,
                    write_json_atomic)
@@ -193,7 +193,9 @@ def build_transfer_set(
     shape = oracle.input_size if images is None else tuple(images.shape[1:])
     if shape is None:
         raise ValueError("the teacher's input size is unknown: pass input_size= to the oracle (or images)")
-    names = list(class_names) if class_names is not None else [str(i) for i in range(oracle.num_classes)]
+    class_names = check_class_names(class_names if class_names is not None else getattr(oracle, "class_names", None),
+                                    oracle.num_classes)
+    names = class_names or [str(i) for i in range(oracle.num_classes)]
     image_dtype = "uint8" if getattr(oracle, "quantize", None) == "uint8" else "float32"
     job = {"plan": plan.name, "steps": [{"source": st.source, "queries": st.queries, **src.describe(oracle, seed)}
                                         for st, src in sources],

@@ -37,6 +37,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import torch
 
+from .._checks import check_class_names
 from .._distributed import process_state
 from ..data import ImageStream
 from .._io import (ConfigMismatchError, PathLike, canonical, config_diff, digest, read_json, run_lock,
@@ -473,7 +474,8 @@ def label_dataset(
         accelerator: an ``accelerate.Accelerator`` or ``PartialState`` (default: see
             :func:`~db3_timm._distributed.process_state`).
         progress: show a tqdm bar (main process only) with images, queries, queries/s and the budget left.
-        class_names: names of the classes for the ``label`` column (default ``"0"``, ``"1"``, ...).
+        class_names: names of the classes for the ``label`` column (default: the teacher's
+            :attr:`~db3_timm.LabelOracle.class_names`, else ``"0"``, ``"1"``, ...).
 
     Returns:
         The whole labelled ``datasets.Dataset`` ordered by ``index`` (the same on every process).
@@ -485,6 +487,9 @@ def label_dataset(
         QueryBudgetExceeded: the oracle's budget ran out; finished shards are kept, rerun to resume.
     """
     _check_inputs(images, teacher_labels, shard_size)
+    if class_names is None:
+        class_names = getattr(labeler.oracle, "class_names", None)
+    class_names = check_class_names(class_names, labeler.num_classes)
     if teacher_labels is not None:
         teacher_labels = teacher_labels.detach().cpu().long()
     state = process_state(accelerator)
