@@ -282,8 +282,7 @@ def distill_student(
         seed: seeds everything (labelling, generation, the student's initialisation and shuffles).
         labels: optional dataset labels of ``images`` (choose the references and score the validation split).
         test: optional ``(images, labels)`` to score the student (and the teacher, counted as queries) on.
-        class_names: names of the teacher's classes for the transfer set, reports and the saved student's
-            ``label_names`` (default: the oracle's :attr:`~db3_timm.LabelOracle.class_names`, if it has them).
+        class_names: the teacher's class names (default: ``oracle.class_names``): data, reports, ``label_names``.
         dataset: what the images are, for the card (a spec such as ``fashion-mnist``; no local paths).
         config: the remaining settings (:class:`DistillConfig`).
         transfer_dir: train on this existing transfer set (a ``db3 label`` / ``db3 generate`` / ``db3 distill``
@@ -324,8 +323,7 @@ def distill_student(
                "accuracy_kind": kind, "test_accuracy": accuracy[0], "teacher_accuracy": accuracy[1],
                "training": asdict(training), "config": _jsonable(asdict(cfg)), "num_processes": accelerator.num_processes}
     card = _card(oracle, student, dataset, cfg, transfer, queries, accuracy[:2], kind, training)
-    names = transfer.rows.features["label"].names  # the teacher's names, or the indices when it has none
-    _save(accelerator, model, out, card, results, t0, None if names == [str(i) for i in range(len(names))] else names)
+    _save(accelerator, model, out, card, results, t0, _label_names(transfer))
     return DistillResult(model, queries, plan, transfer, training, accuracy[0], accuracy[1], out)
 
 
@@ -361,6 +359,12 @@ def _train_student(accelerator: Any, name: str, transfer: TransferSet, rows: Any
         return model, training, "final"
     accelerator.unwrap_model(model).load_state_dict(load_checkpoint_state_dict(best_dir / "model.safetensors"))
     return model, training, "val-selected"
+
+
+def _label_names(transfer: TransferSet) -> Optional[list]:
+    """The transfer set's class names, or ``None`` where they are only the indices (a teacher without names)."""
+    names = transfer.rows.features["label"].names
+    return None if names == [str(i) for i in range(len(names))] else names
 
 
 def _save(accelerator: Any, model: nn.Module, out: Path, card: Dict[str, Any], results: Dict[str, Any], t0: float,
