@@ -11,8 +11,8 @@ from __future__ import annotations
 import math
 import os
 import threading
-from pathlib import Path
 from collections import Counter
+from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 import torch
@@ -533,7 +533,7 @@ def timm_class_names(model: nn.Module) -> Optional[List[str]]:
         labels = [labels.get(i, labels.get(str(i))) for i in range(n)]
     if isinstance(labels, (list, tuple)) and len(labels) == n and all(isinstance(v, str) and v for v in labels):
         described = cfg.get("label_descriptions") or {}
-        names = [str(described.get(v, v)) for v in labels]
+        names = [_first_name(str(described[v])) if v in described else v for v in labels]
     else:
         from timm.data import ImageNetInfo, infer_imagenet_subset
 
@@ -541,10 +541,14 @@ def timm_class_names(model: nn.Module) -> Optional[List[str]]:
         if subset is None:
             return None
         info = ImageNetInfo(subset)
-        names = [info.index_to_description(i) for i in range(n)]
-    names = [v.split(",")[0].strip() or v for v in names]
+        names = [_first_name(info.index_to_description(i)) for i in range(n)]
     counts = Counter(names)
     return [f"{v} ({i})" if counts[v] > 1 else v for i, v in enumerate(names)]
+
+
+def _first_name(description: str) -> str:
+    """``"tench, Tinca tinca"`` -> ``"tench"``: a description's first name."""
+    return description.split(",")[0].strip() or description
 
 
 def _create_from_hub(name: str, **model_kwargs: Any) -> nn.Module:
