@@ -21,6 +21,8 @@ student trained by the product's front door, ``db3_timm.distill_student(images=N
   CPU (minutes per round of 250 queries): a GPU arm (``--device cuda``);
 * ``noise+offspring`` -- half the budget smooth noise, half its ``offspring``: children of two samples the teacher
   gave the same label (a blend plus smooth noise), the class drawn uniformly, in 4 generations. No model trained;
+* ``noise stretched`` / ``noise+synth stretched`` -- ``noise`` / ``noise+synth`` whose noise is drawn on tall, wide
+  and square grids (``noise_prior="stretched"``), not square ones only;
 * ``zsdb3`` -- the paper's ZSDB3KD (plan ``zsdb3``) scaled to the budget (:func:`zsdb3_settings`): 40 % on the
   smooth-noise start pool, 40 % on growing ``budget / 250`` pseudo samples (4 iterations of 25 queries each), and
   MBD soft labels at 4 queries per pseudo sample and other class. Every answer is a training row.
@@ -70,6 +72,8 @@ ARMS = {
         "targets": "balanced", "reinit": True, "width": 64, "latent_dim": 256, "generator_steps": 30,
         "generator_lr": 1e-3}}),
     "noise+offspring": ("noise", {"offspring_share": 0.5}),
+    "noise stretched": ("noise", {"noise_prior": "stretched"}),
+    "noise+synth stretched": ("synth", {"noise_share": 0.4, "noise_prior": "stretched"}),
     "zsdb3": ("zsdb3", zsdb3_settings),  # its settings depend on the budget
 }
 

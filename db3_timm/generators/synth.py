@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from .._checks import check_int, check_number
 from .._registry import register_generator
 from ..oracle import LabelOracle
-from .zsdb3 import smooth_noise
+from .zsdb3 import NOISE_PRIORS
 
 __all__ = ["SynthConfig", "ImageGenerator", "SynthGenerator", "AUGMENTS", "TARGETS"]
 
@@ -66,6 +66,8 @@ class SynthConfig:
         noise_rounds: first rounds whose batch is smooth noise (:func:`~db3_timm.generators.zsdb3.smooth_noise`)
             instead of the generator's: a working student that already knows the teacher's coarse regions steers
             the generator from the start.
+        noise_prior: the noise of those rounds (and of ``proposer="noise"``), a
+            :data:`~db3_timm.generators.zsdb3.NOISE_PRIORS` name (``"smooth"``, ``"stretched"``).
     """
 
     queries_per_round: int = 250
@@ -87,6 +89,7 @@ class SynthConfig:
     targets: str = "random"
     reinit: bool = False
     noise_rounds: int = 0
+    noise_prior: str = "smooth"
 
     def __post_init__(self) -> None:
         for name, low in (("queries_per_round", 1), ("latent_dim", 1), ("width", 1), ("generator_steps", 0),
@@ -102,6 +105,8 @@ class SynthConfig:
             raise ValueError(f"targets must be one of {TARGETS}, got {self.targets!r}")
         if not isinstance(self.reinit, bool):
             raise ValueError(f"reinit must be true or false, got {self.reinit!r}")
+        if self.noise_prior not in NOISE_PRIORS:
+            raise ValueError(f"noise_prior must be one of {sorted(NOISE_PRIORS)}, got {self.noise_prior!r}")
         if self.proposer not in ("generator", "noise"):
             raise ValueError(f"proposer must be 'generator' or 'noise', got {self.proposer!r}")
         if not isinstance(self.student, str) or not self.student:
@@ -205,7 +210,7 @@ class SynthGenerator:
 
     def _noise(self, generator: torch.Generator) -> torch.Tensor:
         n = self.cfg.queries_per_round
-        return smooth_noise(n, self.image_shape, generator, torch.device("cpu")).to(self.device)
+        return NOISE_PRIORS[self.cfg.noise_prior](n, self.image_shape, generator, torch.device("cpu")).to(self.device)
 
     def _generate(self, generator: torch.Generator) -> torch.Tensor:
         """Step 1: the generator and the round's latents trained against the working student; the best batch."""

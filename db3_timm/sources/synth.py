@@ -117,26 +117,38 @@ class SynthSamples(Source):
 
 @register_source(name="noise")
 class NoiseSamples(Source):
-    """Teacher-labelled smooth noise (:func:`~db3_timm.generators.zsdb3.smooth_noise`): the naive zero-shot baseline.
+    """Teacher-labelled noise (:func:`~db3_timm.generators.zsdb3.smooth_noise` by default): the naive zero-shot baseline.
 
     Args:
         unit_size: queries per unit (the step of resumption).
         keep_pool: leave the labelled noise in the context as pseudo samples, for a later step (``offspring``).
+        prior: a :data:`~db3_timm.generators.zsdb3.NOISE_PRIORS` name (``"smooth"``, ``"stretched"``).
     """
 
     name = "noise"
 
-    def __init__(self, unit_size: int = 8192, keep_pool: bool = False):
+    def __init__(self, unit_size: int = 8192, keep_pool: bool = False, prior: str = "smooth"):
         from .._checks import check_int
+        from ..generators.zsdb3 import NOISE_PRIORS
 
         self.unit_size = check_int("unit_size", unit_size, 1)
         self.keep_pool = bool(keep_pool)
+        if prior not in NOISE_PRIORS:
+            raise ValueError(f"prior must be one of {sorted(NOISE_PRIORS)}, got {prior!r}")
+        self.prior = prior
+
+    def config(self) -> Dict[str, Any]:
+        # The prior decides the samples, so a resumed job must not switch it; "smooth" stays unrecorded, as it
+        # was before there was a choice, so older jobs resume.
+        return {"source": self.name, **({} if self.prior == "smooth" else {"prior": self.prior})}
 
     def run(self, ctx: SourceContext, queries: int) -> int:
-        from ..generators.zsdb3 import smooth_noise
+        from ..generators.zsdb3 import NOISE_PRIORS
+
+        draw = NOISE_PRIORS[self.prior]
 
         def work(k: int, size: int, generator: torch.Generator) -> None:
-            ctx.oracle(smooth_noise(size, ctx.image_shape, generator, torch.device("cpu")))
+            ctx.oracle(draw(size, ctx.image_shape, generator, torch.device("cpu")))
 
         spent = ctx.run_units(self.name, queries, self.unit_size, work)
         if self.keep_pool:

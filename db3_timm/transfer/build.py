@@ -83,6 +83,9 @@ class ZeroShotConfig:
             (``benchmarks/zero_shot_frontier.py``).
         offspring_share: share of a ``noise`` plan's budget spent on teacher-labelled children of same-label noise
             samples (the ``offspring`` source), bred in 4 generations after the noise.
+        noise_prior: what the noise of the ``noise`` plan and of ``synth``'s noise rounds is drawn from, a
+            :data:`~db3_timm.generators.zsdb3.NOISE_PRIORS` name: ``"smooth"`` or ``"stretched"`` (tall and wide
+            grids too).
     """
 
     generator: str = "zsdb3"
@@ -97,10 +100,15 @@ class ZeroShotConfig:
     mix_share: float = 0.0
     noise_share: float = 0.4
     offspring_share: float = 0.0
+    noise_prior: str = "smooth"
 
     def __post_init__(self) -> None:
         from .._registry import is_generator, list_generators
         from ..generators.synth import SynthConfig
+        from ..generators.zsdb3 import NOISE_PRIORS
+
+        if self.noise_prior not in NOISE_PRIORS:
+            raise ValueError(f"noise_prior must be one of {sorted(NOISE_PRIORS)}, got {self.noise_prior!r}")
 
         SynthConfig(**self.synth)
         check_number("mix_share", self.mix_share, low=0, high=1, high_open=True)

@@ -197,8 +197,11 @@ def _synth_steps(spend: Optional[int], zero_shot: Any) -> List[PlanStep]:
     noise = int(zero_shot.noise_share * rounds) if zero_shot.noise_share else 0
     if noise:
         options["noise_rounds"] = noise
+    if zero_shot.noise_prior != "smooth":
+        options.setdefault("noise_prior", zero_shot.noise_prior)
+    prior = options.get("noise_prior", "smooth")
     what = f"{rounds:,} rounds of {per:,} samples the teacher labels" + (
-        f", the first {noise:,} smooth noise, the rest from the generator" if noise else " from the generator")
+        f", the first {noise:,} {prior} noise, the rest from the generator" if noise else " from the generator")
     what += "; between rounds the generator and a working student train (compute beyond the teacher's time)"
     steps = [PlanStep("synth", rounds * per, what + note, {"options": options})]
     rest = spend - rounds * per
@@ -209,9 +212,12 @@ def _synth_steps(spend: Optional[int], zero_shot: Any) -> List[PlanStep]:
 
 def _noise_steps(spend: int, zero_shot: Any) -> List[PlanStep]:
     kids = int(spend * zero_shot.offspring_share) if zero_shot is not None else 0
+    prior = getattr(zero_shot, "noise_prior", "smooth")
+    options = {} if prior == "smooth" else {"prior": prior}
     if not kids:
-        return [PlanStep("noise", spend, "teacher-labelled smooth noise (the naive zero-shot baseline)")]
-    return [PlanStep("noise", spend - kids, "teacher-labelled smooth noise, the first parents", {"keep_pool": True}),
+        return [PlanStep("noise", spend, f"teacher-labelled {prior} noise (the naive zero-shot baseline)", options)]
+    return [PlanStep("noise", spend - kids, f"teacher-labelled {prior} noise, the first parents",
+                     {"keep_pool": True, **options}),
             PlanStep("offspring", kids, "teacher-labelled children of two samples the teacher gave the same label "
                                         "(a blend plus smooth noise), in 4 generations; no model trained")]
 
