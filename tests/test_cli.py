@@ -399,3 +399,5 @@ def test_db3_distill_zero_shot_noise_with_offspring_states_both_steps_first(tmp_
     text = capsys.readouterr().out
     assert re.search(r"noise +1,000 ", text) and re.search(r"offspring +1,000 ", text)
     assert not (tmp_path / "o").exists()
+    assert cli_main(argv + ["--noise-prior", "stretched"]) == 0
+    assert "teacher-labelled stretched noise, the first parents" in capsys.readouterr().out

@@ -6,7 +6,7 @@ import torch
 
 from db3_timm import (BudgetTooSmallError, DistillConfig, LabelOracle, TrainConfig, ZeroShotConfig, distill_student,
                       plan_queries)
-from db3_timm.transfer.build import build_transfer_set
+from db3_timm.transfer.build import ConfigMismatchError, build_transfer_set
 
 SMALL = {"queries_per_round": 20, "generator_steps": 2, "boundary_steps": 1, "student_steps": 3, "student_batch": 16,
          "student": "lenet5_fifth"}
@@ -162,6 +162,32 @@ def test_noise_rounds_warm_the_working_student_up_and_the_noise_plan_is_the_base
     assert [(s.source, s.queries) for s in noise.steps] == [("noise", 70)]
     with pytest.raises(ValueError, match="plan 'noise' learns from no images"):
         plan_queries(oracle, 5, DistillConfig(plan="noise", evaluate_teacher=False), budget=70)
+
+
+@pytest.mark.parametrize("plan_name", ["noise", "default"])
+def test_the_stretched_prior_draws_the_noise_and_is_recorded(perturbed_lenet_half, tmp_path, plan_name):
+    from db3_timm.generators.zsdb3 import smooth_noise, stretched_noise
+    from db3_timm.sources.base import unit_generator
+
+    oracle = LabelOracle.from_timm_model(perturbed_lenet_half)
+    zs = ZeroShotConfig(synth={**SMALL, "queries_per_round": 40}, noise_share=1.0, noise_prior="stretched")
+    plan = plan_queries(oracle, None, DistillConfig(plan=plan_name, zero_shot=zs, evaluate_teacher=False), budget=80)
+    rows = _rows(build_transfer_set(oracle, plan, tmp_path / "s", progress=False))
+    assert oracle.queries == 80 and len(rows["label"]) == 80
+    source = "noise" if plan_name == "noise" else "synth"
+    g = unit_generator(0, source, 0)
+    expected = stretched_noise(80 if source == "noise" else 40, (1, 28, 28), g, torch.device("cpu"))
+    assert torch.equal(rows["image"][: len(expected)], expected)
+    again = smooth_noise(len(expected), (1, 28, 28), unit_generator(0, source, 0), torch.device("cpu"))
+    assert not torch.equal(expected, again) and 0 < expected.min() and expected.max() < 1
+    # A job started with one prior is not resumed with the other: the prior is part of the recorded job.
+    smooth = plan_queries(oracle, None, DistillConfig(plan=plan_name, zero_shot=ZeroShotConfig(
+        synth={**SMALL, "queries_per_round": 40}, noise_share=1.0), evaluate_teacher=False), budget=80)
+    with pytest.raises(ConfigMismatchError):
+        build_transfer_set(oracle, smooth, tmp_path / "s", progress=False)
+    assert oracle.queries == 80
+    with pytest.raises(ValueError, match="noise_prior must be one of"):
+        ZeroShotConfig(noise_prior="plaid")
 
 
 def test_balanced_targets_aim_at_every_class_equally_and_reinit_starts_each_round_afresh(perturbed_lenet_half):
