@@ -477,7 +477,6 @@ def create_app(
     """
     from starlette.applications import Starlette
 
-
     input_size = tuple(int(s) for s in input_size)
     if len(input_size) != 3 or min(input_size) < 1:
         raise ValueError(f"input_size must be (C, H, W) positive integers, got {input_size!r}")

@@ -192,8 +192,10 @@ class SynthGenerator:
 
     def config(self) -> Dict[str, Any]:
         """Returns the settings that determine the samples (recorded with the run, compared on resume)."""
-        return {"generator": "synth", "num_classes": self.num_classes, "input_shape": list(self.image_shape),
-                **asdict(self.cfg)}
+        cfg = asdict(self.cfg)
+        if cfg["noise_prior"] == "smooth":  # unrecorded, as before there was a choice, so older jobs resume
+            del cfg["noise_prior"]
+        return {"generator": "synth", "num_classes": self.num_classes, "input_shape": list(self.image_shape), **cfg}
 
     def planned_queries(self, rounds: int) -> int:
         """Returns the teacher queries ``rounds`` rounds spend (exactly)."""
