@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from .._checks import check_int, check_number
 from .._registry import register_generator
 from ..oracle import LabelOracle
-from .zsdb3 import NOISE_PRIORS
+from .zsdb3 import noise_prior
 
 __all__ = ["SynthConfig", "ImageGenerator", "SynthGenerator", "AUGMENTS", "TARGETS"]
 
@@ -105,8 +105,7 @@ class SynthConfig:
             raise ValueError(f"targets must be one of {TARGETS}, got {self.targets!r}")
         if not isinstance(self.reinit, bool):
             raise ValueError(f"reinit must be true or false, got {self.reinit!r}")
-        if self.noise_prior not in NOISE_PRIORS:
-            raise ValueError(f"noise_prior must be one of {sorted(NOISE_PRIORS)}, got {self.noise_prior!r}")
+        noise_prior(self.noise_prior)
         if self.proposer not in ("generator", "noise"):
             raise ValueError(f"proposer must be 'generator' or 'noise', got {self.proposer!r}")
         if not isinstance(self.student, str) or not self.student:
@@ -212,7 +211,7 @@ class SynthGenerator:
 
     def _noise(self, generator: torch.Generator) -> torch.Tensor:
         n = self.cfg.queries_per_round
-        return NOISE_PRIORS[self.cfg.noise_prior](n, self.image_shape, generator, torch.device("cpu")).to(self.device)
+        return noise_prior(self.cfg.noise_prior)(n, self.image_shape, generator, torch.device("cpu")).to(self.device)
 
     def _generate(self, generator: torch.Generator) -> torch.Tensor:
         """Step 1: the generator and the round's latents trained against the working student; the best batch."""

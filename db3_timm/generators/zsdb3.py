@@ -24,7 +24,7 @@ from ..boundary import PLAIN_SEARCH, BoundarySearchConfig, PairQueries, minimize
 from ..oracle import LabelOracle
 
 __all__ = ["ZSDB3Generator", "PseudoSamples", "GenerationState", "reference_noise", "smooth_noise", "stretched_noise",
-           "NOISE_PRIORS", "START_NOISE"]
+           "NOISE_PRIORS", "noise_prior", "START_NOISE"]
 
 
 def reference_noise(n: int, shape: Sequence[int], generator: torch.Generator, device: torch.device) -> torch.Tensor:
@@ -79,6 +79,17 @@ def stretched_noise(n: int, shape: Sequence[int], generator: torch.Generator, de
 
 #: Noise priors a zero-shot run draws from (``ZeroShotConfig.noise_prior``): ``name -> fn(n, shape, generator, device)``.
 NOISE_PRIORS: Dict[str, Callable[..., torch.Tensor]] = {"smooth": smooth_noise, "stretched": stretched_noise}
+
+
+def noise_prior(name: str, option: str = "noise_prior") -> Callable[..., torch.Tensor]:
+    """Returns the :data:`NOISE_PRIORS` function called ``name``.
+
+    Raises:
+        ValueError: naming ``option``, the value and the known priors.
+    """
+    if name not in NOISE_PRIORS:
+        raise ValueError(f"{option} must be one of {sorted(NOISE_PRIORS)}, got {name!r}")
+    return NOISE_PRIORS[name]
 
 
 #: Start priors for the noise search: ``name -> fn(n, shape, generator, device)``.

@@ -129,13 +129,11 @@ class NoiseSamples(Source):
 
     def __init__(self, unit_size: int = 8192, keep_pool: bool = False, prior: str = "smooth"):
         from .._checks import check_int
-        from ..generators.zsdb3 import NOISE_PRIORS
+        from ..generators.zsdb3 import noise_prior
 
         self.unit_size = check_int("unit_size", unit_size, 1)
         self.keep_pool = bool(keep_pool)
-        if prior not in NOISE_PRIORS:
-            raise ValueError(f"prior must be one of {sorted(NOISE_PRIORS)}, got {prior!r}")
-        self.prior = prior
+        self.draw, self.prior = noise_prior(prior, "prior"), prior
 
     def config(self) -> Dict[str, Any]:
         # The prior decides the samples, so a resumed job must not switch it; "smooth" stays unrecorded, as it
@@ -143,12 +141,8 @@ class NoiseSamples(Source):
         return {"source": self.name, **({} if self.prior == "smooth" else {"prior": self.prior})}
 
     def run(self, ctx: SourceContext, queries: int) -> int:
-        from ..generators.zsdb3 import NOISE_PRIORS
-
-        draw = NOISE_PRIORS[self.prior]
-
         def work(k: int, size: int, generator: torch.Generator) -> None:
-            ctx.oracle(draw(size, ctx.image_shape, generator, torch.device("cpu")))
+            ctx.oracle(self.draw(size, ctx.image_shape, generator, torch.device("cpu")))
 
         spent = ctx.run_units(self.name, queries, self.unit_size, work)
         if self.keep_pool:

@@ -105,10 +105,9 @@ class ZeroShotConfig:
     def __post_init__(self) -> None:
         from .._registry import is_generator, list_generators
         from ..generators.synth import SynthConfig
-        from ..generators.zsdb3 import NOISE_PRIORS
+        from ..generators.zsdb3 import noise_prior
 
-        if self.noise_prior not in NOISE_PRIORS:
-            raise ValueError(f"noise_prior must be one of {sorted(NOISE_PRIORS)}, got {self.noise_prior!r}")
+        noise_prior(self.noise_prior)
 
         SynthConfig(**self.synth)
         check_number("mix_share", self.mix_share, low=0, high=1, high_open=True)
