@@ -74,6 +74,7 @@ ARMS = {
     "noise+offspring": ("noise", {"offspring_share": 0.5}),
     "noise stretched": ("noise", {"noise_prior": "stretched"}),
     "noise+synth stretched": ("synth", {"noise_share": 0.4, "noise_prior": "stretched"}),
+    "noise elongated": ("noise", {"noise_prior": "elongated"}),
     "zsdb3": ("zsdb3", zsdb3_settings),  # its settings depend on the budget
 }
 

@@ -137,7 +137,7 @@ def measure_throughput(oracle: LabelOracle, images: Optional[torch.Tensor] = Non
     The probe spends ``n`` queries (counted by the oracle like any others).
     """
     if images is None:
-        from .generators.zsdb3 import smooth_noise
+        from .generators.priors import smooth_noise
 
         shape = oracle.input_size or (1, 28, 28)
         images = smooth_noise(n, shape, torch.Generator().manual_seed(0), torch.device("cpu"))

@@ -151,7 +151,7 @@ def test_noise_rounds_warm_the_working_student_up_and_the_noise_plan_is_the_base
     assert plan.steps[0].options["options"]["noise_rounds"] == 2 and plan.total == 100
     transfer = build_transfer_set(oracle, plan, tmp_path / "s", progress=False)
     rows = _rows(transfer)
-    from db3_timm.generators.zsdb3 import smooth_noise
+    from db3_timm.generators.priors import smooth_noise
     from db3_timm.sources.base import unit_generator
 
     # The first two rounds are exactly the smooth noise of their units' generators.
@@ -164,19 +164,19 @@ def test_noise_rounds_warm_the_working_student_up_and_the_noise_plan_is_the_base
         plan_queries(oracle, 5, DistillConfig(plan="noise", evaluate_teacher=False), budget=70)
 
 
-@pytest.mark.parametrize("plan_name", ["noise", "default"])
-def test_the_stretched_prior_draws_the_noise_and_is_recorded(perturbed_lenet_half, tmp_path, plan_name):
-    from db3_timm.generators.zsdb3 import smooth_noise, stretched_noise
+@pytest.mark.parametrize("plan_name,prior", [("noise", "stretched"), ("default", "stretched"), ("noise", "elongated")])
+def test_a_noise_prior_draws_the_noise_and_is_recorded(perturbed_lenet_half, tmp_path, plan_name, prior):
+    from db3_timm.generators.priors import NOISE_PRIORS, smooth_noise
     from db3_timm.sources.base import unit_generator
 
     oracle = LabelOracle.from_timm_model(perturbed_lenet_half)
-    zs = ZeroShotConfig(synth={**SMALL, "queries_per_round": 40}, noise_share=1.0, noise_prior="stretched")
+    zs = ZeroShotConfig(synth={**SMALL, "queries_per_round": 40}, noise_share=1.0, noise_prior=prior)
     plan = plan_queries(oracle, None, DistillConfig(plan=plan_name, zero_shot=zs, evaluate_teacher=False), budget=80)
     rows = _rows(build_transfer_set(oracle, plan, tmp_path / "s", progress=False))
     assert oracle.queries == 80 and len(rows["label"]) == 80
     source = "noise" if plan_name == "noise" else "synth"
     g = unit_generator(0, source, 0)
-    expected = stretched_noise(80 if source == "noise" else 40, (1, 28, 28), g, torch.device("cpu"))
+    expected = NOISE_PRIORS[prior](80 if source == "noise" else 40, (1, 28, 28), g, torch.device("cpu"))
     assert torch.equal(rows["image"][: len(expected)], expected)
     again = smooth_noise(len(expected), (1, 28, 28), unit_generator(0, source, 0), torch.device("cpu"))
     assert not torch.equal(expected, again) and 0 < expected.min() and expected.max() < 1

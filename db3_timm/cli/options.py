@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
 
+from ..generators.priors import NOISE_PRIORS, START_NOISE
+
 __all__ = [
     "Formatter", "int_at_least", "number", "json_object", "shape", "model_spec", "existing_file", "labeler_name", "out_dir",
     "CONFIG_SECTIONS", "load_config", "parse_with_config", "require", "add_teacher", "add_data", "add_labeling",
@@ -264,8 +266,9 @@ def add_zero_shot(p: argparse.ArgumentParser, *, flag: bool = True) -> None:
                    help="synth: share of the budget spent on teacher-labelled mixes of the generated samples")
     s.add_argument("--noise-share", type=number(0, high=1), default=0.4, metavar="F",
                    help="synth: share of the rounds that are smooth noise before the generator's")
-    s.add_argument("--noise-prior", choices=["smooth", "stretched"], default="smooth",
-                   help="zero-shot noise (plan noise, synth's noise rounds): smooth blobs, or with tall and wide shapes too")
+    s.add_argument("--noise-prior", choices=sorted(NOISE_PRIORS), default="smooth",
+                   help="zero-shot noise (plan noise, synth's noise rounds): smooth blobs; stretched: tall and wide shapes "
+                        "too; elongated: thin bars as well")
     s.add_argument("--offspring-share", type=number(0, high=0.9), default=0.0, metavar="F",
                    help="plan noise: share of the budget spent on teacher-labelled children of same-label noise samples")
     s.add_argument("--synth-kwargs", type=json_object, default={}, metavar="JSON",
@@ -278,7 +281,7 @@ def add_zero_shot(p: argparse.ArgumentParser, *, flag: bool = True) -> None:
     g.add_argument("--step", type=number(0, low_open=True), default=0.5, help="initial L2 length of a push-away move")
     g.add_argument("--step-growth", type=number(1), default=1.0, metavar="F",
                    help="a sample's step is multiplied by F after a kept move (1: fixed, as the reference)")
-    g.add_argument("--start", choices=["reference", "smooth", "stretched"], default="smooth",
+    g.add_argument("--start", choices=sorted(START_NOISE), default="smooth",
                    help="start noise: low-frequency noise (stretched: tall and wide shapes too), or the paper's per-pixel noise")
     g.add_argument("--start-pool", type=int_at_least(0), default=0, metavar="N",
                    help="keep N teacher-labelled start-search images in the transfer set")

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from .._checks import check_int, check_number
 from .._registry import register_generator
 from ..oracle import LabelOracle
-from .zsdb3 import noise_prior
+from .priors import noise_prior
 
 __all__ = ["SynthConfig", "ImageGenerator", "SynthGenerator", "AUGMENTS", "TARGETS"]
 
@@ -63,11 +63,11 @@ class SynthConfig:
         reinit: a freshly initialised generator (and optimiser) every generator round, as IDEAL does, instead of
             one generator trained across rounds: batches from different rounds cannot collapse onto one mode, but
             each round starts from scratch, so it wants more ``generator_steps``.
-        noise_rounds: first rounds whose batch is smooth noise (:func:`~db3_timm.generators.zsdb3.smooth_noise`)
+        noise_rounds: first rounds whose batch is smooth noise (:func:`~db3_timm.generators.priors.smooth_noise`)
             instead of the generator's: a working student that already knows the teacher's coarse regions steers
             the generator from the start.
         noise_prior: the noise of those rounds (and of ``proposer="noise"``), a
-            :data:`~db3_timm.generators.zsdb3.NOISE_PRIORS` name (``"smooth"``, ``"stretched"``).
+            :data:`~db3_timm.generators.priors.NOISE_PRIORS` name (``"smooth"``, ``"stretched"``, ``"elongated"``).
     """
 
     queries_per_round: int = 250

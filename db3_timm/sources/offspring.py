@@ -28,7 +28,7 @@ def breed(images: torch.Tensor, labels: torch.Tensor, n: int, generator: torch.G
     one twice is possible in a class of one); the child is ``lerp(b, a, w) + mutation * (2 * smooth_noise - 1)``
     with ``w ~ U[blend)``, clamped to ``[0, 1]``.
     """
-    from ..generators.zsdb3 import smooth_noise
+    from ..generators.priors import smooth_noise
 
     counts = torch.bincount(labels, minlength=int(labels.max()) + 1)
     present = counts.nonzero().flatten()

@@ -117,19 +117,19 @@ class SynthSamples(Source):
 
 @register_source(name="noise")
 class NoiseSamples(Source):
-    """Teacher-labelled noise (:func:`~db3_timm.generators.zsdb3.smooth_noise` by default): the naive zero-shot baseline.
+    """Teacher-labelled noise (:func:`~db3_timm.generators.priors.smooth_noise` by default): the naive zero-shot baseline.
 
     Args:
         unit_size: queries per unit (the step of resumption).
         keep_pool: leave the labelled noise in the context as pseudo samples, for a later step (``offspring``).
-        prior: a :data:`~db3_timm.generators.zsdb3.NOISE_PRIORS` name (``"smooth"``, ``"stretched"``).
+        prior: a :data:`~db3_timm.generators.priors.NOISE_PRIORS` name (``"smooth"``, ``"stretched"``, ``"elongated"``).
     """
 
     name = "noise"
 
     def __init__(self, unit_size: int = 8192, keep_pool: bool = False, prior: str = "smooth"):
         from .._checks import check_int
-        from ..generators.zsdb3 import noise_prior
+        from ..generators.priors import noise_prior
 
         self.unit_size = check_int("unit_size", unit_size, 1)
         self.keep_pool = bool(keep_pool)

@@ -84,8 +84,8 @@ class ZeroShotConfig:
         offspring_share: share of a ``noise`` plan's budget spent on teacher-labelled children of same-label noise
             samples (the ``offspring`` source), bred in 4 generations after the noise.
         noise_prior: what the noise of the ``noise`` plan and of ``synth``'s noise rounds is drawn from, a
-            :data:`~db3_timm.generators.zsdb3.NOISE_PRIORS` name: ``"smooth"`` or ``"stretched"`` (tall and wide
-            grids too).
+            :data:`~db3_timm.generators.priors.NOISE_PRIORS` name: ``"smooth"``, ``"stretched"`` (tall and wide
+            grids too) or ``"elongated"`` (thin bars too).
     """
 
     generator: str = "zsdb3"
@@ -105,7 +105,7 @@ class ZeroShotConfig:
     def __post_init__(self) -> None:
         from .._registry import is_generator, list_generators
         from ..generators.synth import SynthConfig
-        from ..generators.zsdb3 import noise_prior
+        from ..generators.priors import noise_prior
 
         noise_prior(self.noise_prior)
 
