@@ -75,6 +75,7 @@ ARMS = {
     "noise stretched": ("noise", {"noise_prior": "stretched"}),
     "noise+synth stretched": ("synth", {"noise_share": 0.4, "noise_prior": "stretched"}),
     "noise elongated": ("noise", {"noise_prior": "elongated"}),
+    "noise elongated-fine": ("noise", {"noise_prior": "elongated-fine"}),
     "zsdb3": ("zsdb3", zsdb3_settings),  # its settings depend on the budget
 }
 

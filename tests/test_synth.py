@@ -164,7 +164,7 @@ def test_noise_rounds_warm_the_working_student_up_and_the_noise_plan_is_the_base
         plan_queries(oracle, 5, DistillConfig(plan="noise", evaluate_teacher=False), budget=70)
 
 
-@pytest.mark.parametrize("plan_name,prior", [("noise", "stretched"), ("default", "stretched"), ("noise", "elongated")])
+@pytest.mark.parametrize("plan_name,prior", [("noise", "stretched"), ("default", "stretched"), ("noise", "elongated"), ("noise", "elongated-fine")])
 def test_a_noise_prior_draws_the_noise_and_is_recorded(perturbed_lenet_half, tmp_path, plan_name, prior):
     from db3_timm.generators.priors import NOISE_PRIORS, smooth_noise
     from db3_timm.sources.base import unit_generator
