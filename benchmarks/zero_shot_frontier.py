@@ -23,6 +23,9 @@ student trained by the product's front door, ``db3_timm.distill_student(images=N
   gave the same label (a blend plus smooth noise), the class drawn uniformly, in 4 generations. No model trained;
 * ``noise stretched`` / ``noise+synth stretched`` -- ``noise`` / ``noise+synth`` whose noise is drawn on tall, wide
   and square grids (``noise_prior="stretched"``), not square ones only;
+* ``noise elongated`` / ``noise elongated-fine`` -- ``noise`` with two priors this script adds to ``NOISE_PRIORS``
+  (:func:`elongated_noise`, :func:`elongated_fine_noise`): thinner bars too, and finer detail on top. Measured no
+  better than ``stretched``, so they stay here rather than in the library;
 * ``zsdb3`` -- the paper's ZSDB3KD (plan ``zsdb3``) scaled to the budget (:func:`zsdb3_settings`): 40 % on the
   smooth-noise start pool, 40 % on growing ``budget / 250`` pseudo samples (4 iterations of 25 queries each), and
   MBD soft labels at 4 queries per pseudo sample and other class. Every answer is a training row.
@@ -40,9 +43,15 @@ import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import REPO_ROOT, accuracy_axes, machine_info  # noqa: E402
+
+from db3_timm.generators.priors import NOISE_PRIORS, STRETCHED_SCALES, smooth_noise  # noqa: E402
 
 
 def zsdb3_settings(budget: int) -> tuple:
@@ -56,6 +65,30 @@ def zsdb3_settings(budget: int) -> tuple:
     zero_shot = {"samples_per_class": max(1, budget // 2500), "iterations": 4, "queries_per_iteration": 25,
                  "options": {"start_pool": pool, "max_init_queries": pool}}
     return zero_shot, {"labeler": "mbd", "options": {"queries_per_target": 4}, "references_per_class": 0}
+
+
+#: Grids of :func:`elongated_noise`: those of ``STRETCHED_SCALES`` and six thinner ones, up to 4:1.
+ELONGATED_SCALES = STRETCHED_SCALES + ((12, 4), (4, 12), (14, 5), (5, 14), (7, 3), (3, 7))
+
+
+def elongated_noise(n: int, shape: Sequence[int], generator: torch.Generator, device: torch.device) -> torch.Tensor:
+    """Returns ``n`` images of ``smooth_noise`` drawn on :data:`ELONGATED_SCALES` grids (10 of 13 stretched)."""
+    return smooth_noise(n, shape, generator, device, scales=ELONGATED_SCALES)
+
+
+def elongated_fine_noise(n: int, shape: Sequence[int], generator: torch.Generator, device: torch.device) -> torch.Tensor:
+    """Returns ``n`` images of :func:`elongated_noise` with finer detail: Gaussian noise drawn at half the
+    resolution, upsampled and added (scale 0.7) before the squashing ``sigmoid``."""
+    c, h, w = (int(v) for v in shape)
+    x = elongated_noise(n, shape, generator, device)
+    fine = torch.randn(n, c, max(1, h // 2), max(1, w // 2), generator=generator, device=device)
+    fine = F.interpolate(fine, size=(h, w), mode="bicubic", align_corners=False)
+    # Back to the pre-sigmoid values (clamped so saturated pixels stay finite), add the detail, squash again.
+    return torch.sigmoid(torch.logit(x.clamp(1e-4, 1 - 1e-4)) + 0.7 * fine)
+
+
+# Registered at import, so the worker processes (which import this module for run_one) know them too.
+NOISE_PRIORS.update({"elongated": elongated_noise, "elongated-fine": elongated_fine_noise})
 
 
 # arm -> (plan, ZeroShotConfig settings, or a function of the budget returning them and LabelingConfig settings)

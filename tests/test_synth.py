@@ -164,11 +164,18 @@ def test_noise_rounds_warm_the_working_student_up_and_the_noise_plan_is_the_base
         plan_queries(oracle, 5, DistillConfig(plan="noise", evaluate_teacher=False), budget=70)
 
 
-@pytest.mark.parametrize("plan_name,prior", [("noise", "stretched"), ("default", "stretched"), ("noise", "elongated"), ("noise", "elongated-fine")])
-def test_a_noise_prior_draws_the_noise_and_is_recorded(perturbed_lenet_half, tmp_path, plan_name, prior):
+def _bars(n, shape, generator, device):
+    """A prior a plugin (or a benchmark) adds to NOISE_PRIORS: vertical bars of random brightness."""
+    bars = 0.05 + 0.9 * torch.rand(n, shape[0], 1, shape[2], generator=generator, device=device)
+    return bars.expand(n, *shape).contiguous()
+
+
+@pytest.mark.parametrize("plan_name,prior", [("noise", "stretched"), ("default", "stretched"), ("noise", "bars")])
+def test_a_noise_prior_draws_the_noise_and_is_recorded(perturbed_lenet_half, tmp_path, monkeypatch, plan_name, prior):
     from db3_timm.generators.priors import NOISE_PRIORS, smooth_noise
     from db3_timm.sources.base import unit_generator
 
+    monkeypatch.setitem(NOISE_PRIORS, "bars", _bars)
     oracle = LabelOracle.from_timm_model(perturbed_lenet_half)
     zs = ZeroShotConfig(synth={**SMALL, "queries_per_round": 40}, noise_share=1.0, noise_prior=prior)
     plan = plan_queries(oracle, None, DistillConfig(plan=plan_name, zero_shot=zs, evaluate_teacher=False), budget=80)

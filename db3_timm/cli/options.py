@@ -267,8 +267,7 @@ def add_zero_shot(p: argparse.ArgumentParser, *, flag: bool = True) -> None:
     s.add_argument("--noise-share", type=number(0, high=1), default=0.4, metavar="F",
                    help="synth: share of the rounds that are smooth noise before the generator's")
     s.add_argument("--noise-prior", choices=sorted(NOISE_PRIORS), default="smooth",
-                   help="zero-shot noise (plan noise, synth's noise rounds): smooth blobs; stretched: tall and wide shapes "
-                        "too; elongated: thin bars as well; elongated-fine: with finer detail")
+                   help="zero-shot noise (plan noise, synth's noise rounds): smooth blobs, or with tall and wide shapes too")
     s.add_argument("--offspring-share", type=number(0, high=0.9), default=0.0, metavar="F",
                    help="plan noise: share of the budget spent on teacher-labelled children of same-label noise samples")
     s.add_argument("--synth-kwargs", type=json_object, default={}, metavar="JSON",

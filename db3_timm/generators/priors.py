@@ -12,8 +12,7 @@ from typing import Callable, Dict, Sequence, Tuple, Union
 import torch
 import torch.nn.functional as F
 
-__all__ = ["reference_noise", "smooth_noise", "stretched_noise", "elongated_noise", "elongated_fine_noise", "STRETCHED_SCALES",
-           "ELONGATED_SCALES", "NOISE_PRIORS", "noise_prior", "START_NOISE"]
+__all__ = ["reference_noise", "smooth_noise", "stretched_noise", "STRETCHED_SCALES", "NOISE_PRIORS", "noise_prior", "START_NOISE"]
 
 
 def reference_noise(n: int, shape: Sequence[int], generator: torch.Generator, device: torch.device) -> torch.Tensor:
@@ -66,37 +65,8 @@ def stretched_noise(n: int, shape: Sequence[int], generator: torch.Generator, de
     return smooth_noise(n, shape, generator, device, scales=STRETCHED_SCALES)
 
 
-#: Grids of :func:`elongated_noise`: those of :data:`STRETCHED_SCALES` and six thinner ones, up to 4:1.
-ELONGATED_SCALES = STRETCHED_SCALES + ((12, 4), (4, 12), (14, 5), (5, 14), (7, 3), (3, 7))
-
-
-def elongated_noise(n: int, shape: Sequence[int], generator: torch.Generator, device: torch.device) -> torch.Tensor:
-    """Returns ``n`` images of :func:`smooth_noise` drawn on :data:`ELONGATED_SCALES` grids (10 of 13 stretched).
-
-    Thin bars and slabs as well as :func:`stretched_noise`'s shapes. Fashion-MNIST, one 50k teacher-labelled bank
-    per prior, a student trained on 400k samples: 72.8 / 70.8 / 70.6 % against 70.3 / 69.8 / 67.8 % for
-    :func:`stretched_noise` (training seeds 0, 1, 2; ``benchmarks/RESULTS.md``).
-    """
-    return smooth_noise(n, shape, generator, device, scales=ELONGATED_SCALES)
-
-
-def elongated_fine_noise(n: int, shape: Sequence[int], generator: torch.Generator, device: torch.device) -> torch.Tensor:
-    """Returns ``n`` images of :func:`elongated_noise` with finer detail: Gaussian noise drawn at half the
-    resolution, upsampled and added (scale 0.7) before the squashing ``sigmoid``.
-
-    The same screen as :func:`elongated_noise`: 73.5 / 72.0 / 72.1 % against 72.8 / 70.8 / 70.6 % without the detail.
-    """
-    c, h, w = (int(v) for v in shape)
-    x = elongated_noise(n, shape, generator, device)
-    fine = torch.randn(n, c, max(1, h // 2), max(1, w // 2), generator=generator, device=device)
-    fine = F.interpolate(fine, size=(h, w), mode="bicubic", align_corners=False)
-    # Back to the pre-sigmoid values (clamped so saturated pixels stay finite), add the detail, squash again.
-    return torch.sigmoid(torch.logit(x.clamp(1e-4, 1 - 1e-4)) + 0.7 * fine)
-
-
 #: Noise priors a zero-shot run draws from (``ZeroShotConfig.noise_prior``): ``name -> fn(n, shape, generator, device)``.
-NOISE_PRIORS: Dict[str, Callable[..., torch.Tensor]] = {"smooth": smooth_noise, "stretched": stretched_noise,
-                                                     "elongated": elongated_noise, "elongated-fine": elongated_fine_noise}
+NOISE_PRIORS: Dict[str, Callable[..., torch.Tensor]] = {"smooth": smooth_noise, "stretched": stretched_noise}
 
 
 def noise_prior(name: str, option: str = "noise_prior") -> Callable[..., torch.Tensor]:

@@ -67,7 +67,7 @@ class SynthConfig:
             instead of the generator's: a working student that already knows the teacher's coarse regions steers
             the generator from the start.
         noise_prior: the noise of those rounds (and of ``proposer="noise"``), a
-            :data:`~db3_timm.generators.priors.NOISE_PRIORS` name (``"smooth"``, ``"stretched"``, ``"elongated"``, ...).
+            :data:`~db3_timm.generators.priors.NOISE_PRIORS` name (``"smooth"``, ``"stretched"``).
     """
 
     queries_per_round: int = 250

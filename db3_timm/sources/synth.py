@@ -122,7 +122,7 @@ class NoiseSamples(Source):
     Args:
         unit_size: queries per unit (the step of resumption).
         keep_pool: leave the labelled noise in the context as pseudo samples, for a later step (``offspring``).
-        prior: a :data:`~db3_timm.generators.priors.NOISE_PRIORS` name (``"smooth"``, ``"stretched"``, ``"elongated"``, ...).
+        prior: a :data:`~db3_timm.generators.priors.NOISE_PRIORS` name (``"smooth"``, ``"stretched"``).
     """
 
     name = "noise"

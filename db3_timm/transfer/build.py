@@ -85,7 +85,7 @@ class ZeroShotConfig:
             samples (the ``offspring`` source), bred in 4 generations after the noise.
         noise_prior: what the noise of the ``noise`` plan and of ``synth``'s noise rounds is drawn from, a
             :data:`~db3_timm.generators.priors.NOISE_PRIORS` name: ``"smooth"``, ``"stretched"`` (tall and wide
-            grids too), ``"elongated"`` (thin bars too) or ``"elongated-fine"`` (with finer detail).
+            grids too), or one a plugin added to it.
     """
 
     generator: str = "zsdb3"
