@@ -12,7 +12,8 @@ from typing import Callable, Dict, Sequence, Tuple, Union
 import torch
 import torch.nn.functional as F
 
-__all__ = ["reference_noise", "smooth_noise", "stretched_noise", "STRETCHED_SCALES", "NOISE_PRIORS", "noise_prior", "START_NOISE"]
+__all__ = ["reference_noise", "smooth_noise", "stretched_noise", "STRETCHED_SCALES", "NOISE_PRIORS", "noise_prior",
+           "START_NOISE"]
 
 
 def reference_noise(n: int, shape: Sequence[int], generator: torch.Generator, device: torch.device) -> torch.Tensor:
