@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
 
-from ..generators.priors import NOISE_PRIORS, START_NOISE
+from ..generators.priors import NOISE_PRIORS
 
 __all__ = [
     "Formatter", "int_at_least", "number", "json_object", "shape", "model_spec", "existing_file", "labeler_name", "out_dir",
@@ -280,7 +280,7 @@ def add_zero_shot(p: argparse.ArgumentParser, *, flag: bool = True) -> None:
     g.add_argument("--step", type=number(0, low_open=True), default=0.5, help="initial L2 length of a push-away move")
     g.add_argument("--step-growth", type=number(1), default=1.0, metavar="F",
                    help="a sample's step is multiplied by F after a kept move (1: fixed, as the reference)")
-    g.add_argument("--start", choices=sorted(START_NOISE), default="smooth",
+    g.add_argument("--start", choices=sorted(["reference", *NOISE_PRIORS]), default="smooth",
                    help="start noise: low-frequency noise (stretched: tall and wide shapes too), or the paper's per-pixel noise")
     g.add_argument("--start-pool", type=int_at_least(0), default=0, metavar="N",
                    help="keep N teacher-labelled start-search images in the transfer set")

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 __all__ = ["reference_noise", "smooth_noise", "stretched_noise", "STRETCHED_SCALES", "NOISE_PRIORS", "noise_prior",
-           "START_NOISE"]
+           "START_NOISE", "start_noise"]
 
 
 def reference_noise(n: int, shape: Sequence[int], generator: torch.Generator, device: torch.device) -> torch.Tensor:
@@ -81,5 +81,20 @@ def noise_prior(name: str, option: str = "noise_prior") -> Callable[..., torch.T
     return NOISE_PRIORS[name]
 
 
-#: Start priors for the noise search: ``name -> fn(n, shape, generator, device)``.
+#: The built-in start priors of ZSDB3's noise search: ``name -> fn(n, shape, generator, device)``. A snapshot taken
+#: at import; :func:`start_noise` also knows priors added to :data:`NOISE_PRIORS` later.
 START_NOISE: Dict[str, Callable[..., torch.Tensor]] = {"reference": reference_noise, **NOISE_PRIORS}
+
+
+def start_noise(name: str, option: str = "start") -> Callable[..., torch.Tensor]:
+    """Returns the start prior called ``name``: :func:`reference_noise` for ``"reference"``, else a
+    :data:`NOISE_PRIORS` entry.
+
+    Raises:
+        ValueError: naming ``option``, the value and the known start priors.
+    """
+    if name == "reference":
+        return reference_noise
+    if name not in NOISE_PRIORS:
+        raise ValueError(f"{option} must be one of {sorted(['reference', *NOISE_PRIORS])}, got {name!r}")
+    return NOISE_PRIORS[name]

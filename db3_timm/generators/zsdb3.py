@@ -21,7 +21,8 @@ from .._io import canonical, config_diff, save_safetensors_atomic
 from .._registry import register_generator
 from ..boundary import PLAIN_SEARCH, BoundarySearchConfig, PairQueries, minimize_boundary_distance
 from ..oracle import LabelOracle
-from .priors import NOISE_PRIORS, START_NOISE, noise_prior, reference_noise, smooth_noise, stretched_noise
+from .priors import (NOISE_PRIORS, START_NOISE, noise_prior, reference_noise, smooth_noise, start_noise,
+                     stretched_noise)
 
 # The noise priors live in .priors; they are re-exported here because callers imported them from this module first.
 __all__ = ["ZSDB3Generator", "PseudoSamples", "GenerationState", "reference_noise", "smooth_noise", "stretched_noise",
@@ -125,9 +126,9 @@ class ZSDB3Generator:
         num_classes: number of classes (default ``oracle.num_classes``).
         input_shape: ``(C, H, W)`` of the images (default ``oracle.input_size``).
         seed: seeds every random choice.
-        start: start prior, a :data:`START_NOISE` name: ``'smooth'`` (default), low-frequency noise (see
-            :func:`smooth_noise`), ``'stretched'`` (:func:`stretched_noise`), or ``'reference'``, the paper's
-            per-pixel noise.
+        start: start prior, a :func:`~db3_timm.generators.priors.start_noise` name: ``'smooth'`` (default),
+            low-frequency noise (see :func:`smooth_noise`), ``'stretched'`` (:func:`stretched_noise`), another
+            :data:`NOISE_PRIORS` entry, or ``'reference'``, the paper's per-pixel noise.
         start_pool: also keep this many labelled start-search images (the search runs until it has
             them) as :attr:`PseudoSamples.pool_images`, extra transfer data at no extra query.
         init_batch: noise images per start-search round.
@@ -175,8 +176,7 @@ class ZSDB3Generator:
         if oracle.input_size is not None and self.input_shape[0] != oracle.input_size[0]:
             raise ValueError(f"input_shape {self.input_shape} has {self.input_shape[0]} channel(s) but the teacher "
                              f"takes {oracle.input_size[0]} (teacher input size {oracle.input_size})")
-        if start not in START_NOISE:
-            raise ValueError(f"start must be one of {sorted(START_NOISE)}, got {start!r}")
+        start_noise(start)  # refused here, before any query
         self.seed = check_int("seed", seed, -(2**63), at_most=2**63 - 1)
         self.start = start
         self.start_pool = check_int("start_pool", start_pool, 0)
@@ -211,7 +211,7 @@ class ZSDB3Generator:
             ascending, a class never answered is missing (with a warning), a class answered too rarely
             keeps what was found; the pool holds the first ``start_pool`` images queried.
         """
-        noise_fn = START_NOISE[self.start]
+        noise_fn = start_noise(self.start)
         found: List[List[torch.Tensor]] = [[] for _ in range(self.num_classes)]
         pool: List[Tuple[torch.Tensor, torch.Tensor]] = []
         have = torch.zeros(self.num_classes, dtype=torch.long)
