@@ -116,6 +116,8 @@ ARMS = {
     "noise elongated": ("noise", {"noise_prior": "elongated"}),
     "noise elongated-fine": ("noise", {"noise_prior": "elongated-fine"}),
     "noise stretched 3M": ("noise", {"noise_prior": "stretched"}, {"max_samples": 3_000_000}),
+    # The product's training defaults before zero-shot runs got their own (TrainConfig(): 10 epochs at lr 1e-3).
+    "noise stretched 10ep": ("noise", {"noise_prior": "stretched"}, {"epochs": 10, "max_samples": None, "lr": 1e-3}),
     "zsdb3": ("zsdb3", zsdb3_settings),  # its settings depend on the budget
 }
 

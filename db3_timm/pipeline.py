@@ -12,7 +12,7 @@ import contextlib
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence, Tuple
 
@@ -29,10 +29,20 @@ from .transfer.build import LabelingConfig, TransferSet, ZeroShotConfig, build_t
 from .transfer.plan import PLANS, BudgetTooSmallError, Plan, PlanStep, make_plan
 
 __all__ = ["DistillConfig", "DistillResult", "plan_queries", "distill_student", "BudgetTooSmallError",
-           "holdout_split", "measure_throughput"]
+           "holdout_split", "measure_throughput", "ZERO_SHOT_TRAIN", "default_train"]
 
 #: Training rows whose pixels take more bytes than this are read from disk batch by batch, not held in memory.
 IN_MEMORY_BYTES = 1 << 30
+
+#: The student's training on a transfer set with no real image (the zero-shot frontier's recipe; its tables in
+#: benchmarks/RESULTS.md). The teacher's answers on noise are hard to fit: 10 epochs at lr 1e-3 leave points behind.
+ZERO_SHOT_TRAIN = TrainConfig(epochs=60, max_samples=1_500_000, lr=2e-3)
+
+
+def default_train(zero_shot: bool) -> TrainConfig:
+    """Returns the student's training :func:`distill_student` uses when ``DistillConfig.train`` is ``None``:
+    :data:`ZERO_SHOT_TRAIN` for a transfer set grown without images, else ``TrainConfig()``."""
+    return replace(ZERO_SHOT_TRAIN) if zero_shot else TrainConfig()
 
 
 @dataclass
@@ -45,7 +55,7 @@ class DistillConfig:
             ``mixes``; without images, ``zsdb3``.
         labeling: how images (or pseudo samples) are soft-labelled (``paper``, ``zsdb3``).
         zero_shot: how pseudo samples are grown when there are no images.
-        train: the student's optimisation.
+        train: the student's optimisation (``None``: :func:`default_train` for the transfer set, zero-shot or not).
         val_fraction: share of the images held out to pick the best epoch (0: keep the last epoch).
         evaluate_teacher: also score the teacher on the test images (one query per image, counted).
         student_pretrained: start the student from its pretrained timm weights.
@@ -55,7 +65,7 @@ class DistillConfig:
     plan: str = "default"
     labeling: LabelingConfig = field(default_factory=LabelingConfig)
     zero_shot: ZeroShotConfig = field(default_factory=ZeroShotConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
+    train: Optional[TrainConfig] = None
     val_fraction: float = 0.1
     evaluate_teacher: bool = True
     student_pretrained: bool = False
@@ -312,6 +322,7 @@ def distill_student(
     with run_lock(out, "distillation", accelerator), _capped(oracle, budget):
         transfer, train_rows, val, val_source = _transfer(oracle, source, labels, plan, cfg, out, seed, class_names,
                                                           accelerator, progress)
+        cfg = cfg if cfg.train is not None else replace(cfg, train=default_train(transfer.zero_shot))
         model, training, kind = _train_student(accelerator, student, transfer, train_rows, val, cfg, seed, out, progress)
         accuracy = _evaluate(accelerator, model, oracle, test, cfg, out)
     queries = {k: v for k, v in transfer.queries.items() if k != "total"}

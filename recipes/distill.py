@@ -48,8 +48,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     test = load_image_dataset(args.data, args.test_split, image_size=size, limit=args.test_limit)
     prior = None if args.prior is None else db3_timm.create_timm_model(
         args.prior, args.prior_checkpoint, num_classes=oracle.num_classes, device=accelerator.device)
+    training = opt.train_config(args, opt.grows_without_images(args))  # zero-shot runs train longer
     config = db3_timm.DistillConfig(plan=args.plan, labeling=opt.labeling_config(args), zero_shot=opt.zero_shot_config(args),
-                                    train=opt.train_config(args), val_fraction=args.val_fraction,
+                                    train=training, val_fraction=args.val_fraction,
                                     evaluate_teacher=args.eval_teacher, student_pretrained=args.student_pretrained)
     try:  # a plan over budget is refused here, in one line, before any query
         plan = db3_timm.plan_queries(oracle, None if train is None else len(train), config, test_images=len(test),

@@ -401,3 +401,29 @@ def test_db3_distill_zero_shot_noise_with_offspring_states_both_steps_first(tmp_
     assert not (tmp_path / "o").exists()
     assert cli_main(argv + ["--noise-prior", "stretched"]) == 0
     assert "teacher-labelled stretched noise, the first parents" in capsys.readouterr().out
+
+
+def test_db3_distill_zero_shot_trains_with_the_zero_shot_recipe_unless_told_otherwise(tmp_path):
+    import argparse
+
+    from db3_timm import DistillConfig, TrainConfig, distill_student
+    from db3_timm.cli import options as opt
+
+    p = argparse.ArgumentParser()
+    opt.add_distill(p)
+
+    def training(*extra):
+        args = p.parse_args(["--teacher", "lenet5", "--student", "lenet5_fifth", "--out", "o", *extra])
+        cfg = opt.train_config(args, opt.grows_without_images(args))
+        return cfg.epochs, cfg.lr, cfg.max_samples, cfg.batch_size
+
+    assert training("--zero-shot") == (60, 2e-3, 1_500_000, 128)
+    assert training("--zero-shot", "--epochs", "3", "--batch-size", "64") == (3, 2e-3, 1_500_000, 64)
+    assert training("--data", "digits") == (10, 1e-3, None, 128)
+    # A transfer set grown without images is a zero-shot one; a folder that cannot be opened is left to the run.
+    torch.manual_seed(0)
+    oracle = LabelOracle.from_timm_model(timm.create_model("lenet5_fifth", num_classes=10))
+    distill_student(oracle, "lenet5_fifth", None, 40, tmp_path / "zs", progress=False,
+                    config=DistillConfig(plan="noise", train=TrainConfig(epochs=1), evaluate_teacher=False))
+    assert training("--transfer-dir", str(tmp_path / "zs" / "transfer")) == (60, 2e-3, 1_500_000, 128)
+    assert training("--transfer-dir", str(tmp_path / "missing")) == (10, 1e-3, None, 128)

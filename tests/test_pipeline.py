@@ -105,6 +105,32 @@ def test_zero_shot_through_the_front_door(perturbed_lenet_half, tmp_path, one_th
     assert (tmp_path / "zs" / "transfer" / "grids" / "all-classes.png").is_file()
 
 
+def test_without_training_settings_a_zero_shot_student_trains_with_the_zero_shot_recipe(perturbed_lenet_half, tmp_path,
+                                                                                       one_thread):
+    from db3_timm.pipeline import ZERO_SHOT_TRAIN
+
+    oracle, images, _ = _setup(perturbed_lenet_half, n=40)
+    noise = distill_student(oracle, "lenet5_fifth", None, 200, tmp_path / "noise",
+                            config=DistillConfig(plan="noise", evaluate_teacher=False), progress=False)
+    recorded = json.loads((tmp_path / "noise" / "results.json").read_text())["config"]["train"]
+    assert noise.training.epochs == ZERO_SHOT_TRAIN.epochs == 60 and recorded["lr"] == ZERO_SHOT_TRAIN.lr == 2e-3
+    assert recorded["max_samples"] == 1_500_000
+    # Trained again from its transfer set (no query): still a zero-shot set, so the same recipe.
+    spent = oracle.queries
+    again = distill_student(oracle, "lenet5_fifth", None, None, tmp_path / "again",
+                            transfer_dir=tmp_path / "noise" / "transfer", config=DistillConfig(evaluate_teacher=False),
+                            progress=False)
+    assert again.training.epochs == 60 and oracle.queries == spent
+    # With real images, and wherever the settings are given, they are what they were.
+    hard = distill_student(oracle, "lenet5_fifth", images, 40, tmp_path / "hard",
+                           config=DistillConfig(plan="hard", evaluate_teacher=False), progress=False)
+    assert hard.training.epochs == TrainConfig().epochs == 10
+    given = distill_student(oracle, "lenet5_fifth", None, 200, tmp_path / "given",
+                            config=DistillConfig(plan="noise", train=TrainConfig(epochs=2), evaluate_teacher=False),
+                            progress=False)
+    assert given.training.epochs == 2
+
+
 def test_continuing_a_run_with_another_teacher_or_plan_is_refused(perturbed_lenet_half, tmp_path, one_thread):
     from db3_timm import ConfigMismatchError
 

@@ -269,7 +269,8 @@ def cmd_distill(args: argparse.Namespace) -> int:
     test = _data(args, oracle, args.test_split, args.test_limit) if args.data else None
     labeling, prior = _labeling(args, oracle)
     try:
-        cfg = DistillConfig(plan=args.plan, labeling=labeling, zero_shot=_zero_shot(args, oracle), train=opt.train_config(args),
+        training = opt.train_config(args, opt.grows_without_images(args))
+        cfg = DistillConfig(plan=args.plan, labeling=labeling, zero_shot=_zero_shot(args, oracle), train=training,
                             val_fraction=args.val_fraction, evaluate_teacher=args.eval_teacher,
                             student_pretrained=args.student_pretrained, mixed_precision=args.mixed_precision,
                             gradient_accumulation_steps=args.gradient_accumulation_steps, cpu=args.cpu)

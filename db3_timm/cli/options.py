@@ -13,6 +13,7 @@ __all__ = [
     "Formatter", "int_at_least", "number", "json_object", "shape", "model_spec", "existing_file", "labeler_name", "out_dir",
     "CONFIG_SECTIONS", "load_config", "parse_with_config", "require", "add_teacher", "add_data", "add_labeling",
     "add_zero_shot", "add_training", "add_accelerate", "add_distill", "add_job", "labeling_config", "zero_shot_config", "train_config",
+    "grows_without_images",
 ]
 
 
@@ -294,14 +295,15 @@ def add_zero_shot(p: argparse.ArgumentParser, *, flag: bool = True) -> None:
 def add_training(p: argparse.ArgumentParser) -> None:
     """The student's optimisation (:class:`~db3_timm.training.TrainConfig`)."""
     g = p.add_argument_group("training")
-    g.add_argument("--epochs", type=int_at_least(1), default=10)
+    g.add_argument("--epochs", type=int_at_least(1), default=None, help="(default: 10; zero-shot distillation: 60)")
     g.add_argument("--max-samples", type=int_at_least(1), default=None, metavar="N",
-                   help="cap on the samples seen: a big transfer set trains fewer epochs (at least one)")
+                   help="cap on the samples seen: a big transfer set trains fewer epochs, at least one "
+                        "(default: none; zero-shot distillation: 1,500,000)")
     g.add_argument("--batch-size", type=int_at_least(1), default=128,
                    help="global batch, split across processes (1 and N processes train on the same batches)")
     g.add_argument("--eval-batch-size", type=int_at_least(1), default=512)
     g.add_argument("--opt", default="adam", help="timm optimizer name (adam, adamw, momentum, sgd, ...)")
-    g.add_argument("--lr", type=number(0, low_open=True), default=1e-3)
+    g.add_argument("--lr", type=number(0, low_open=True), default=None, help="(default: 1e-3; zero-shot distillation: 2e-3)")
     g.add_argument("--momentum", type=number(0), default=0.9)
     g.add_argument("--weight-decay", type=number(0), default=0.0)
     g.add_argument("--sched", choices=["cosine", "step", "none"], default="cosine", help="learning-rate schedule")
@@ -399,10 +401,27 @@ def zero_shot_config(args: argparse.Namespace) -> Any:
                           noise_prior=args.noise_prior)
 
 
-def train_config(args: argparse.Namespace) -> Any:
-    """Returns the :class:`~db3_timm.training.TrainConfig` of the parsed options."""
-    from dataclasses import fields
+def grows_without_images(args: argparse.Namespace) -> bool:
+    """Whether a ``distill`` run's transfer set has no real image: ``--zero-shot``, or a ``--transfer-dir`` grown by a
+    zero-shot plan (one that cannot be opened counts as not; the run reports why when it opens it)."""
+    if args.zero_shot:
+        return True
+    if not args.transfer_dir:
+        return False
+    from ..transfer.build import load_transfer_set
 
-    from ..training import TrainConfig
+    try:
+        return load_transfer_set(args.transfer_dir).zero_shot
+    except (OSError, ValueError):
+        return False
 
-    return TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
+
+def train_config(args: argparse.Namespace, zero_shot: bool = False) -> Any:
+    """Returns the :class:`~db3_timm.training.TrainConfig` of the parsed options; those left unset (``None``) keep
+    :func:`~db3_timm.pipeline.default_train`'s value for a transfer set grown without images (``zero_shot``) or not."""
+    from dataclasses import fields, replace
+
+    from ..pipeline import default_train
+
+    given = {f.name: getattr(args, f.name) for f in fields(default_train(zero_shot))}
+    return replace(default_train(zero_shot), **{k: v for k, v in given.items() if v is not None})

@@ -26,6 +26,7 @@ from ..store import QueryStore
 from ..version import __version__
 from .label import FORMAT as LABELED_FORMAT
 from .label import MANIFEST_NAME
+from .plan import ZERO_SHOT_PLANS
 
 __all__ = ["LabelingConfig", "ZeroShotConfig", "TransferSet", "build_transfer_set", "generate_zero_shot", "load_transfer_set",
            "ConfigMismatchError", "TRANSFER_FORMAT"]
@@ -144,6 +145,11 @@ class TransferSet:
     def image_shape(self) -> Tuple[int, int, int]:
         """``(C, H, W)`` of the images."""
         return tuple(self.rows.features["image"].shape)
+
+    @property
+    def zero_shot(self) -> bool:
+        """Whether it was grown without real images (by a zero-shot plan)."""
+        return self.info.get("plan") in ZERO_SHOT_PLANS
 
     @property
     def num_classes(self) -> int:
