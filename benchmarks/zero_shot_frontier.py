@@ -97,7 +97,8 @@ NOISE_PRIORS.update({"elongated": elongated_noise, "elongated-fine": elongated_f
 TRAIN = {"epochs": 60, "max_samples": 1_500_000, "lr": 2e-3, "batch_size": 128}
 
 # arm -> (plan, ZeroShotConfig settings or a function of the budget returning them and LabelingConfig settings,
-#         [TrainConfig settings that replace TRAIN's])
+#         [TrainConfig settings that replace TRAIN's, or PRODUCT: DistillConfig's defaults for training and validation])
+PRODUCT = "product defaults"
 ARMS = {
     "noise": ("noise", {}),
     "synth": ("synth", {"noise_share": 0.0}),
@@ -118,6 +119,8 @@ ARMS = {
     "noise stretched 3M": ("noise", {"noise_prior": "stretched"}, {"max_samples": 3_000_000}),
     # The product's training defaults before zero-shot runs got their own (TrainConfig(): 10 epochs at lr 1e-3).
     "noise stretched 10ep": ("noise", {"noise_prior": "stretched"}, {"epochs": 10, "max_samples": None, "lr": 1e-3}),
+    # What `db3 distill --zero-shot --plan noise --noise-prior stretched` does: its training, 10 % of the answers held out.
+    "noise stretched product": ("noise", {"noise_prior": "stretched"}, PRODUCT),
     "zsdb3": ("zsdb3", zsdb3_settings),  # its settings depend on the budget
 }
 
@@ -144,9 +147,13 @@ def run_one(job: dict) -> dict:
     teacher, teacher_acc, test = teacher_for(job["dataset"])
     plan, settings, *train = ARMS[job["arm"]]
     settings, labeling = settings(job["budget"]) if callable(settings) else (settings, {})
-    cfg = DistillConfig(plan=plan, zero_shot=ZeroShotConfig(**settings), labeling=LabelingConfig(**labeling),
-                        val_fraction=0.0, evaluate_teacher=False,
-                        train=TrainConfig(**{**TRAIN, **(train[0] if train else {})}, seed=job["seed"]))
+    if train == [PRODUCT]:  # DistillConfig's own training and validation split, as a user gets them
+        cfg = DistillConfig(plan=plan, zero_shot=ZeroShotConfig(**settings), labeling=LabelingConfig(**labeling),
+                            evaluate_teacher=False)
+    else:
+        cfg = DistillConfig(plan=plan, zero_shot=ZeroShotConfig(**settings), labeling=LabelingConfig(**labeling),
+                            val_fraction=0.0, evaluate_teacher=False,
+                            train=TrainConfig(**{**TRAIN, **(train[0] if train else {})}, seed=job["seed"]))
     oracle = LabelOracle.from_timm_model(teacher, max_batch_size=8192, device=job["device"])
     t0 = time.time()
     result = distill_student(oracle, "lenet5_half", None, job["budget"], job["work"], job["seed"],
