@@ -29,7 +29,7 @@ from .transfer.build import LabelingConfig, TransferSet, ZeroShotConfig, build_t
 from .transfer.plan import PLANS, BudgetTooSmallError, Plan, PlanStep, make_plan
 
 __all__ = ["DistillConfig", "DistillResult", "plan_queries", "distill_student", "BudgetTooSmallError",
-           "holdout_split", "measure_throughput", "ZERO_SHOT_TRAIN", "default_train"]
+           "holdout_split", "measure_throughput", "ZERO_SHOT_TRAIN", "default_train", "default_val_fraction"]
 
 #: Training rows whose pixels take more bytes than this are read from disk batch by batch, not held in memory.
 IN_MEMORY_BYTES = 1 << 30
@@ -45,6 +45,18 @@ def default_train(zero_shot: bool) -> TrainConfig:
     return replace(ZERO_SHOT_TRAIN) if zero_shot else TrainConfig()
 
 
+def default_val_fraction(config: "DistillConfig", zero_shot: bool) -> float:
+    """Returns the share of images (or answers) held out to pick the best epoch: ``config.val_fraction`` when set,
+    else 0 for a transfer set grown without images and 0.1 otherwise.
+
+    Why 0 without images: every held-out answer is a paid query the student does not learn from, and agreement on
+    held-out answers about noise does not track real accuracy (benchmarks/RESULTS.md, "Zero-shot training defaults").
+    """
+    if config.val_fraction is not None:
+        return config.val_fraction
+    return 0.0 if zero_shot else 0.1
+
+
 @dataclass
 class DistillConfig:
     """Everything :func:`distill_student` does besides the teacher, the student and the images.
@@ -56,7 +68,8 @@ class DistillConfig:
         labeling: how images (or pseudo samples) are soft-labelled (``paper``, ``zsdb3``).
         zero_shot: how pseudo samples are grown when there are no images.
         train: the student's optimisation (``None``: :func:`default_train` for the transfer set, zero-shot or not).
-        val_fraction: share of the images held out to pick the best epoch (0: keep the last epoch).
+        val_fraction: share of the images held out to pick the best epoch (0: keep the last epoch; ``None``:
+            :func:`default_val_fraction`, 0 for a transfer set grown without images).
         evaluate_teacher: also score the teacher on the test images (one query per image, counted).
         student_pretrained: start the student from its pretrained timm weights.
         mixed_precision, gradient_accumulation_steps, cpu: Accelerate settings (``None``: the launcher decides).
@@ -66,7 +79,7 @@ class DistillConfig:
     labeling: LabelingConfig = field(default_factory=LabelingConfig)
     zero_shot: ZeroShotConfig = field(default_factory=ZeroShotConfig)
     train: Optional[TrainConfig] = None
-    val_fraction: float = 0.1
+    val_fraction: Optional[float] = None
     evaluate_teacher: bool = True
     student_pretrained: bool = False
     mixed_precision: Optional[str] = None
@@ -74,7 +87,8 @@ class DistillConfig:
     cpu: bool = False
 
     def __post_init__(self) -> None:
-        check_number("val_fraction", self.val_fraction, low=0, high=1, high_open=True)
+        if self.val_fraction is not None:
+            check_number("val_fraction", self.val_fraction, low=0, high=1, high_open=True)
         if self.plan not in PLANS:
             raise ValueError(f"unknown plan {self.plan!r}; plans: {', '.join(PLANS)}")
 
@@ -134,7 +148,8 @@ def plan_queries(oracle: LabelOracle, num_images: Optional[int], config: Distill
         return Plan("transfer-dir", steps, budget)
     n = None
     if num_images is not None:
-        n = int(num_images) - (holdout_split(int(num_images), config.val_fraction, seed)[1].numel() if with_labels else 0)
+        held = holdout_split(int(num_images), default_val_fraction(config, False), seed)[1].numel() if with_labels else 0
+        n = int(num_images) - held
     # Without images: the default is the generator network (``synth``); the paper's method is its ZSDB3KD.
     name = {"default": "synth", "paper": "zsdb3"}.get(config.plan, config.plan) if n is None else config.plan
     return make_plan(name, oracle, n, budget=budget, labeling=config.labeling, zero_shot=config.zero_shot,
@@ -167,7 +182,7 @@ def _transfer(oracle: LabelOracle, images: Any, labels: Optional[torch.Tensor], 
     else:
         val = None
         if images is not None and labels is not None:
-            keep, held = holdout_split(images.shape[0], config.val_fraction, seed)
+            keep, held = holdout_split(images.shape[0], default_val_fraction(config, False), seed)
             val = TensorDictDataset(images[held], labels[held]) if len(held) else None
             images = images[keep]
         transfer = build_transfer_set(oracle, plan, out / "transfer", images=images, class_names=class_names, seed=seed,
@@ -177,7 +192,7 @@ def _transfer(oracle: LabelOracle, images: Any, labels: Optional[torch.Tensor], 
         rows = rows.select(torch.nonzero(read_columns(rows, ["kd_weight"])["kd_weight"] > 0).flatten().tolist())
     if val is not None:
         return transfer, rows, val, "held-out images with their dataset labels"
-    keep, held = holdout_split(len(rows), config.val_fraction, seed)
+    keep, held = holdout_split(len(rows), default_val_fraction(config, transfer.zero_shot), seed)
     if not len(held):
         return transfer, rows, None, None
     cols = read_columns(rows.select(held.tolist()), ["image", "label"])
@@ -322,7 +337,7 @@ def distill_student(
     with run_lock(out, "distillation", accelerator), _capped(oracle, budget):
         transfer, train_rows, val, val_source = _transfer(oracle, source, labels, plan, cfg, out, seed, class_names,
                                                           accelerator, progress)
-        cfg = cfg if cfg.train is not None else replace(cfg, train=default_train(transfer.zero_shot))
+        cfg = _resolved(cfg, transfer.zero_shot)  # recorded as used
         model, training, kind = _train_student(accelerator, student, transfer, train_rows, val, cfg, seed, out, progress)
         accuracy = _evaluate(accelerator, model, oracle, test, cfg, out)
     queries = {k: v for k, v in transfer.queries.items() if k != "total"}
@@ -336,6 +351,11 @@ def distill_student(
     card = _card(oracle, student, dataset, cfg, transfer, queries, accuracy[:2], kind, training)
     _save(accelerator, model, out, card, results, t0, _label_names(transfer))
     return DistillResult(model, queries, plan, transfer, training, accuracy[0], accuracy[1], out)
+
+
+def _resolved(cfg: DistillConfig, zero_shot: bool) -> DistillConfig:
+    """Returns ``cfg`` with the training and validation split it left to the transfer set filled in."""
+    return replace(cfg, train=cfg.train or default_train(zero_shot), val_fraction=default_val_fraction(cfg, zero_shot))
 
 
 @contextlib.contextmanager

@@ -55,7 +55,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         size = h if h is not None and h == w else None
     data = load_image_dataset(args.data, args.train_split, image_size=size, limit=args.limit)
     test = load_image_dataset(args.data, args.test_split, image_size=size, limit=args.test_limit)
-    keep, held = holdout_split(len(data), args.val_fraction, args.seed)
+    keep, held = holdout_split(len(data), 0.1 if args.val_fraction is None else args.val_fraction, args.seed)
     train_set = TensorDictDataset(data.images[keep], data.labels[keep])
     val_set = TensorDictDataset(data.images[held], data.labels[held]) if len(held) else None
 

@@ -415,11 +415,13 @@ def test_db3_distill_zero_shot_trains_with_the_zero_shot_recipe_unless_told_othe
     def training(*extra):
         args = p.parse_args(["--teacher", "lenet5", "--student", "lenet5_fifth", "--out", "o", *extra])
         cfg = opt.train_config(args, opt.grows_without_images(args))
+        assert args.val_fraction is None or extra[-1] == "0.3"  # left to the run: 0 zero-shot, 0.1 with images
         return cfg.epochs, cfg.lr, cfg.max_samples, cfg.batch_size
 
     assert training("--zero-shot") == (60, 2e-3, 1_500_000, 128)
     assert training("--zero-shot", "--epochs", "3", "--batch-size", "64") == (3, 2e-3, 1_500_000, 64)
     assert training("--data", "digits") == (10, 1e-3, None, 128)
+    assert training("--data", "digits", "--val-fraction", "0.3") == (10, 1e-3, None, 128)
     # A transfer set grown without images is a zero-shot one; a folder that cannot be opened is left to the run.
     torch.manual_seed(0)
     oracle = LabelOracle.from_timm_model(timm.create_model("lenet5_fifth", num_classes=10))

@@ -105,16 +105,20 @@ def test_zero_shot_through_the_front_door(perturbed_lenet_half, tmp_path, one_th
     assert (tmp_path / "zs" / "transfer" / "grids" / "all-classes.png").is_file()
 
 
-def test_without_training_settings_a_zero_shot_student_trains_with_the_zero_shot_recipe(perturbed_lenet_half, tmp_path,
-                                                                                       one_thread):
+def test_without_settings_a_zero_shot_student_trains_on_every_answer_with_the_zero_shot_recipe(perturbed_lenet_half,
+                                                                                              tmp_path, one_thread):
     from db3_timm.pipeline import ZERO_SHOT_TRAIN
 
     oracle, images, _ = _setup(perturbed_lenet_half, n=40)
     noise = distill_student(oracle, "lenet5_fifth", None, 200, tmp_path / "noise",
                             config=DistillConfig(plan="noise", evaluate_teacher=False), progress=False)
-    recorded = json.loads((tmp_path / "noise" / "results.json").read_text())["config"]["train"]
+    results = json.loads((tmp_path / "noise" / "results.json").read_text())
+    recorded = results["config"]["train"]
     assert noise.training.epochs == ZERO_SHOT_TRAIN.epochs == 60 and recorded["lr"] == ZERO_SHOT_TRAIN.lr == 2e-3
     assert recorded["max_samples"] == 1_500_000
+    # No answer is held out to pick an epoch: all 200 paid answers train, and the last epoch is the student.
+    assert results["train_rows"] == 200 and results["validation"] is None and results["accuracy_kind"] == "final"
+    assert results["config"]["val_fraction"] == 0.0
     # Trained again from its transfer set (no query): still a zero-shot set, so the same recipe.
     spent = oracle.queries
     again = distill_student(oracle, "lenet5_fifth", None, None, tmp_path / "again",
@@ -125,6 +129,7 @@ def test_without_training_settings_a_zero_shot_student_trains_with_the_zero_shot
     hard = distill_student(oracle, "lenet5_fifth", images, 40, tmp_path / "hard",
                            config=DistillConfig(plan="hard", evaluate_teacher=False), progress=False)
     assert hard.training.epochs == TrainConfig().epochs == 10
+    assert json.loads((tmp_path / "hard" / "results.json").read_text())["train_rows"] == 36  # 10 % held out
     given = distill_student(oracle, "lenet5_fifth", None, 200, tmp_path / "given",
                             config=DistillConfig(plan="noise", train=TrainConfig(epochs=2), evaluate_teacher=False),
                             progress=False)

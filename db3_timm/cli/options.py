@@ -227,8 +227,9 @@ def add_data(p: argparse.ArgumentParser, *, splits: bool = True) -> None:
     if splits:
         g.add_argument("--test-split", default="test", metavar="NAME", help="split the student is scored on")
         g.add_argument("--test-limit", type=int_at_least(1), metavar="N", help="use only the first N test images")
-        g.add_argument("--val-fraction", type=number(0, high=0.99), default=0.1, metavar="F",
-                       help="share of the training images held out to pick the best epoch (0: keep the last)")
+        g.add_argument("--val-fraction", type=number(0, high=0.99), default=None, metavar="F",
+                       help="share of the training images held out to pick the best epoch (0: keep the last; "
+                            "default: 0.1, zero-shot distillation: 0, every answer trains)")
 
 
 def add_labeling(p: argparse.ArgumentParser, *, transfer_dir: bool = False) -> None:
