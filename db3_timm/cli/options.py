@@ -424,5 +424,5 @@ def train_config(args: argparse.Namespace, zero_shot: bool = False) -> Any:
 
     from ..pipeline import default_train
 
-    given = {f.name: getattr(args, f.name) for f in fields(default_train(zero_shot))}
-    return replace(default_train(zero_shot), **{k: v for k, v in given.items() if v is not None})
+    base = default_train(zero_shot)
+    return replace(base, **{f.name: getattr(args, f.name) for f in fields(base) if getattr(args, f.name) is not None})

@@ -2,7 +2,7 @@
 
 Each prior is ``fn(n, shape, generator, device) -> (n, *shape)`` images in ``[0, 1]``, drawn from ``generator``
 only, so a resumed run draws the same images. :data:`NOISE_PRIORS` names the ones a run can pick
-(``ZeroShotConfig.noise_prior``, ``db3 distill --noise-prior``); :data:`START_NOISE` adds the paper's per-pixel
+(``ZeroShotConfig.noise_prior``, ``db3 distill --noise-prior``); :func:`start_noise` adds the paper's per-pixel
 noise for ZSDB3's start pool.
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 __all__ = ["reference_noise", "smooth_noise", "stretched_noise", "STRETCHED_SCALES", "NOISE_PRIORS", "noise_prior",
-           "START_NOISE", "start_noise"]
+           "start_noise"]
 
 
 def reference_noise(n: int, shape: Sequence[int], generator: torch.Generator, device: torch.device) -> torch.Tensor:
@@ -81,14 +81,9 @@ def noise_prior(name: str, option: str = "noise_prior") -> Callable[..., torch.T
     return NOISE_PRIORS[name]
 
 
-#: The built-in start priors of ZSDB3's noise search: ``name -> fn(n, shape, generator, device)``. A snapshot taken
-#: at import; :func:`start_noise` also knows priors added to :data:`NOISE_PRIORS` later.
-START_NOISE: Dict[str, Callable[..., torch.Tensor]] = {"reference": reference_noise, **NOISE_PRIORS}
-
-
 def start_noise(name: str, option: str = "start") -> Callable[..., torch.Tensor]:
-    """Returns the start prior called ``name``: :func:`reference_noise` for ``"reference"``, else a
-    :data:`NOISE_PRIORS` entry.
+    """Returns the start prior of ZSDB3's noise search called ``name``: :func:`reference_noise` for
+    ``"reference"``, else a :data:`NOISE_PRIORS` entry (looked up now, so a prior added later is one too).
 
     Raises:
         ValueError: naming ``option``, the value and the known start priors.

@@ -21,12 +21,11 @@ from .._io import canonical, config_diff, save_safetensors_atomic
 from .._registry import register_generator
 from ..boundary import PLAIN_SEARCH, BoundarySearchConfig, PairQueries, minimize_boundary_distance
 from ..oracle import LabelOracle
-from .priors import (NOISE_PRIORS, START_NOISE, noise_prior, reference_noise, smooth_noise, start_noise,
-                     stretched_noise)
+from .priors import NOISE_PRIORS, noise_prior, reference_noise, smooth_noise, start_noise, stretched_noise
 
 # The noise priors live in .priors; they are re-exported here because callers imported them from this module first.
 __all__ = ["ZSDB3Generator", "PseudoSamples", "GenerationState", "reference_noise", "smooth_noise", "stretched_noise",
-           "NOISE_PRIORS", "noise_prior", "START_NOISE"]
+           "NOISE_PRIORS", "noise_prior", "start_noise"]
 
 
 @dataclass
