@@ -40,7 +40,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks._common import REPO_ROOT, fmnist_teacher, machine_info  # noqa: E402
 
 BATCH, LATENT, CLASSES = 250, 256, 10
-RECIPE_SAMPLES = 1_500_000  # the frontier's training: samples seen, Adam 2e-3, cosine
 
 
 class IdealGenerator(nn.Module):
@@ -101,9 +100,9 @@ def generate(gen: IdealGenerator, student: nn.Module, norm) -> torch.Tensor:
     return best_x
 
 
-def student_pass(student, opt, pool, answers, oracle, norm) -> int:
+def student_pass(student, opt, pool, answers, oracle, norm) -> None:
     """One pass over the pool, each image randomly mirrored; asks the teacher only about (image, mirror) inputs
-    not answered before (``answers[i, mirrored]``, -1 when unknown). Returns the labels used (the release's calls)."""
+    not answered before (``answers[i, mirrored]``, -1 when unknown, filled in place)."""
     student.train()
     for b in torch.randperm(len(pool)).split(BATCH):
         flip = torch.rand(len(b)) < 0.5
@@ -116,7 +115,6 @@ def student_pass(student, opt, pool, answers, oracle, norm) -> int:
         opt.zero_grad()
         F.cross_entropy(student(norm(xb)), known).backward()
         opt.step()
-    return len(pool)
 
 
 def run_ideal(seed: int, epochs: int, ngf: int) -> dict:
@@ -142,7 +140,8 @@ def run_ideal(seed: int, epochs: int, ngf: int) -> dict:
     for epoch in range(epochs):
         pool = torch.cat([pool, generate(gen, student, norm)])
         answers = torch.cat([answers, torch.full((BATCH, 2), -1, dtype=torch.long)])
-        calls += student_pass(student, opt, pool, answers, oracle, norm)
+        student_pass(student, opt, pool, answers, oracle, norm)
+        calls += len(pool)  # the release labels every pooled image again at every pass
         student.eval()
         accs.append(100 * evaluate(student, test.images, test.labels))
         if epoch % 10 == 9:
@@ -160,15 +159,18 @@ def run_ideal(seed: int, epochs: int, ngf: int) -> dict:
 
 
 def fresh_student(images: torch.Tensor, labels: torch.Tensor, seed: int, test) -> tuple:
-    """A fresh ``lenet5_half`` trained on ``(images, labels)`` with the frontier's recipe; returns (test %, s)."""
+    """A fresh ``lenet5_half`` trained on ``(images, labels)`` with the frontier's recipe (the product's zero-shot
+    default, :data:`~db3_timm.pipeline.ZERO_SHOT_TRAIN`: its sample cap, learning rate and batch); returns (test %, s)."""
     import timm
 
+    from db3_timm.pipeline import ZERO_SHOT_TRAIN as RECIPE
     from db3_timm.training import evaluate, fit
 
     t0 = time.time()
     torch.manual_seed(seed)
     model = timm.create_model("lenet5_half", num_classes=CLASSES)
-    fit(model, images, labels, epochs=max(1, RECIPE_SAMPLES // len(images)), lr=2e-3, batch_size=128, seed=seed)
+    fit(model, images, labels, epochs=max(1, RECIPE.max_samples // len(images)), lr=RECIPE.lr,
+        batch_size=RECIPE.batch_size, seed=seed)
     return round(100 * evaluate(model, test.images, test.labels), 2), round(time.time() - t0)
 
 
