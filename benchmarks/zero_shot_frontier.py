@@ -23,6 +23,7 @@ student trained by the product's front door, ``db3_timm.distill_student(images=N
   gave the same label (a blend plus smooth noise), the class drawn uniformly, in 4 generations. No model trained;
 * ``noise stretched`` / ``noise+synth stretched`` -- ``noise`` / ``noise+synth`` whose noise is drawn on tall, wide
   and square grids (``noise_prior="stretched"``), not square ones only;
+* ``noise stretched+offspring`` -- ``noise+offspring`` whose parents are stretched noise;
 * ``noise elongated`` / ``noise elongated-fine`` -- ``noise`` with two priors this script adds to ``NOISE_PRIORS``
   (:func:`elongated_noise`, :func:`elongated_fine_noise`): thinner bars too, and finer detail on top. Measured no
   better than ``stretched``, so they stay here rather than in the library;
@@ -100,7 +101,7 @@ TRAIN = {"epochs": 60, "max_samples": 1_500_000, "lr": 2e-3, "batch_size": 128}
 #         [TrainConfig settings that replace TRAIN's, or PRODUCT: DistillConfig's defaults for training and validation])
 PRODUCT = "product defaults"
 ARMS = {
-    "noise": ("noise", {}),
+    "noise": ("noise", {"noise_prior": "smooth"}),  # smooth by name: the plan's own default is stretched now
     "synth": ("synth", {"noise_share": 0.0}),
     "synth+mixes": ("synth", {"noise_share": 0.0, "mix_share": 0.25}),
     "noise+synth": ("synth", {"noise_share": 0.4}),
@@ -111,9 +112,10 @@ ARMS = {
     "synth IDEAL-scale": ("synth", {"noise_share": 0.0, "synth": {
         "targets": "balanced", "reinit": True, "width": 64, "latent_dim": 256, "generator_steps": 30,
         "generator_lr": 1e-3}}),
-    "noise+offspring": ("noise", {"offspring_share": 0.5}),
+    "noise+offspring": ("noise", {"noise_prior": "smooth", "offspring_share": 0.5}),
     "noise stretched": ("noise", {"noise_prior": "stretched"}),
     "noise+synth stretched": ("synth", {"noise_share": 0.4, "noise_prior": "stretched"}),
+    "noise stretched+offspring": ("noise", {"noise_prior": "stretched", "offspring_share": 0.5}),
     "noise elongated": ("noise", {"noise_prior": "elongated"}),
     "noise elongated-fine": ("noise", {"noise_prior": "elongated-fine"}),
     "noise stretched 3M": ("noise", {"noise_prior": "stretched"}, {"max_samples": 3_000_000}),

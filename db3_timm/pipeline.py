@@ -26,7 +26,7 @@ from .oracle import LabelOracle
 from .training import ArrowRows, TensorDictDataset, TrainConfig, TrainResult, make_accelerator, test_accuracy, train
 from ._disk import read_columns
 from .transfer.build import LabelingConfig, TransferSet, ZeroShotConfig, build_transfer_set, load_transfer_set
-from .transfer.plan import PLANS, BudgetTooSmallError, Plan, PlanStep, make_plan
+from .transfer.plan import PLANS, BudgetTooSmallError, Plan, PlanStep, make_plan, zero_shot_default
 
 __all__ = ["DistillConfig", "DistillResult", "plan_queries", "distill_student", "BudgetTooSmallError",
            "holdout_split", "measure_throughput", "ZERO_SHOT_TRAIN", "default_train", "default_val_fraction"]
@@ -64,7 +64,8 @@ class DistillConfig:
     Attributes:
         plan: how the budget is spent (:data:`~db3_timm.transfer.plan.PLANS`): ``default`` (the best student per
             query measured), ``paper`` (the paper's DB3KD), ``db3`` (its queries, every answer trained on), ``hard``,
-            ``mixes``; without images, ``zsdb3``.
+            ``mixes``; without images, ``synth``, ``noise`` and ``zsdb3`` (``default`` then picks ``synth`` or
+            ``noise`` by budget: :func:`~db3_timm.transfer.plan.zero_shot_default`; ``paper`` means ``zsdb3``).
         labeling: how images (or pseudo samples) are soft-labelled (``paper``, ``zsdb3``).
         zero_shot: how pseudo samples are grown when there are no images.
         train: the student's optimisation (``None``: :func:`default_train` for the transfer set, zero-shot or not).
@@ -150,8 +151,12 @@ def plan_queries(oracle: LabelOracle, num_images: Optional[int], config: Distill
     if num_images is not None:
         held = holdout_split(int(num_images), default_val_fraction(config, False), seed)[1].numel() if with_labels else 0
         n = int(num_images) - held
-    # Without images: the default is the generator network (``synth``); the paper's method is its ZSDB3KD.
-    name = {"default": "synth", "paper": "zsdb3"}.get(config.plan, config.plan) if n is None else config.plan
+    # Without images: the default depends on the budget (zero_shot_default); the paper's method is its ZSDB3KD.
+    name = config.plan
+    if n is None and name == "paper":
+        name = "zsdb3"
+    elif n is None and name == "default":
+        name = zero_shot_default(None if budget is None else budget - evaluation, config.zero_shot)
     return make_plan(name, oracle, n, budget=budget, labeling=config.labeling, zero_shot=config.zero_shot,
                      prior=prior, evaluation=evaluation)
 
@@ -292,11 +297,11 @@ def distill_student(
     """Distils a timm ``student`` from a label-only teacher within ``budget`` queries.
 
     ``config.plan`` decides how the budget is spent on ``images`` (:func:`~db3_timm.transfer.plan.make_plan`; by
-    default their labels, then augmentations and mixes of them); with ``images=None`` pseudo samples are grown
-    (ZSDB3KD). Every answer the teacher gives becomes a row of the transfer set. The student trains on it with
-    Accelerate, picks its best epoch on held-out images (with ``labels``: their dataset labels; else held-out
-    transfer rows scored against the teacher), is scored on ``test``, and is saved with its card to
-    ``out_dir/model``.
+    default their labels, then augmentations and mixes of them); with ``images=None`` the teacher is asked about
+    noise or generated samples (by default chosen by budget; ``plan="paper"``: ZSDB3KD). Every answer the teacher
+    gives becomes a row of the transfer set. The student trains on it with Accelerate, picks its best epoch on
+    held-out images (with ``labels``: their dataset labels; else held-out transfer rows scored against the teacher),
+    is scored on ``test``, and is saved with its card to ``out_dir/model``.
 
     Args:
         oracle: the label-only teacher.

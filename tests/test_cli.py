@@ -403,6 +403,16 @@ def test_db3_distill_zero_shot_noise_with_offspring_states_both_steps_first(tmp_
     assert "teacher-labelled stretched noise, the first parents" in capsys.readouterr().out
 
 
+def test_db3_distill_zero_shot_default_plan_follows_the_budget(tmp_path, local_teacher, capsys):
+    argv = ["distill", "--teacher", f"local-dir:{local_teacher}", "--student", "lenet5_fifth", "--zero-shot",
+            "--no-progress", "--out", str(tmp_path / "o"), "--dry-run", "--budget"]
+    assert cli_main(argv + ["50000"]) == 0
+    assert re.search(r"noise +50,000 .*teacher-labelled stretched noise", capsys.readouterr().out)
+    assert cli_main(argv + ["49999"]) == 0
+    assert re.search(r"synth +49,\d{3} ", capsys.readouterr().out)
+    assert not (tmp_path / "o").exists()
+
+
 def test_db3_distill_zero_shot_trains_with_the_zero_shot_recipe_unless_told_otherwise(tmp_path):
     import argparse
 

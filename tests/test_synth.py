@@ -164,6 +164,28 @@ def test_noise_rounds_warm_the_working_student_up_and_the_noise_plan_is_the_base
         plan_queries(oracle, 5, DistillConfig(plan="noise", evaluate_teacher=False), budget=70)
 
 
+def test_the_default_without_images_is_synth_under_50k_and_stretched_noise_from_there(perturbed_lenet_half):
+    oracle = LabelOracle.from_timm_model(perturbed_lenet_half)
+
+    def steps(budget, **zero_shot):
+        cfg = DistillConfig(plan="default", zero_shot=ZeroShotConfig(**zero_shot), evaluate_teacher=False)
+        plan = plan_queries(oracle, None, cfg, budget=budget)
+        return [(s.source, s.queries, s.options.get("prior")) for s in plan.steps]
+
+    assert [s[0] for s in steps(49_999)] == ["synth"]
+    assert steps(50_000) == steps(None) == [("noise", 50_000, "stretched")]
+    assert steps(1_000_000, noise_prior="smooth") == [("noise", 1_000_000, None)]  # smooth: the source's own default
+    # Options only the generator reads keep the generator, at any budget; its noise rounds stay smooth.
+    plan = plan_queries(oracle, None, DistillConfig(plan="default", zero_shot=ZeroShotConfig(synth=SMALL),
+                                                    evaluate_teacher=False), budget=200_000)
+    assert [s.source for s in plan.steps] == ["synth"] and "noise_prior" not in plan.steps[0].options["options"]
+    # Named plans are what they say, whatever the budget; the paper's method stays ZSDB3KD.
+    assert [s[0] for s in steps(None, synth={})] == ["noise"]
+    named = DistillConfig(plan="synth", evaluate_teacher=False)
+    assert [s.source for s in plan_queries(oracle, None, named, budget=100_000).steps] == ["synth"]
+    assert oracle.queries == 0
+
+
 def _bars(n, shape, generator, device):
     """A prior a plugin (or a benchmark) adds to NOISE_PRIORS: vertical bars of random brightness."""
     bars = 0.05 + 0.9 * torch.rand(n, shape[0], 1, shape[2], generator=generator, device=device)
@@ -189,7 +211,8 @@ def test_a_noise_prior_draws_the_noise_and_is_recorded(perturbed_lenet_half, tmp
     assert not torch.equal(expected, again) and 0 < expected.min() and expected.max() < 1
     # A job started with one prior is not resumed with the other: the prior is part of the recorded job.
     smooth = plan_queries(oracle, None, DistillConfig(plan=plan_name, zero_shot=ZeroShotConfig(
-        synth={**SMALL, "queries_per_round": 40}, noise_share=1.0), evaluate_teacher=False), budget=80)
+        synth={**SMALL, "queries_per_round": 40}, noise_share=1.0, noise_prior="smooth"), evaluate_teacher=False),
+        budget=80)
     with pytest.raises(ConfigMismatchError):
         build_transfer_set(oracle, smooth, tmp_path / "s", progress=False)
     assert oracle.queries == 80

@@ -258,18 +258,25 @@ def add_labeling(p: argparse.ArgumentParser, *, transfer_dir: bool = False) -> N
 
 def add_zero_shot(p: argparse.ArgumentParser, *, flag: bool = True) -> None:
     """How zero-shot samples are made (``--zero-shot`` switches them on where images are the default)."""
-    s = p.add_argument_group("zero-shot samples from a generator network (synth: the default without images)")
+    from ..generators.synth import SynthConfig
+    from ..transfer.plan import NOISE_FROM
+
+    s = p.add_argument_group(f"zero-shot samples (without images the default is synth under {NOISE_FROM:,} queries, "
+                             f"stretched noise from {NOISE_FROM:,} on)")
     if flag:
         s.add_argument("--zero-shot", action="store_true",
-                       help="use no training image: plan default becomes synth, plan paper becomes zsdb3")
-    s.add_argument("--queries-per-round", type=int_at_least(1), default=250, metavar="Q",
-                   help="synth: generated samples the teacher labels per round")
+                       help=f"use no training image: plan default becomes synth (under {NOISE_FROM:,} queries) "
+                            "or noise, plan paper becomes zsdb3")
+    s.add_argument("--queries-per-round", type=int_at_least(1), default=None, metavar="Q",
+                   help="synth: generated samples the teacher labels per round "
+                        f"(default: {SynthConfig.queries_per_round})")
     s.add_argument("--mix-share", type=number(0, high=0.9), default=0.0, metavar="F",
                    help="synth: share of the budget spent on teacher-labelled mixes of the generated samples")
     s.add_argument("--noise-share", type=number(0, high=1), default=0.4, metavar="F",
                    help="synth: share of the rounds that are smooth noise before the generator's")
-    s.add_argument("--noise-prior", choices=sorted(NOISE_PRIORS), default="smooth",
-                   help="zero-shot noise (plan noise, synth's noise rounds): smooth blobs, or with tall and wide shapes too")
+    s.add_argument("--noise-prior", choices=sorted(NOISE_PRIORS), default=None,
+                   help="zero-shot noise: smooth blobs, or with tall and wide shapes too (default: stretched for plan "
+                        "noise, smooth for synth's noise rounds)")
     s.add_argument("--offspring-share", type=number(0, high=0.9), default=0.0, metavar="F",
                    help="plan noise: share of the budget spent on teacher-labelled children of same-label noise samples")
     s.add_argument("--synth-kwargs", type=json_object, default={}, metavar="JSON",
@@ -341,12 +348,13 @@ def add_distill(p: argparse.ArgumentParser) -> None:
     p.add_argument("--student-pretrained", action="store_true", help="start from the student's pretrained weights")
     p.add_argument("--eval-teacher", action=argparse.BooleanOptionalAction, default=True,
                    help="also score the teacher on the test split (one counted query per test image)")
-    from ..transfer.plan import PLANS
+    from ..transfer.plan import NOISE_FROM, PLANS
 
     p.add_argument("--plan", default="default", choices=list(PLANS),
                    help="how the budget is spent: default (the best student per query measured), paper (DB3KD soft "
                         "labels from --labeler), db3 (the same, every probe answer trained on too), hard (labels only), "
-                        "mixes; without images: synth (the default), zsdb3 (the paper's), noise (the naive baseline)")
+                        f"mixes; without images: synth, noise (stretched noise; the default from {NOISE_FROM:,} "
+                        "queries, synth under), zsdb3 (the paper's)")
     p.add_argument("--dry-run", action="store_true", help="print the plan and the estimated time, then stop")
     p.add_argument("--out", "--output-dir", dest="out", type=out_dir, metavar="DIR",
                    help="output folder (model/ is the student)")
@@ -394,7 +402,9 @@ def zero_shot_config(args: argparse.Namespace) -> Any:
 
     options = {"start": args.start, "start_pool": args.start_pool, "mixes": args.mixes,
                "max_init_queries": args.max_init_queries, **(args.generator_kwargs or {})}
-    synth = {"queries_per_round": args.queries_per_round, **(args.synth_kwargs or {})}
+    # Only options given land in ``synth``: any of them keeps the generator as the default plan at every budget.
+    per_round = {} if args.queries_per_round is None else {"queries_per_round": args.queries_per_round}
+    synth = {**per_round, **(args.synth_kwargs or {})}
     return ZeroShotConfig(samples_per_class=args.samples_per_class, iterations=args.iterations,
                           queries_per_iteration=args.queries_per_iteration, step=args.step, step_growth=args.step_growth,
                           options=options, synth=synth, mix_share=args.mix_share,

@@ -86,7 +86,8 @@ class ZeroShotConfig:
             samples (the ``offspring`` source), bred in 4 generations after the noise.
         noise_prior: what the noise of the ``noise`` plan and of ``synth``'s noise rounds is drawn from, a
             :data:`~db3_timm.generators.priors.NOISE_PRIORS` name: ``"smooth"``, ``"stretched"`` (tall and wide
-            grids too), or one a plugin added to it.
+            grids too), or one a plugin added to it. ``None``: each plan's measured best, ``"stretched"`` for
+            ``noise`` and ``"smooth"`` for ``synth``'s noise rounds (``docs/zero_shot.md``).
     """
 
     generator: str = "zsdb3"
@@ -101,14 +102,15 @@ class ZeroShotConfig:
     mix_share: float = 0.0
     noise_share: float = 0.4
     offspring_share: float = 0.0
-    noise_prior: str = "smooth"
+    noise_prior: Optional[str] = None
 
     def __post_init__(self) -> None:
         from .._registry import is_generator, list_generators
         from ..generators.synth import SynthConfig
         from ..generators.priors import noise_prior
 
-        noise_prior(self.noise_prior)
+        if self.noise_prior is not None:
+            noise_prior(self.noise_prior)
 
         SynthConfig(**self.synth)
         check_number("mix_share", self.mix_share, low=0, high=1, high_open=True)
