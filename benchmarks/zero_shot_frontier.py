@@ -27,6 +27,8 @@ student trained by the product's front door, ``db3_timm.distill_student(images=N
 * ``noise elongated`` / ``noise elongated-fine`` -- ``noise`` with two priors this script adds to ``NOISE_PRIORS``
   (:func:`elongated_noise`, :func:`elongated_fine_noise`): thinner bars too, and finer detail on top. Measured no
   better than ``stretched``, so they stay here rather than in the library;
+* ``noise stretched wd1e-3`` -- ``noise stretched`` whose student trains with weight decay 1e-3 (Adam's L2, timm's
+  optimiser: not on biases);
 * ``noise stretched 3M`` -- ``noise stretched`` whose student sees up to 3M samples instead of 1.5M (60 epochs of
   a 50k bank);
 * ``zsdb3`` -- the paper's ZSDB3KD (plan ``zsdb3``) scaled to the budget (:func:`zsdb3_settings`): 40 % on the
@@ -119,6 +121,7 @@ ARMS = {
     "noise elongated": ("noise", {"noise_prior": "elongated"}),
     "noise elongated-fine": ("noise", {"noise_prior": "elongated-fine"}),
     "noise stretched 3M": ("noise", {"noise_prior": "stretched"}, {"max_samples": 3_000_000}),
+    "noise stretched wd1e-3": ("noise", {"noise_prior": "stretched"}, {"weight_decay": 1e-3}),
     # The product's training defaults before zero-shot runs got their own (TrainConfig(): 10 epochs at lr 1e-3).
     "noise stretched 10ep": ("noise", {"noise_prior": "stretched"}, {"epochs": 10, "max_samples": None, "lr": 1e-3}),
     # What `db3 distill --zero-shot --plan noise --noise-prior stretched` does: its training, 10 % of the answers held out.
@@ -209,32 +212,70 @@ def per_class(records: list, work: Path, budget: int) -> str:
     return "\n".join(lines)
 
 
-def plot(records: list, path: Path) -> None:
-    """Student accuracy vs teacher queries (log x), one line per arm, mean ± sd over seeds."""
+#: Rows whose per-seed records are gone, as their RESULTS tables give them (mean ± sd); ``--plot`` draws them too.
+EARLIER_ROWS = REPO_ROOT / "benchmarks" / "zero_shot_rows.csv"
+REFERENCES = REPO_ROOT / "benchmarks" / "results" / "zero_shot_references.jsonl"
+#: The arms the plot draws (the rest are in the tables): the baselines, the defaults, the paper's method.
+PLOT_ARMS = ("noise", "noise stretched", "noise+synth", "noise+offspring", "synth", "zsdb3")
+
+
+def summaries(records: list, earlier: Path = EARLIER_ROWS) -> dict:
+    """Returns ``{(dataset, arm): {mean queries: (mean %, sd %)}}`` from the per-seed ``records``, filled in from
+    ``earlier`` (a CSV of table rows) where the records have no row for that dataset, budget and arm."""
+    groups: dict = {}
+    for r in records:
+        groups.setdefault((r["dataset"], r["arm"], r["budget"]), []).append(r)
+    out: dict = {}
+    for (data, arm, _), rs in groups.items():
+        acc = [100 * r["accuracy"] for r in rs]
+        queries = statistics.mean(r["queries"] for r in rs)
+        sd = statistics.stdev(acc) if len(acc) > 1 else 0.0
+        out.setdefault((data, arm), {})[queries] = (statistics.mean(acc), sd)
+    if earlier.is_file():
+        import csv
+
+        for row in csv.DictReader(line for line in earlier.read_text().splitlines() if not line.startswith("#")):
+            if (row["dataset"], row["arm"], int(row["budget"])) not in groups:
+                out.setdefault((row["dataset"], row["arm"]), {})[float(row["queries"])] = (float(row["mean"]),
+                                                                                           float(row["sd"]))
+    return out
+
+
+def plot(records: list, path: Path, dataset: str = "fashion-mnist") -> None:
+    """Student accuracy vs the queries spent (log x), one line per :data:`PLOT_ARMS` arm, mean ± sd over seeds;
+    on Fashion-MNIST also the reference points (50k real images, IDEAL's protocol) and the published results."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8.5, 4), dpi=120)
-    for arm in ARMS:
-        pts: dict = {}
-        for r in records:
-            if r["arm"] == arm:
-                pts.setdefault(r["budget"], []).append(100 * r["accuracy"])
+    fig, ax = plt.subplots(figsize=(8.5, 4.2), dpi=120)
+    lines = summaries(records)
+    for arm in PLOT_ARMS:
+        pts = lines.get((dataset, arm))
         if pts:
             xs = sorted(pts)
-            ax.errorbar(xs, [statistics.mean(pts[x]) for x in xs], marker="o", capsize=3, label=arm,
-                        yerr=[statistics.stdev(pts[x]) if len(pts[x]) > 1 else 0 for x in xs])
-    if records and records[0]["dataset"] == "fashion-mnist":
+            ax.errorbar(xs, [pts[x][0] for x in xs], yerr=[pts[x][1] for x in xs], marker="o", capsize=3,
+                        label=arm + {"noise stretched": " (default from 50k)", "noise+synth": " (default under 50k)"}
+                        .get(arm, ""), linewidth=2.5 if arm in ("noise stretched", "noise+synth") else 1.2)
+    refs = [json.loads(line) for line in REFERENCES.read_text().splitlines() if line.strip()] \
+        if REFERENCES.is_file() else []
+    if dataset == "fashion-mnist":
+        for mode, label, marker in (("real", "50k real images (the ceiling)", "*"),
+                                    ("ideal", "IDEAL's protocol, run here", "D")):
+            rs = [r for r in refs if r["mode"] == mode]
+            if rs:
+                acc = [r["accuracy"] for r in rs]
+                ax.errorbar([statistics.mean(r["queries"] for r in rs)], [statistics.mean(acc)], capsize=3,
+                            yerr=[statistics.stdev(acc) if len(acc) > 1 else 0], marker=marker, markersize=9,
+                            color="black", linestyle="none", label=label)
         for (name, acc), marker in zip(PUBLISHED_FMNIST_50K.items(), "^sv"):
             ax.plot([50_000], [acc], marker=marker, color="black", linestyle="none", markerfacecolor="none",
                     label=f"{name} (published, their teacher)")
-    teacher = next((100 * r["teacher_accuracy"] for r in records), None)
+    teacher = next((100 * r["teacher_accuracy"] for r in records if r["dataset"] == dataset), None)
     if teacher is not None:
         ax.axhline(teacher, color="gray", linestyle="--", label="teacher")
-    accuracy_axes(ax, f"zero-shot lenet5_half, {records[0]['dataset']}" if records else "zero-shot",
-                  "teacher queries (no real image)")
+    accuracy_axes(ax, f"zero-shot lenet5_half, {dataset}", "teacher queries spent (no real image)")
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))  # outside: the lines fill the panel
     fig.tight_layout()
     fig.savefig(path)
@@ -276,8 +317,8 @@ def main() -> None:
                 records.append(row)
     mine = [r for r in records if r["dataset"] == args.dataset]
     print(table(mine))
-    if args.plot and mine:
-        plot(mine, Path(args.plot))
+    if args.plot:
+        plot(mine, Path(args.plot), args.dataset)
     if args.per_class and mine:
         print(per_class(mine, Path(args.work), args.per_class))
 
