@@ -176,6 +176,8 @@ def test_the_default_without_images_is_synth_under_50k_and_stretched_noise_from_
     assert steps(50_000) == steps(None) == [("noise", 50_000, "stretched")]
     assert steps(1_000_000, noise_prior="smooth") == [("noise", 1_000_000, None)]  # smooth: the source's own default
     # Options only the generator reads keep the generator, at any budget; its noise rounds stay smooth.
+    assert [s[0] for s in steps(100_000, noise_share=0.4)] == ["synth"]
+    assert [s[0] for s in steps(None, mix_share=0.1)] == ["synth", "mixes"]
     plan = plan_queries(oracle, None, DistillConfig(plan="default", zero_shot=ZeroShotConfig(synth=SMALL),
                                                     evaluate_teacher=False), budget=200_000)
     assert [s.source for s in plan.steps] == ["synth"] and "noise_prior" not in plan.steps[0].options["options"]

@@ -259,7 +259,7 @@ def add_labeling(p: argparse.ArgumentParser, *, transfer_dir: bool = False) -> N
 def add_zero_shot(p: argparse.ArgumentParser, *, flag: bool = True) -> None:
     """How zero-shot samples are made (``--zero-shot`` switches them on where images are the default)."""
     from ..generators.synth import SynthConfig
-    from ..transfer.plan import NOISE_FROM
+    from ..transfer.plan import NOISE_FROM, NOISE_SHARE
 
     s = p.add_argument_group(f"zero-shot samples (without images the default is synth under {NOISE_FROM:,} queries, "
                              f"stretched noise from {NOISE_FROM:,} on)")
@@ -272,8 +272,8 @@ def add_zero_shot(p: argparse.ArgumentParser, *, flag: bool = True) -> None:
                         f"(default: {SynthConfig.queries_per_round})")
     s.add_argument("--mix-share", type=number(0, high=0.9), default=0.0, metavar="F",
                    help="synth: share of the budget spent on teacher-labelled mixes of the generated samples")
-    s.add_argument("--noise-share", type=number(0, high=1), default=0.4, metavar="F",
-                   help="synth: share of the rounds that are smooth noise before the generator's")
+    s.add_argument("--noise-share", type=number(0, high=1), default=None, metavar="F",
+                   help=f"synth: share of the rounds that are smooth noise first (default: {NOISE_SHARE})")
     s.add_argument("--noise-prior", choices=sorted(NOISE_PRIORS), default=None,
                    help="zero-shot noise: smooth blobs, or with tall and wide shapes too (default: stretched for plan "
                         "noise, smooth for synth's noise rounds)")

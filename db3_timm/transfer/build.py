@@ -80,8 +80,8 @@ class ZeroShotConfig:
             :class:`~db3_timm.generators.synth.SynthConfig`).
         mix_share: share of a ``synth`` plan's budget spent on teacher-labelled mixes of the generated samples.
         noise_share: share of a ``synth`` plan's rounds that are smooth noise, before the generator's (the
-            generator's ``noise_rounds``, sized to the budget); 0.4 measured best of 0 and 0.4
-            (``benchmarks/zero_shot_frontier.py``).
+            generator's ``noise_rounds``, sized to the budget). ``None``: 0.4 (0 measured worse, 0.2 no different;
+            ``benchmarks/RESULTS.md``); a value given keeps ``synth`` as the default plan.
         offspring_share: share of a ``noise`` plan's budget spent on teacher-labelled children of same-label noise
             samples (the ``offspring`` source), bred in 4 generations after the noise.
         noise_prior: what the noise of the ``noise`` plan and of ``synth``'s noise rounds is drawn from, a
@@ -100,7 +100,7 @@ class ZeroShotConfig:
     pool_labeler: str = "sd"
     synth: Dict[str, Any] = field(default_factory=dict)
     mix_share: float = 0.0
-    noise_share: float = 0.4
+    noise_share: Optional[float] = None
     offspring_share: float = 0.0
     noise_prior: Optional[str] = None
 
@@ -114,7 +114,8 @@ class ZeroShotConfig:
 
         SynthConfig(**self.synth)
         check_number("mix_share", self.mix_share, low=0, high=1, high_open=True)
-        check_number("noise_share", self.noise_share, low=0, high=1)
+        if self.noise_share is not None:
+            check_number("noise_share", self.noise_share, low=0, high=1)
         check_number("offspring_share", self.offspring_share, low=0, high=1, high_open=True)
         if not is_generator(self.generator):
             raise ValueError(f"unknown generator {self.generator!r}; known generators: {', '.join(list_generators())}")

@@ -38,6 +38,8 @@ DEFAULT_ZERO_SHOT_QUERIES = 50_000
 #: ``synth``, ahead on every seed in 43 % of the wall time; at 20k ``synth`` leads (68.21 ± 3.79 % against
 #: 65.81 ± 1.06 %). Neither is a gain by the one-sd rule; the spread and the compute decide at 50k.
 NOISE_FROM = 50_000
+#: Share of a ``synth`` plan's rounds that are smooth noise when ``ZeroShotConfig.noise_share`` is unset.
+NOISE_SHARE = 0.4
 #: The ``noise`` plan's prior when ``ZeroShotConfig.noise_prior`` is unset (``synth``'s noise rounds: smooth).
 NOISE_PLAN_PRIOR = "stretched"
 
@@ -45,9 +47,9 @@ NOISE_PLAN_PRIOR = "stretched"
 def zero_shot_default(spend: Optional[int], zero_shot: Any = None) -> str:
     """Returns the plan ``default`` means without images for ``spend`` queries (``None``: no budget given, so
     :data:`DEFAULT_ZERO_SHOT_QUERIES`): ``"noise"`` from :data:`NOISE_FROM` on, else ``"synth"``; ``"synth"``
-    too when ``zero_shot`` (a ``ZeroShotConfig``) sets options only the generator uses (``synth``, ``mix_share``),
-    so they are never dropped in silence."""
-    if zero_shot is not None and (zero_shot.synth or zero_shot.mix_share):
+    too when ``zero_shot`` (a ``ZeroShotConfig``) sets options only the generator uses (``synth``, ``mix_share``,
+    ``noise_share``), so they are never dropped in silence."""
+    if zero_shot is not None and (zero_shot.synth or zero_shot.mix_share or zero_shot.noise_share is not None):
         return "synth"
     return "noise" if (DEFAULT_ZERO_SHOT_QUERIES if spend is None else spend) >= NOISE_FROM else "synth"
 
@@ -213,7 +215,8 @@ def _synth_steps(spend: Optional[int], zero_shot: Any) -> List[PlanStep]:
         raise BudgetTooSmallError(f"plan 'synth' needs at least one generator round of {per:,} queries "
                                   f"(queries_per_round) beyond the mixes' share; the budget leaves {spend:,}")
     options = dict(zero_shot.synth)
-    noise = int(zero_shot.noise_share * rounds) if zero_shot.noise_share else 0
+    share = NOISE_SHARE if zero_shot.noise_share is None else zero_shot.noise_share
+    noise = int(share * rounds) if share else 0
     if noise:
         options["noise_rounds"] = noise
     if zero_shot.noise_prior not in (None, "smooth"):
