@@ -27,8 +27,8 @@ student trained by the product's front door, ``db3_timm.distill_student(images=N
 * ``noise elongated`` / ``noise elongated-fine`` -- ``noise`` with two priors this script adds to ``NOISE_PRIORS``
   (:func:`elongated_noise`, :func:`elongated_fine_noise`): thinner bars too, and finer detail on top. Measured no
   better than ``stretched``, so they stay here rather than in the library;
-* ``noise stretched wd1e-3`` -- ``noise stretched`` whose student trains with weight decay 1e-3 (Adam's L2, timm's
-  optimiser: not on biases);
+* ``noise stretched wd1e-3`` / ``wd3e-3`` -- ``noise stretched`` whose student trains with weight decay 1e-3 / 3e-3
+  (Adam's L2 through timm's optimiser: not on biases);
 * ``noise stretched 3M`` -- ``noise stretched`` whose student sees up to 3M samples instead of 1.5M (60 epochs of
   a 50k bank);
 * ``zsdb3`` -- the paper's ZSDB3KD (plan ``zsdb3``) scaled to the budget (:func:`zsdb3_settings`): 40 % on the
@@ -122,6 +122,7 @@ ARMS = {
     "noise elongated-fine": ("noise", {"noise_prior": "elongated-fine"}),
     "noise stretched 3M": ("noise", {"noise_prior": "stretched"}, {"max_samples": 3_000_000}),
     "noise stretched wd1e-3": ("noise", {"noise_prior": "stretched"}, {"weight_decay": 1e-3}),
+    "noise stretched wd3e-3": ("noise", {"noise_prior": "stretched"}, {"weight_decay": 3e-3}),
     # The product's training defaults before zero-shot runs got their own (TrainConfig(): 10 epochs at lr 1e-3).
     "noise stretched 10ep": ("noise", {"noise_prior": "stretched"}, {"epochs": 10, "max_samples": None, "lr": 1e-3}),
     # What `db3 distill --zero-shot --plan noise --noise-prior stretched` does: its training, 10 % of the answers held out.
