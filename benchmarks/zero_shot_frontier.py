@@ -250,6 +250,10 @@ def plot(records: list, path: Path, dataset: str = "fashion-mnist") -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from db3_timm.transfer.plan import NOISE_FROM
+
+    defaults = {"noise stretched": f" (default from {NOISE_FROM // 1000}k)",
+                "noise+synth": f" (default under {NOISE_FROM // 1000}k)"}
     fig, ax = plt.subplots(figsize=(8.5, 4.2), dpi=120)
     lines = summaries(records)
     for arm in PLOT_ARMS:
@@ -257,8 +261,7 @@ def plot(records: list, path: Path, dataset: str = "fashion-mnist") -> None:
         if pts:
             xs = sorted(pts)
             ax.errorbar(xs, [pts[x][0] for x in xs], yerr=[pts[x][1] for x in xs], marker="o", capsize=3,
-                        label=arm + {"noise stretched": " (default from 50k)", "noise+synth": " (default under 50k)"}
-                        .get(arm, ""), linewidth=2.5 if arm in ("noise stretched", "noise+synth") else 1.2)
+                        label=arm + defaults.get(arm, ""), linewidth=2.5 if arm in defaults else 1.2)
     refs = [json.loads(line) for line in REFERENCES.read_text().splitlines() if line.strip()] \
         if REFERENCES.is_file() else []
     if dataset == "fashion-mnist":
