@@ -1,8 +1,9 @@
 #!/usr/bin/env python
 """Distil a timm student from a label-only teacher with Accelerate (what ``db3 distill`` runs, as a script).
 
-The teacher only ever answers class labels. The images of ``--data`` (or, with ``--zero-shot``, pseudo samples
-grown from noise) are soft-labelled by ``--labeler`` into a resumable transfer set, the student trains on
+The teacher only ever answers class labels. The images of ``--data`` (or, with ``--zero-shot``, samples asked
+without images: noise, a generator's or ZSDB3KD's, as the plan says) are labelled, and with ``--plan paper`` /
+``db3`` soft-labelled by ``--labeler``, into a resumable transfer set; the student trains on
 ``CE(teacher label) + T^2 KL(softmax(z / T))`` (``DB3DistillationTask``), picks its best epoch on held-out images,
 is scored on the test split and saved with its model card to ``OUTPUT_DIR/model`` (``db3 push`` uploads it).
 
