@@ -22,6 +22,7 @@ Rows are appended to ``--out`` (JSON lines); ``--table`` prints mean ± sd over 
 
     python benchmarks/zero_shot_references.py --mode real --seeds 0 1 2
     python benchmarks/zero_shot_references.py --mode ideal --epochs 100 --seeds 0 1 2
+    python benchmarks/zero_shot_references.py --mode ideal --ngf 64 --epochs 200 --device cuda   # the release's scale
 """
 from __future__ import annotations
 
@@ -71,13 +72,15 @@ class IdealGenerator(nn.Module):
 
 
 def random_view(x: torch.Tensor) -> torch.Tensor:
-    """Returns a random 4-px padded crop of each image, mirrored with probability 1/2 (differentiable in ``x``)."""
+    """Returns a random 4-px padded crop of each image, mirrored with probability 1/2 (differentiable in ``x``).
+    The draws come from the CPU generator whatever ``x``'s device, so a CUDA run draws the same views."""
     n, _, h, w = x.shape
     pad = F.pad(x, (4, 4, 4, 4))[:, 0]
-    dy, dx = torch.randint(0, 9, (2, n))
-    out = torch.gather(pad, 1, (dy[:, None] + torch.arange(h))[:, :, None].expand(n, h, w + 8))
-    out = torch.gather(out, 2, (dx[:, None] + torch.arange(w))[:, None, :].expand(n, h, w))[:, None]
-    return torch.where((torch.rand(n) < 0.5)[:, None, None, None], out.flip(3), out)
+    dy, dx = torch.randint(0, 9, (2, n)).to(x.device)
+    rows, cols = torch.arange(h, device=x.device), torch.arange(w, device=x.device)
+    out = torch.gather(pad, 1, (dy[:, None] + rows)[:, :, None].expand(n, h, w + 8))
+    out = torch.gather(out, 2, (dx[:, None] + cols)[:, None, :].expand(n, h, w))[:, None]
+    return torch.where((torch.rand(n) < 0.5).to(x.device)[:, None, None, None], out.flip(3), out)
 
 
 def generate(gen: IdealGenerator, student: nn.Module, norm) -> torch.Tensor:
@@ -85,7 +88,8 @@ def generate(gen: IdealGenerator, student: nn.Module, norm) -> torch.Tensor:
     gen.reset()
     student.eval()
     opt = torch.optim.Adam(gen.parameters(), 1e-3, betas=(0.5, 0.999))
-    z, targets = torch.randn(BATCH, LATENT), torch.arange(CLASSES).repeat(BATCH // CLASSES)
+    device = next(gen.parameters()).device
+    z, targets = torch.randn(BATCH, LATENT).to(device), torch.arange(CLASSES, device=device).repeat(BATCH // CLASSES)
     best, best_x = float("inf"), None
     for _ in range(30):
         opt.zero_grad()
@@ -105,20 +109,21 @@ def student_pass(student, opt, pool, answers, oracle, norm) -> None:
     not answered before (``answers[i, mirrored]``, -1 when unknown, filled in place)."""
     student.train()
     for b in torch.randperm(len(pool)).split(BATCH):
-        flip = torch.rand(len(b)) < 0.5
-        xb = torch.where(flip[:, None, None, None], pool[b].flip(3), pool[b])
+        flip = torch.rand(len(b)) < 0.5  # CPU draws, as ``random_view``'s
+        xb = torch.where(flip.to(pool.device)[:, None, None, None], pool[b].flip(3), pool[b])
         known = answers[b, flip.long()]
         new = known < 0
         if new.any():
-            known[new] = oracle(xb[new]).long().cpu()
+            known[new] = oracle(xb[new.to(pool.device)]).long().cpu()
             answers[b[new], flip[new].long()] = known[new]
         opt.zero_grad()
-        F.cross_entropy(student(norm(xb)), known).backward()
+        F.cross_entropy(student(norm(xb)), known.to(pool.device)).backward()
         opt.step()
 
 
-def run_ideal(seed: int, epochs: int, ngf: int) -> dict:
-    """IDEAL's protocol for ``epochs`` epochs; returns the row (loop student final / best, fresh student)."""
+def run_ideal(seed: int, epochs: int, ngf: int, device: str = "cpu") -> dict:
+    """IDEAL's protocol for ``epochs`` epochs on ``device``; returns the row (loop student final / best, fresh
+    student). The answer cache stays on the CPU; the pool, the generator and both students live on ``device``."""
     import timm
 
     from db3_timm import LabelOracle
@@ -127,15 +132,16 @@ def run_ideal(seed: int, epochs: int, ngf: int) -> dict:
 
     torch.manual_seed(seed)
     teacher, teacher_acc = fmnist_teacher(verbose=False)
-    oracle = LabelOracle.from_timm_model(teacher, max_batch_size=8192)
+    oracle = LabelOracle.from_timm_model(teacher, max_batch_size=8192, device=device)
     test = load_image_dataset("fashion-mnist", "test")
-    student = timm.create_model("lenet5_half", num_classes=CLASSES)
+    student = timm.create_model("lenet5_half", num_classes=CLASSES).to(device)
     cfg = timm.data.resolve_data_config({}, model=student)
-    mean, std = torch.tensor(cfg["mean"]).view(1, -1, 1, 1), torch.tensor(cfg["std"]).view(1, -1, 1, 1)
+    mean = torch.tensor(cfg["mean"], device=device).view(1, -1, 1, 1)
+    std = torch.tensor(cfg["std"], device=device).view(1, -1, 1, 1)
     norm = lambda x: (x - mean) / std  # noqa: E731
     opt = torch.optim.SGD(student.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
-    gen = IdealGenerator(ngf)
-    pool, answers = torch.empty(0, 1, 28, 28), torch.empty(0, 2, dtype=torch.long)
+    gen = IdealGenerator(ngf).to(device)
+    pool, answers = torch.empty(0, 1, 28, 28, device=device), torch.empty(0, 2, dtype=torch.long)
     calls, accs, t0 = 0, [], time.time()
     for epoch in range(epochs):
         pool = torch.cat([pool, generate(gen, student, norm)])
@@ -149,8 +155,9 @@ def run_ideal(seed: int, epochs: int, ngf: int) -> dict:
                   f"{int((answers >= 0).sum())} queries, {time.time() - t0:.0f} s", flush=True)
     loop_s = time.time() - t0
     asked = (answers >= 0).nonzero()
+    pool = pool.cpu()
     images = torch.where(asked[:, 1:2, None, None].bool(), pool[asked[:, 0]].flip(3), pool[asked[:, 0]])
-    fresh_acc, fresh_s = fresh_student(images, answers[asked[:, 0], asked[:, 1]], seed, test)
+    fresh_acc, fresh_s = fresh_student(images, answers[asked[:, 0], asked[:, 1]], seed, test, device)
     return {"mode": "ideal", "seed": seed, "epochs": epochs, "ngf": ngf, "pool": len(pool),
             "queries": int(len(asked)), "calls": calls, "loop_final": round(accs[-1], 2),
             "loop_best": round(max(accs), 2), "loop_best_epoch": accs.index(max(accs)) + 1,
@@ -158,7 +165,7 @@ def run_ideal(seed: int, epochs: int, ngf: int) -> dict:
             "loop_s": round(loop_s), "train_s": fresh_s}
 
 
-def fresh_student(images: torch.Tensor, labels: torch.Tensor, seed: int, test) -> tuple:
+def fresh_student(images: torch.Tensor, labels: torch.Tensor, seed: int, test, device: str = "cpu") -> tuple:
     """A fresh ``lenet5_half`` trained on ``(images, labels)`` with the frontier's recipe (the product's zero-shot
     default, :data:`~db3_timm.pipeline.ZERO_SHOT_TRAIN`: its sample cap, learning rate and batch); returns (test %, s)."""
     import timm
@@ -170,19 +177,19 @@ def fresh_student(images: torch.Tensor, labels: torch.Tensor, seed: int, test) -
     torch.manual_seed(seed)
     model = timm.create_model("lenet5_half", num_classes=CLASSES)
     fit(model, images, labels, epochs=max(1, RECIPE.max_samples // len(images)), lr=RECIPE.lr,
-        batch_size=RECIPE.batch_size, seed=seed)
+        batch_size=RECIPE.batch_size, seed=seed, device=device)
     return round(100 * evaluate(model, test.images, test.labels), 2), round(time.time() - t0)
 
 
-def run_real(seed: int, images: int) -> dict:
+def run_real(seed: int, images: int, device: str = "cpu") -> dict:
     """The ceiling: ``images`` real training images labelled by the teacher, the frontier's recipe."""
     from db3_timm import LabelOracle
     from db3_timm.data import load_image_dataset
 
     teacher, teacher_acc = fmnist_teacher(verbose=False)
     x = load_image_dataset("fashion-mnist", "train").images[:images]
-    y = LabelOracle.from_timm_model(teacher, max_batch_size=8192)(x).long()
-    acc, secs = fresh_student(x, y, seed, load_image_dataset("fashion-mnist", "test"))
+    y = LabelOracle.from_timm_model(teacher, max_batch_size=8192, device=device)(x).long().cpu()
+    acc, secs = fresh_student(x, y, seed, load_image_dataset("fashion-mnist", "test"), device)
     return {"mode": "real", "seed": seed, "queries": images, "accuracy": acc,
             "teacher_accuracy": round(100 * teacher_acc, 2), "train_s": secs}
 
@@ -215,6 +222,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=100, help="ideal: epochs (250 generated images each)")
     ap.add_argument("--ngf", type=int, default=32, help="ideal: generator width (the release: 64)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--device", default="cpu", help="where the teacher, generator and students run (e.g. cuda)")
     ap.add_argument("--out", default=str(REPO_ROOT / "benchmarks" / "results" / "zero_shot_references.jsonl"))
     ap.add_argument("--table", action="store_true", help="print the table of what --out holds, run nothing")
     args = ap.parse_args()
@@ -223,7 +231,9 @@ def main() -> None:
         torch.set_num_threads(args.threads)
         print(machine_info(), flush=True)
         for seed in args.seeds:
-            row = run_real(seed, args.images) if args.mode == "real" else run_ideal(seed, args.epochs, args.ngf)
+            row = run_real(seed, args.images, args.device) if args.mode == "real" \
+                else run_ideal(seed, args.epochs, args.ngf, args.device)
+            row["device"] = args.device
             print(json.dumps(row), flush=True)
             with out.open("a") as f:
                 f.write(json.dumps(row) + "\n")
