@@ -171,11 +171,17 @@ def run_one(job: dict) -> dict:
             "train_s": done["wall_s"], "device": job["device"]}
 
 
-def table(records: list) -> str:
-    """Returns the markdown table: mean ± sd over seeds per (budget, arm), with queries and wall time."""
+def _runs(records: list) -> dict:
+    """Returns the per-seed ``records`` grouped by ``(dataset, budget, arm)``."""
     groups: dict = {}
     for r in records:
         groups.setdefault((r["dataset"], r["budget"], r["arm"]), []).append(r)
+    return groups
+
+
+def table(records: list) -> str:
+    """Returns the markdown table: mean ± sd over seeds per (budget, arm), with queries and wall time."""
+    groups = _runs(records)
     lines = ["| data | budget | arm | student test accuracy (mean ± sd) | seeds | queries | wall time per run |",
              "|---|---|---|---|---|---|---|"]
     for (data, budget, arm), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], list(ARMS).index(kv[0][2]))):
@@ -223,11 +229,9 @@ PLOT_ARMS = ("noise", "noise stretched", "noise+synth", "noise+offspring", "synt
 def summaries(records: list, earlier: Path = EARLIER_ROWS) -> dict:
     """Returns ``{(dataset, arm): {mean queries: (mean %, sd %)}}`` from the per-seed ``records``, filled in from
     ``earlier`` (a CSV of table rows) where the records have no row for that dataset, budget and arm."""
-    groups: dict = {}
-    for r in records:
-        groups.setdefault((r["dataset"], r["arm"], r["budget"]), []).append(r)
+    groups = _runs(records)
     out: dict = {}
-    for (data, arm, _), rs in groups.items():
+    for (data, _, arm), rs in groups.items():
         acc = [100 * r["accuracy"] for r in rs]
         queries = statistics.mean(r["queries"] for r in rs)
         sd = statistics.stdev(acc) if len(acc) > 1 else 0.0
@@ -236,7 +240,7 @@ def summaries(records: list, earlier: Path = EARLIER_ROWS) -> dict:
         import csv
 
         for row in csv.DictReader(line for line in earlier.read_text().splitlines() if not line.startswith("#")):
-            if (row["dataset"], row["arm"], int(row["budget"])) not in groups:
+            if (row["dataset"], int(row["budget"]), row["arm"]) not in groups:
                 out.setdefault((row["dataset"], row["arm"]), {})[float(row["queries"])] = (float(row["mean"]),
                                                                                            float(row["sd"]))
     return out

@@ -167,7 +167,8 @@ def run_ideal(seed: int, epochs: int, ngf: int, device: str = "cpu") -> dict:
 
 def fresh_student(images: torch.Tensor, labels: torch.Tensor, seed: int, test, device: str = "cpu") -> tuple:
     """A fresh ``lenet5_half`` trained on ``(images, labels)`` with the frontier's recipe (the product's zero-shot
-    default, :data:`~db3_timm.pipeline.ZERO_SHOT_TRAIN`: its sample cap, learning rate and batch); returns (test %, s)."""
+    default, :data:`~db3_timm.pipeline.ZERO_SHOT_TRAIN`: its sample cap, learning rate and batch); returns
+    (test %, s)."""
     import timm
 
     from db3_timm.pipeline import ZERO_SHOT_TRAIN as RECIPE
@@ -198,7 +199,8 @@ def table(rows: list) -> str:
     """Markdown: mean ± sd over seeds per (mode, settings) of each reported accuracy, with queries and time."""
     groups: dict = {}
     for r in rows:
-        groups.setdefault((r["mode"], r.get("epochs"), r.get("ngf"), r["queries"] if r["mode"] == "real" else 0), []).append(r)
+        key = (r["mode"], r.get("epochs"), r.get("ngf"), r["queries"] if r["mode"] == "real" else 0)
+        groups.setdefault(key, []).append(r)
 
     def ms(vals: list) -> str:
         return f"{statistics.mean(vals):.2f}" + (f" ± {statistics.stdev(vals):.2f}" if len(vals) > 1 else "")
@@ -209,8 +211,8 @@ def table(rows: list) -> str:
         name = "real images" if mode == "real" else f"IDEAL protocol, {epochs} epochs, ngf {ngf}"
         loop = [ms([r[k] for r in rs]) + " %" if mode == "ideal" else "—" for k in ("loop_final", "loop_best")]
         wall = statistics.mean(r.get("loop_s", 0) + r["train_s"] for r in rs)
-        lines.append(f"| {name} | {len(rs)} | {max(r['queries'] for r in rs):,} | {ms([r['accuracy'] for r in rs])} % | "
-                     f"{loop[0]} | {loop[1]} | {wall:,.0f} s |")
+        lines.append(f"| {name} | {len(rs)} | {max(r['queries'] for r in rs):,} | "
+                     f"{ms([r['accuracy'] for r in rs])} % | {loop[0]} | {loop[1]} | {wall:,.0f} s |")
     return "\n".join(lines)
 
 
