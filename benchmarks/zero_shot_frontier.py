@@ -36,6 +36,8 @@ student trained by the product's front door, ``db3_timm.distill_student(images=N
   MBD soft labels at 4 queries per pseudo sample and other class. Every answer is a training row.
 
 Rows are appended to ``--out`` (JSON lines) and skipped when found there, so an interrupted run continues.
+``--teacher-seed S`` trains the teacher the same way from another seed (cached beside the benchmark's) and tables
+its rows apart, to show how much a figure owes to which teacher; the plot draws the benchmark's teacher only.
 
     python benchmarks/zero_shot_frontier.py --dataset fashion-mnist --budgets 20000 50000 --seeds 0 1 2 --jobs 2
 """
@@ -137,7 +139,7 @@ PUBLISHED_FMNIST_50K = {"IDEAL": 82.84, "DFHL-RS": 83.89, "DIP-KD": 83.98}
 
 
 def _key(r: dict) -> tuple:
-    return (r["dataset"], r["budget"], r["arm"], r["seed"])
+    return (r["dataset"], r["budget"], r["arm"], r["seed"], r.get("teacher_seed", 0))
 
 
 def run_one(job: dict) -> dict:
@@ -150,7 +152,7 @@ def run_one(job: dict) -> dict:
     from db3_timm import DistillConfig, LabelOracle, TrainConfig, distill_student
     from db3_timm.transfer.build import LabelingConfig, ZeroShotConfig
 
-    teacher, teacher_acc, test = teacher_for(job["dataset"])
+    teacher, teacher_acc, test = teacher_for(job["dataset"], job["teacher_seed"])
     plan, settings, *train = ARMS[job["arm"]]
     settings, labeling = settings(job["budget"]) if callable(settings) else (settings, {})
     if train == [PRODUCT]:  # DistillConfig's own training and validation split, as a user gets them
@@ -168,14 +170,15 @@ def run_one(job: dict) -> dict:
     return {"dataset": job["dataset"], "budget": job["budget"], "arm": job["arm"], "seed": job["seed"],
             "accuracy": result.test_accuracy, "teacher_accuracy": teacher_acc, "queries": result.queries["total"],
             "spent_now": oracle.queries, "train_rows": done["train_rows"], "wall_s": round(time.time() - t0, 1),
-            "train_s": done["wall_s"], "device": job["device"]}
+            "train_s": done["wall_s"], "device": job["device"],
+            **({"teacher_seed": job["teacher_seed"]} if job["teacher_seed"] else {})}
 
 
 def _runs(records: list) -> dict:
-    """Returns the per-seed ``records`` grouped by ``(dataset, budget, arm)``."""
+    """Returns the per-seed ``records`` grouped by ``(dataset, budget, arm, teacher seed)``."""
     groups: dict = {}
     for r in records:
-        groups.setdefault((r["dataset"], r["budget"], r["arm"]), []).append(r)
+        groups.setdefault((r["dataset"], r["budget"], r["arm"], r.get("teacher_seed", 0)), []).append(r)
     return groups
 
 
@@ -184,7 +187,9 @@ def table(records: list) -> str:
     groups = _runs(records)
     lines = ["| data | budget | arm | student test accuracy (mean ± sd) | seeds | queries | wall time per run |",
              "|---|---|---|---|---|---|---|"]
-    for (data, budget, arm), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], list(ARMS).index(kv[0][2]))):
+    for (data, budget, arm, teacher), rs in sorted(groups.items(),
+                                                   key=lambda kv: (kv[0][0], kv[0][3], kv[0][1], list(ARMS).index(kv[0][2]))):
+        data = f"{data}, teacher seed {teacher}" if teacher else data
         acc = [100 * r["accuracy"] for r in rs]
         sd = f" ± {statistics.stdev(acc):.2f}" if len(acc) > 1 else ""
         wall = statistics.mean(r["wall_s"] for r in rs)
@@ -227,9 +232,11 @@ PLOT_ARMS = ("noise", "noise stretched", "noise+synth", "noise+offspring", "synt
 
 
 def summaries(records: list, earlier: Path = EARLIER_ROWS) -> dict:
-    """Returns ``{(dataset, arm): {mean queries: (mean %, sd %)}}`` from the per-seed ``records``, filled in from
-    ``earlier`` (a CSV of table rows) where the records have no row for that dataset, budget and arm."""
-    groups = _runs(records)
+    """Returns ``{(dataset, arm): {mean queries: (mean %, sd %)}}`` from the per-seed ``records`` of one teacher,
+    filled in from ``earlier`` (a CSV of table rows) where the records have no row for that dataset, budget and arm."""
+    groups = {k[:3]: rs for k, rs in _runs(records).items()}
+    if len(groups) < len(_runs(records)):
+        raise ValueError("summaries() takes the rows of one teacher; got several teacher seeds")
     out: dict = {}
     for (data, _, arm), rs in groups.items():
         acc = [100 * r["accuracy"] for r in rs]
@@ -299,6 +306,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch threads per run")
     ap.add_argument("--device", default="cpu", help="where the teacher, the generator and the working student run "
                                                     "(the student trains where Accelerate puts it)")
+    ap.add_argument("--teacher-seed", type=int, default=0,
+                    help="train the teacher with this seed (same recipe; 0 is the benchmark's teacher, the only one "
+                         "plotted); its rows are tabled apart")
     ap.add_argument("--out", default=str(REPO_ROOT / "benchmarks" / "results" / "zero_shot_frontier.jsonl"))
     ap.add_argument("--work", default=str(REPO_ROOT / "benchmarks" / "results" / "zero_shot_work"))
     ap.add_argument("--table", action="store_true", help="print the table of what --out holds, run nothing")
@@ -310,10 +320,12 @@ def main() -> None:
     records = [json.loads(line) for line in out.read_text().splitlines() if line.strip()] if out.is_file() else []
     if not args.table:
         done = {_key(r) for r in records}
-        jobs = [{"dataset": args.dataset, "budget": b, "arm": a, "seed": s, "threads": args.threads,
-                 "device": args.device, "work": str(Path(args.work) / f"{args.dataset}_b{b}_{a}_s{s}")}
+        t = args.teacher_seed
+        jobs = [{"dataset": args.dataset, "budget": b, "arm": a, "seed": s, "teacher_seed": t, "threads": args.threads,
+                 "device": args.device,
+                 "work": str(Path(args.work) / f"{args.dataset}_b{b}_{a}_s{s}{f'_t{t}' if t else ''}")}
                 for b in args.budgets for s in args.seeds for a in args.arms
-                if (args.dataset, b, a, s) not in done]
+                if (args.dataset, b, a, s, t) not in done]
         print(f"{len(jobs)} runs; machine: {machine_info()}", flush=True)
         out.parent.mkdir(parents=True, exist_ok=True)
         with ProcessPoolExecutor(max_workers=args.jobs) as pool:
@@ -325,10 +337,11 @@ def main() -> None:
                 records.append(row)
     mine = [r for r in records if r["dataset"] == args.dataset]
     print(table(mine))
+    benchmark_teacher = [r for r in mine if not r.get("teacher_seed")]  # other teachers are in the table only
     if args.plot:
-        plot(mine, Path(args.plot), args.dataset)
-    if args.per_class and mine:
-        print(per_class(mine, Path(args.work), args.per_class))
+        plot(benchmark_teacher, Path(args.plot), args.dataset)
+    if args.per_class and benchmark_teacher:
+        print(per_class(benchmark_teacher, Path(args.work), args.per_class))
 
 
 if __name__ == "__main__":
