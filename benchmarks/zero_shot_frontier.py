@@ -234,9 +234,10 @@ PLOT_ARMS = ("noise", "noise stretched", "noise+synth", "noise+offspring", "synt
 def summaries(records: list, earlier: Path = EARLIER_ROWS) -> dict:
     """Returns ``{(dataset, arm): {mean queries: (mean %, sd %)}}`` from the per-seed ``records`` of one teacher,
     filled in from ``earlier`` (a CSV of table rows) where the records have no row for that dataset, budget and arm."""
+    teachers = sorted({r.get("teacher_seed", 0) for r in records})
+    if len(teachers) > 1:
+        raise ValueError(f"summaries() takes the rows of one teacher, got teacher seeds {teachers}")
     groups = {k[:3]: rs for k, rs in _runs(records).items()}
-    if len(groups) < len(_runs(records)):
-        raise ValueError("summaries() takes the rows of one teacher; got several teacher seeds")
     out: dict = {}
     for (data, _, arm), rs in groups.items():
         acc = [100 * r["accuracy"] for r in rs]
