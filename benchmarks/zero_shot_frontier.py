@@ -142,6 +142,11 @@ def _key(r: dict) -> tuple:
     return (r["dataset"], r["budget"], r["arm"], r["seed"], r.get("teacher_seed", 0))
 
 
+def _run_folder(work: Path, dataset: str, budget: int, arm: str, seed: int, teacher_seed: int = 0) -> Path:
+    """Returns the folder one run resumes from and saves its student in (another teacher's runs end in ``_t{S}``)."""
+    return Path(work) / f"{dataset}_b{budget}_{arm}_s{seed}{f'_t{teacher_seed}' if teacher_seed else ''}"
+
+
 def run_one(job: dict) -> dict:
     """One zero-shot student: its arm, budget and seed."""
     import torch
@@ -218,7 +223,7 @@ def per_class(records: list, work: Path, budget: int) -> str:
     lines = ["| model | " + " | ".join(names) + " | all |", "|---" * (len(names) + 2) + "|",
              row("teacher", LabelOracle.from_timm_model(teacher)(test.images).cpu())]
     for r in sorted((r for r in records if r["budget"] == budget), key=lambda r: (list(ARMS).index(r["arm"]), r["seed"])):
-        folder = work / f"{data}_b{budget}_{r['arm']}_s{r['seed']}" / "model"
+        folder = _run_folder(work, data, budget, r["arm"], r["seed"], r.get("teacher_seed", 0)) / "model"
         if folder.is_dir():
             lines.append(row(f"{r['arm']} s{r['seed']}", LabelOracle.from_timm(f"local-dir:{folder}")(test.images).cpu()))
     return "\n".join(lines)
@@ -324,7 +329,7 @@ def main() -> None:
         t = args.teacher_seed
         jobs = [{"dataset": args.dataset, "budget": b, "arm": a, "seed": s, "teacher_seed": t, "threads": args.threads,
                  "device": args.device,
-                 "work": str(Path(args.work) / f"{args.dataset}_b{b}_{a}_s{s}{f'_t{t}' if t else ''}")}
+                 "work": str(_run_folder(args.work, args.dataset, b, a, s, t))}
                 for b in args.budgets for s in args.seeds for a in args.arms
                 if (args.dataset, b, a, s, t) not in done]
         print(f"{len(jobs)} runs; machine: {machine_info()}", flush=True)

@@ -216,7 +216,7 @@ def _synth_steps(spend: Optional[int], zero_shot: Any) -> List[PlanStep]:
                                   f"(queries_per_round) beyond the mixes' share; the budget leaves {spend:,}")
     options = dict(zero_shot.synth)
     share = NOISE_SHARE if zero_shot.noise_share is None else zero_shot.noise_share
-    noise = int(share * rounds) if share else 0
+    noise = int(share * rounds)
     if noise:
         options["noise_rounds"] = noise
     if zero_shot.noise_prior not in (None, "smooth"):
